@@ -1,0 +1,93 @@
+// Shared glue for every op: dtype dispatch, input checks, the index helpers that both
+// the C++ and the CUDA kernels use, and the sizes of the packed masks.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#if defined(__CUDACC__)
+#define TM_HD __host__ __device__ __forceinline__
+#else
+#define TM_HD inline
+#endif
+
+// float64, float32, float16, bfloat16; the body sees scalar_t.
+#define TM_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+namespace torchmodules {
+
+// Accumulation type: float for the half types, the type itself otherwise.
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+// ---- input checks: every op calls these, so every error names the op -------------------
+
+// t must be a floating tensor of a dtype we have kernels for.
+void check_floating(const char* op, const char* arg, const at::Tensor& t);
+// b must have a's dtype and device.
+void check_same_dtype_device(const char* op, const char* a_name, const at::Tensor& a,
+                             const char* b_name, const at::Tensor& b);
+// b must have a's device (dtype free: masks are uint8).
+void check_same_device(const char* op, const char* a_name, const at::Tensor& a,
+                       const char* b_name, const at::Tensor& b);
+// Wraps a negative dim, or raises an IndexError naming the op.
+int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim);
+// The broadcast shape of a and b, or a ValueError naming the op and both shapes.
+std::vector<int64_t> broadcast_shape(const char* op, at::IntArrayRef a, at::IntArrayRef b);
+
+// ---- packed masks for the backward of ReLU and Maximum ---------------------------------
+// Stored as uint8 but written and read as little-endian 32-bit words: element i lives in
+// word i / per_word. Sizes round up to whole words so a kernel may write full words.
+TM_HD int64_t relu_mask_bytes(int64_t numel) { return (numel + 31) / 32 * 4; }      // 1 bit
+TM_HD int64_t maximum_mask_bytes(int64_t numel) { return (numel + 15) / 16 * 4; }   // 2 bits
+
+// Maximum's 2-bit code per element: which input the gradient goes to.
+enum MaxCode : uint32_t { kMaxFirst = 0, kMaxSecond = 1, kMaxTie = 2, kMaxNaN = 3 };
+// Share of the gradient input `which` (0: input, 1: other) gets for a code:
+// winner 1, loser 0, tie 1/2 (as torch), NaN 1 to both (as torch).
+TM_HD float maximum_share(uint32_t code, int64_t which) {
+  return code == kMaxTie ? 0.5f : code == kMaxNaN ? 1.f : (code == (uint32_t)which ? 1.f : 0.f);
+}
+
+// ---- broadcasting: output linear index -> offsets into two inputs ----------------------
+// Dims are coalesced where both inputs allow, so the common cases need one or two dims.
+constexpr int kMaxDims = 16;
+struct Broadcast2 {
+  int ndim;
+  int64_t size[kMaxDims];       // output sizes, innermost last
+  int64_t stride_a[kMaxDims];   // element strides of input a (0 where broadcast)
+  int64_t stride_b[kMaxDims];
+  TM_HD void offsets(int64_t i, int64_t& oa, int64_t& ob) const {
+    oa = 0;
+    ob = 0;
+    for (int d = ndim - 1; d >= 0; --d) {
+      const int64_t idx = i % size[d];
+      i /= size[d];
+      oa += idx * stride_a[d];
+      ob += idx * stride_b[d];
+    }
+  }
+};
+// a and b are expanded to `out` (any strides, stride 0 included).
+Broadcast2 make_broadcast2(const char* op, at::IntArrayRef out, const at::Tensor& a, const at::Tensor& b);
+
+// ---- reductions over one block of dims: [outer, reduce, inner] --------------------------
+// The tensor is contiguous; element (o, r, i) sits at (o * reduce + r) * inner + i.
+struct Rows {
+  int64_t outer, reduce, inner;
+};
+// dims must be a run of adjacent dims of a contiguous tensor of shape `shape`.
+Rows make_rows(at::IntArrayRef shape, int64_t first_dim, int64_t last_dim);
+
+// Grain for at::parallel_for over elementwise work.
+constexpr int64_t kGrain = 32768;
+
+}  // namespace torchmodules

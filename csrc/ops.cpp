@@ -1,0 +1,48 @@
+// The op table: every schema of torchmodules, each forward next to its backward.
+// Kernels register per device (csrc/<op>.cpp for CPU, kernels/<op>.cu for CUDA); the
+// autograd formulas and fake (meta) kernels live in torchmodules/_ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(torchmodules, m) {
+  // Linear: y = x W^T + b.   dx = dy W,  dW = dy^T x,  db = add_backward(dy, [out]).
+  m.def("linear_forward(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linear_backward_input(Tensor grad_y, Tensor weight) -> Tensor");
+  m.def("linear_backward_weight(Tensor grad_y, Tensor x) -> Tensor");
+
+  // ReLU: y = max(x, 0), saving one bit per element m = !(x <= 0).   dx = m ? dy : 0.
+  m.def("relu_forward(Tensor x) -> (Tensor, Tensor)");
+  m.def("relu_backward(Tensor grad_y, Tensor mask) -> Tensor");
+
+  // Duplicate: y_1 = ... = y_n = x.   dx = dy_1 + ... + dy_n.
+  m.def("duplicate_forward(Tensor x, int n) -> Tensor[]");
+  m.def("duplicate_backward(Tensor[] grads) -> Tensor");
+
+  // Add: y = a + b (broadcast).   da = dy summed down to a's shape, likewise db.
+  m.def("add_forward(Tensor a, Tensor b) -> Tensor");
+  m.def("add_backward(Tensor grad_y, SymInt[] size) -> Tensor");
+
+  // Maximum: y = max(a, b) (broadcast), saving a 2-bit code per element.
+  // da = dy * share(code, 0), db = dy * share(code, 1): 1 to the larger, 1/2 each at ties.
+  m.def("maximum_forward(Tensor a, Tensor b) -> (Tensor, Tensor)");
+  m.def("maximum_backward(Tensor grad_y, Tensor mask, int which) -> Tensor");
+
+  // Max over dims: y = max_dims x.   dx = dy * [x == y] / #{x == y}.
+  m.def("amax_forward(Tensor x, int[] dim, bool keepdim) -> Tensor");
+  m.def("amax_backward(Tensor grad_y, Tensor x, Tensor y, int[] dim, bool keepdim) -> Tensor");
+  // Its double backward (linear in grad_y): d/d(dy) = mean of gg over the tied maxima.
+  m.def("amax_double_backward(Tensor gg, Tensor x, Tensor y, int[] dim, bool keepdim) -> Tensor");
+
+  // LogSoftmax: y_i = x_i - log sum_j exp(x_j).   dx_i = dy_i - exp(y_i) sum_j dy_j.
+  // Its double backward, for gg = d/d(dx):
+  //   d/d(dy)_k = gg_k - sum_i gg_i exp(y_i),   d/dy_k = -gg_k exp(y_k) sum_j dy_j.
+  m.def("log_softmax_forward(Tensor x, int dim) -> Tensor");
+  m.def("log_softmax_backward(Tensor grad_y, Tensor y, int dim) -> Tensor");
+  m.def("log_softmax_double_backward(Tensor gg, Tensor grad_y, Tensor y, int dim) -> (Tensor, Tensor)");
+}
+
+// An importable module, so `import torchmodules._C` loads the library above.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "torchmodules kernels", -1, nullptr};
+  return PyModule_Create(&def);
+}

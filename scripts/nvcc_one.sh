@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Compiles one kernels/*.cu to an object file with the flags the extension build uses,
+# to check a kernel quickly (and read ptxas's resource report with -Xptxas=-v).
+# Usage: scripts/nvcc_one.sh kernels/relu.cu [extra nvcc flags...]
+set -euo pipefail
+src=$1; shift
+PY=${PYTHON:-$(dirname "$0")/../.venv/bin/python}
+TORCH=$($PY -c 'import torch,os;print(os.path.dirname(torch.__file__))')
+PYINC=$($PY -c 'import sysconfig;print(sysconfig.get_paths()["include"])')
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+mkdir -p /tmp/nvcc_one
+exec "$CUDA_HOME/bin/nvcc" -c "$src" -o "/tmp/nvcc_one/$(basename "$src").o" \
+  -I "$(dirname "$0")/../csrc" -I "$TORCH/include" -I "$TORCH/include/torch/csrc/api/include" -I "$PYINC" \
+  -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+  -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr -DTORCHMODULES_CUDA -O3 -lineinfo -std=c++20 \
+  -Xcompiler -fPIC -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 "$@"

@@ -1,0 +1,85 @@
+"""Builds torchmodules._C from csrc/*.cpp, plus kernels/*.cu when a CUDA toolkit is there.
+
+Sources are found by globbing, so adding an op never touches this file.
+CUDA is built whenever nvcc and a CUDA build of torch are present, with or without a
+visible GPU (so CI compiles every kernel). TORCHMODULES_CUDA=0 forces a CPU-only build.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find_cuda_home():
+    """The toolkit folder holding include/cuda_runtime.h, or None.
+
+    torch guesses CUDA_HOME from where nvcc sits; on some machines that nvcc is a small
+    wrapper outside the toolkit, so we also try the `cuda` folder beside its bin/ and the
+    usual install paths.
+    """
+    cands = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        bindir = os.path.dirname(nvcc)
+        cands += [os.path.join(os.path.dirname(bindir), "cuda"),
+                  os.path.dirname(bindir),
+                  os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
+    cands += ["/usr/local/cuda"]
+    for c in cands:
+        if c and os.path.exists(os.path.join(c, "include", "cuda_runtime.h")) \
+                and os.path.exists(os.path.join(c, "bin", "nvcc")):
+            return c
+    return None
+
+
+def _want_cuda():
+    if os.environ.get("TORCHMODULES_CUDA", "1") == "0":
+        return False
+    import torch
+    return torch.version.cuda is not None and _find_cuda_home() is not None
+
+
+use_cuda = _want_cuda()
+if use_cuda:
+    # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME then.
+    os.environ["CUDA_HOME"] = _find_cuda_home()
+    import torch
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # No GPU to ask: build for Ampere and Hopper.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+cxx_flags = ["-O3", "-fopenmp"]  # -fopenmp: at::parallel_for is inline OpenMP code
+include_dirs = [os.path.join(ROOT, "csrc")]
+if use_cuda:
+    sources += sorted(glob.glob(os.path.join("kernels", "*.cu")))
+    # ATen's CUDA headers pull in cuBLAS headers; the CUDA build of torch ships them.
+    import torch
+    nv = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
+    include_dirs += [d for d in glob.glob(os.path.join(nv, "*", "include")) if os.path.isdir(d)]
+    include_dirs += [d for d in glob.glob(os.path.join(nv, "*", "*", "include")) if os.path.isdir(d)]
+    ext = CUDAExtension(
+        "torchmodules._C", sources, include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx_flags + ["-DTORCHMODULES_CUDA"],
+                            "nvcc": ["-O3", "-lineinfo", "-DTORCHMODULES_CUDA"]
+                            + (["-Xptxas=-v"] if os.environ.get("TORCHMODULES_PTXAS_V") else [])},
+        extra_link_args=["-fopenmp"])
+else:
+    ext = CppExtension("torchmodules._C", sources, include_dirs=include_dirs,
+                       extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+
+setup(
+    name="torchmodules",
+    version="0.1.0",
+    description="Hand-written forward and backward kernels for the basic modules of a neural net",
+    packages=["torchmodules"],
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4"],
+)
