@@ -1,0 +1,149 @@
+// Add.  Forward: y = a + b, broadcasting as torch.add.
+//       Backward: da = dy summed over the dims a was broadcast along (add_backward), db alike.
+// add_backward is also Linear's bias gradient and reduces Maximum's broadcast gradients.
+#include "ops.h"
+
+namespace torchmodules {
+
+// ---- glue --------------------------------------------------------------------------------
+
+at::Tensor add_forward(const at::Tensor& a, const at::Tensor& b) {
+  check_floating("add", "input", a);
+  check_floating("add", "other", b);
+  check_same_dtype_device("add", "input", a, "other", b);
+  const std::vector<int64_t> shape = broadcast_shape("add", a.sizes(), b.sizes());
+  at::Tensor y = at::empty(shape, a.options());
+  if (y.numel() > 0) {
+    const Broadcast2 bc = make_broadcast2("add", shape, a, b);  // reads a and b in place, any strides
+    TM_LAUNCH(add_forward, a, y, a, b, bc);
+  }
+  return y;
+}
+
+namespace {
+// Indexer over the given dims (sizes and strides), merging a dim into the one inside it
+// where the strides allow.
+Indexer make_indexer(const std::vector<int64_t>& size, const std::vector<int64_t>& stride) {
+  Indexer ix{};
+  ix.numel = 1;
+  std::vector<int64_t> sz, st;
+  for (size_t d = 0; d < size.size(); ++d) {
+    ix.numel *= size[d];
+    if (size[d] == 1) continue;
+    if (!sz.empty() && st.back() == stride[d] * size[d]) {
+      sz.back() *= size[d];
+      st.back() = stride[d];
+    } else {
+      sz.push_back(size[d]);
+      st.push_back(stride[d]);
+    }
+  }
+  TORCH_CHECK((int)sz.size() <= kMaxDims, "torchmodules.add_backward: too many dims");
+  ix.ndim = (int)sz.size();
+  for (int d = 0; d < ix.ndim; ++d) {
+    ix.size[d] = sz[d];
+    ix.stride[d] = st[d];
+  }
+  return ix;
+}
+}  // namespace
+
+at::Tensor add_backward(const at::Tensor& grad_y, c10::SymIntArrayRef sym_size) {
+  const at::IntArrayRef size = C10_AS_INTARRAYREF_SLOW(sym_size);
+  check_floating("add_backward", "grad_y", grad_y);
+  const int64_t n = grad_y.dim(), lead = n - (int64_t)size.size();
+  bool ok = lead >= 0;
+  for (int64_t d = 0; ok && d < (int64_t)size.size(); ++d)
+    ok = size[d] == grad_y.size(lead + d) || size[d] == 1;
+  TORCH_CHECK_VALUE(ok, "torchmodules.add_backward: cannot sum grad_y of shape ", grad_y.sizes(),
+                    " down to shape ", size);
+  const at::Tensor dyc = grad_y.contiguous();
+  // Each dim of dy is kept (the output has it) or reduced (added in, or broadcast over).
+  std::vector<int64_t> ks, kt, rs, rt;
+  for (int64_t d = 0; d < n; ++d) {
+    const bool kept = d >= lead && size[d - lead] == grad_y.size(d);
+    (kept ? ks : rs).push_back(grad_y.size(d));
+    (kept ? kt : rt).push_back(dyc.stride(d));
+  }
+  const SumToPlan plan{make_indexer(ks, kt), make_indexer(rs, rt)};
+  at::Tensor out = at::empty(size, grad_y.options());
+  if (out.numel() > 0) TM_LAUNCH(add_backward, grad_y, out, dyc, plan);
+  return out;
+}
+
+// ---- CPU kernels ---------------------------------------------------------------------------
+
+// y[i] = a[i] + b[i] (in acc_t for the half types); a, b read through the broadcast offsets.
+template <typename T>
+static void add_forward_kernel(T* y, const T* a, const T* b, const Broadcast2& bc, int64_t n) {
+  using A = acc_t<T>;
+  const bool flat = bc.ndim == 1 && bc.stride_a[0] == 1 && bc.stride_b[0] == 1;
+  at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
+    if (flat) {
+      for (int64_t i = s; i < e; ++i) y[i] = static_cast<T>(static_cast<A>(a[i]) + static_cast<A>(b[i]));
+      return;
+    }
+    for (int64_t i = s; i < e; ++i) {
+      int64_t oa, ob;
+      bc.offsets(i, oa, ob);
+      y[i] = static_cast<T>(static_cast<A>(a[oa]) + static_cast<A>(b[ob]));
+    }
+  });
+}
+
+// out[o] = sum_r dy[kept(o) + reduced(r)], in acc_t, r in order (deterministic).
+template <typename T>
+static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
+  using A = acc_t<T>;
+  const int64_t O = p.kept.numel, R = p.reduced.numel;
+  if (p.kept.ndim == 1 && p.kept.stride[0] == 1 && p.reduced.ndim == 1) {
+    // Leading reduction, dy seen as [R, O] with row stride s: sum rows into a block of columns.
+    const int64_t s = p.reduced.stride[0];
+    at::parallel_for(0, O, 256, [&](int64_t c0, int64_t c1) {
+      constexpr int64_t kCols = 512;
+      A acc[kCols];
+      for (int64_t c = c0; c < c1; c += kCols) {
+        const int64_t len = std::min(kCols, c1 - c);
+        for (int64_t i = 0; i < len; ++i) acc[i] = A(0);
+        for (int64_t r = 0; r < R; ++r) {
+          const T* row = dy + r * s + c;
+          for (int64_t i = 0; i < len; ++i) acc[i] += static_cast<A>(row[i]);
+        }
+        for (int64_t i = 0; i < len; ++i) out[c + i] = static_cast<T>(acc[i]);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, O, std::max<int64_t>(1, kGrain / std::max<int64_t>(R, 1)), [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const T* base = dy + p.kept.offset(o);
+      A acc = A(0);
+      if (p.reduced.ndim == 1 && p.reduced.stride[0] == 1) {
+        for (int64_t r = 0; r < R; ++r) acc += static_cast<A>(base[r]);  // trailing: contiguous
+      } else {
+        for (int64_t r = 0; r < R; ++r) acc += static_cast<A>(base[p.reduced.offset(r)]);
+      }
+      out[o] = static_cast<T>(acc);
+    }
+  });
+}
+
+void add_forward_cpu(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, const Broadcast2& bc) {
+  TM_DISPATCH_FLOATING(y.scalar_type(), "add_forward_cpu", [&] {
+    add_forward_kernel<scalar_t>(y.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), bc,
+                                 y.numel());
+  });
+}
+
+void add_backward_cpu(at::Tensor& out, const at::Tensor& dy, const SumToPlan& plan) {
+  TM_DISPATCH_FLOATING(out.scalar_type(), "add_backward_cpu", [&] {
+    add_backward_kernel<scalar_t>(out.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), plan);
+  });
+}
+
+TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+  m.impl("add_forward", &add_forward);
+  m.impl("add_backward", &add_backward);
+}
+
+}  // namespace torchmodules

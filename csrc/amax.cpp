@@ -1,0 +1,191 @@
+// Max over dims (the lecture's Max module applied along dims).
+//   Forward:  y = max over the reduced dims of x; NaN if any reduced element is NaN.
+//   Backward: dx = (dy / c) * [x == y], c = #{x == y}: the gradient shared evenly among
+//             tied maxima, and NaN over a row whose max is NaN (c = 0), exactly as torch.
+//   Double backward (linear in dy): d_dy = sum over the row of (gg / c) * [x == y].
+#include "ops.h"
+
+namespace torchmodules {
+
+namespace {
+// x laid out for the kernels: contiguous, the reduced dims one run [outer, reduce, inner].
+// Adjacent reduced dims need no copy; others are permuted to the end (one copy).
+struct AmaxLayout {
+  at::Tensor x;                 // contiguous, permuted when `perm` is non-empty
+  Rows rows;
+  std::vector<int64_t> perm;    // x.permute(perm) gave this layout; empty if none
+  std::vector<int64_t> y_shape; // the output's shape (keepdim or not)
+};
+
+AmaxLayout amax_layout(const char* op, const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
+  const int64_t n = x.dim();
+  std::vector<bool> red(std::max<int64_t>(n, 1), dim.empty());
+  for (int64_t d : dim) {
+    const int64_t w = wrap_dim(op, d, n);
+    TORCH_CHECK_VALUE(!red[w] || dim.empty(), "torchmodules.", op, ": dim ", w, " appears multiple times in ", dim);
+    red[w] = true;
+  }
+  AmaxLayout L;
+  int64_t first = -1, last = -1;
+  bool run = true;
+  for (int64_t d = 0; d < n; ++d) {
+    if (red[d]) {
+      TORCH_CHECK_INDEX(x.size(d) > 0, "torchmodules.", op, ": cannot reduce over dim ", d, " of size 0 (shape ",
+                        x.sizes(), "): max of an empty set");
+      if (first < 0) first = d;
+      else if (last != d - 1) run = false;
+      last = d;
+    }
+    if (!red[d]) L.y_shape.push_back(x.size(d));
+    else if (keepdim) L.y_shape.push_back(1);
+  }
+  if (first < 0) {  // nothing reduced (0-d input): y = x
+    L.x = x.contiguous();
+    L.rows = Rows{x.numel(), 1, 1};
+  } else if (run) {
+    L.x = x.contiguous();
+    L.rows = make_rows(x.sizes(), first, last);
+  } else {
+    for (int64_t d = 0; d < n; ++d) if (!red[d]) L.perm.push_back(d);
+    for (int64_t d = 0; d < n; ++d) if (red[d]) L.perm.push_back(d);
+    L.x = x.permute(L.perm).contiguous();
+    const int64_t kept = n - (int64_t)std::count(red.begin(), red.begin() + n, true);
+    L.rows = make_rows(L.x.sizes(), kept, n - 1);
+  }
+  return L;
+}
+
+void check_amax_grads(const char* op, const at::Tensor& g, const at::Tensor& x, const at::Tensor& y,
+                      const AmaxLayout& L) {
+  check_floating(op, "grad", g);
+  check_same_dtype_device(op, "x", x, "grad", g);
+  check_same_dtype_device(op, "x", x, "y", y);
+  TORCH_CHECK_VALUE(y.sizes() == at::IntArrayRef(L.y_shape), "torchmodules.", op, ": y has shape ", y.sizes(),
+                    " but the max of x of shape ", x.sizes(), " has shape ", L.y_shape);
+}
+
+// Undo the layout's permutation on a tensor laid out like L.x.
+at::Tensor unpermute(const at::Tensor& t, const AmaxLayout& L) {
+  if (L.perm.empty()) return t;
+  std::vector<int64_t> inv(L.perm.size());
+  for (size_t i = 0; i < L.perm.size(); ++i) inv[L.perm[i]] = (int64_t)i;
+  return t.permute(inv).contiguous();
+}
+}  // namespace
+
+// ---- glue --------------------------------------------------------------------------------
+
+at::Tensor amax_forward(const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
+  check_floating("amax", "input", x);
+  const AmaxLayout L = amax_layout("amax", x, dim, keepdim);
+  at::Tensor y = at::empty(L.y_shape, x.options());
+  if (y.numel() > 0) TM_LAUNCH(amax_forward, x, y, L.x, L.rows);
+  return y;
+}
+
+at::Tensor amax_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& y, at::IntArrayRef dim,
+                         bool keepdim) {
+  const AmaxLayout L = amax_layout("amax_backward", x, dim, keepdim);
+  check_amax_grads("amax_backward", grad_y, x, y, L);
+  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), "torchmodules.amax_backward: grad_y has shape ", grad_y.sizes(),
+                    ", y has shape ", y.sizes());
+  const at::Tensor dyc = grad_y.contiguous(), yc = y.contiguous();
+  at::Tensor dx = at::empty(L.x.sizes(), x.options());
+  if (dx.numel() > 0) TM_LAUNCH(amax_backward, x, dx, dyc, L.x, yc, L.rows);
+  return unpermute(dx, L);
+}
+
+at::Tensor amax_double_backward(const at::Tensor& gg, const at::Tensor& x, const at::Tensor& y, at::IntArrayRef dim,
+                                bool keepdim) {
+  const AmaxLayout L = amax_layout("amax_double_backward", x, dim, keepdim);
+  check_amax_grads("amax_double_backward", gg, x, y, L);
+  TORCH_CHECK_VALUE(gg.sizes() == x.sizes(), "torchmodules.amax_double_backward: gg has shape ", gg.sizes(),
+                    ", x has shape ", x.sizes());
+  const at::Tensor ggc = L.perm.empty() ? gg.contiguous() : gg.permute(L.perm).contiguous();
+  const at::Tensor yc = y.contiguous();
+  at::Tensor d_dy = at::empty(L.y_shape, x.options());
+  if (d_dy.numel() > 0) TM_LAUNCH(amax_double_backward, x, d_dy, ggc, L.x, yc, L.rows);
+  return d_dy;
+}
+
+// ---- CPU kernels ---------------------------------------------------------------------------
+// Each (o, i) is one row of `reduce` elements at stride `inner`; the kernels walk rows
+// of a block of outer indices, keeping per-column state in arrays so loops run along i.
+
+// y[o, i] = max_r x[o, r, i], NaN-propagating.
+template <typename T>
+static void amax_forward_kernel(T* y, const T* x, Rows R) {
+  using A = acc_t<T>;
+  at::parallel_for(0, R.outer, std::max<int64_t>(1, kGrain / (R.reduce * R.inner)), [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const T* xo = x + o * R.reduce * R.inner;
+      for (int64_t i = 0; i < R.inner; ++i) {
+        A m = static_cast<A>(xo[i]);
+        for (int64_t r = 1; r < R.reduce; ++r) {
+          const A v = static_cast<A>(xo[r * R.inner + i]);
+          m = (v > m || v != v) && m == m ? v : m;  // once NaN, stays NaN
+        }
+        y[o * R.inner + i] = static_cast<T>(m);
+      }
+    }
+  });
+}
+
+// For each row: c = #{x == y}; then either dx = (dy / c) * [x == y]   (backward)
+//                                  or     d_dy = sum (gg / c) * [x == y] (double backward).
+template <typename T, bool kDouble>
+static void amax_grad_kernel(T* out, const T* g, const T* x, const T* y, Rows R) {
+  using A = acc_t<T>;
+  at::parallel_for(0, R.outer, std::max<int64_t>(1, kGrain / (R.reduce * R.inner)), [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const int64_t base = o * R.reduce * R.inner;
+      for (int64_t i = 0; i < R.inner; ++i) {
+        const T yv = y[o * R.inner + i];
+        int64_t c = 0;
+        for (int64_t r = 0; r < R.reduce; ++r) c += x[base + r * R.inner + i] == yv;
+        if (!kDouble) {
+          const A share = static_cast<A>(g[o * R.inner + i]) / A(c);
+          for (int64_t r = 0; r < R.reduce; ++r) {
+            const int64_t k = base + r * R.inner + i;
+            out[k] = static_cast<T>(share * A(x[k] == yv));
+          }
+        } else {
+          A acc = A(0);
+          for (int64_t r = 0; r < R.reduce; ++r) {
+            const int64_t k = base + r * R.inner + i;
+            acc += static_cast<A>(g[k]) / A(c) * A(x[k] == yv);
+          }
+          out[o * R.inner + i] = static_cast<T>(acc);
+        }
+      }
+    }
+  });
+}
+
+void amax_forward_cpu(at::Tensor& y, const at::Tensor& x, Rows r) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "amax_forward_cpu",
+                       [&] { amax_forward_kernel<scalar_t>(y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), r); });
+}
+
+void amax_backward_cpu(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y, Rows r) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "amax_backward_cpu", [&] {
+    amax_grad_kernel<scalar_t, false>(dx.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                      y.data_ptr<scalar_t>(), r);
+  });
+}
+
+void amax_double_backward_cpu(at::Tensor& d_dy, const at::Tensor& gg, const at::Tensor& x, const at::Tensor& y,
+                              Rows r) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "amax_double_backward_cpu", [&] {
+    amax_grad_kernel<scalar_t, true>(d_dy.data_ptr<scalar_t>(), gg.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                     y.data_ptr<scalar_t>(), r);
+  });
+}
+
+TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+  m.impl("amax_forward", &amax_forward);
+  m.impl("amax_backward", &amax_backward);
+  m.impl("amax_double_backward", &amax_double_backward);
+}
+
+}  // namespace torchmodules

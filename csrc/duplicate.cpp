@@ -1,0 +1,82 @@
+// Duplicate.  Forward: y_1 = ... = y_n = x.   Backward: dx = dy_1 + ... + dy_n.
+// The lecture's fan-out: gradients of every copy are summed, in one n-way pass.
+#include "ops.h"
+
+namespace torchmodules {
+
+// ---- glue --------------------------------------------------------------------------------
+
+std::vector<at::Tensor> duplicate_forward(const at::Tensor& x, int64_t n) {
+  check_floating("duplicate", "input", x);
+  TORCH_CHECK_VALUE(n >= 1, "torchmodules.duplicate: n must be at least 1, got ", n);
+  const at::Tensor xc = x.contiguous();
+  std::vector<at::Tensor> ys;
+  for (int64_t k = 0; k < n; ++k) ys.push_back(at::empty(x.sizes(), x.options()));
+  if (x.numel() > 0) TM_LAUNCH(duplicate_forward, x, ys, xc);
+  return ys;
+}
+
+at::Tensor duplicate_backward(at::TensorList grads) {
+  TORCH_CHECK_VALUE(!grads.empty(), "torchmodules.duplicate_backward: needs at least one gradient");
+  std::vector<at::Tensor> gs;
+  for (size_t k = 0; k < grads.size(); ++k) {
+    check_floating("duplicate_backward", "grads", grads[k]);
+    check_same_dtype_device("duplicate_backward", "grads[0]", grads[0], "grads[k]", grads[k]);
+    TORCH_CHECK_VALUE(grads[k].sizes() == grads[0].sizes(), "torchmodules.duplicate_backward: gradients must ",
+                      "share one shape, got ", grads[0].sizes(), " and ", grads[k].sizes());
+    gs.push_back(grads[k].contiguous());
+  }
+  at::Tensor dx = at::empty(grads[0].sizes(), grads[0].options());
+  if (dx.numel() > 0) TM_LAUNCH(duplicate_backward, dx, dx, gs);
+  return dx;
+}
+
+// ---- CPU kernels ---------------------------------------------------------------------------
+
+// y_k[i] = x[i] for every k: x read once per chunk, written n times.
+template <typename T>
+static void duplicate_forward_kernel(const std::vector<T*>& ys, const T* x, int64_t numel) {
+  at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
+    for (T* y : ys) std::copy(x + b, x + e, y + b);
+  });
+}
+
+// dx[i] = sum_k g_k[i], accumulated in acc_t<T>.
+template <typename T>
+static void duplicate_backward_kernel(T* dx, const std::vector<const T*>& gs, int64_t numel) {
+  using A = acc_t<T>;
+  at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
+    constexpr int64_t kChunk = 1024;  // a stack buffer of partial sums keeps the loop vectorizable
+    A acc[kChunk];
+    for (int64_t c = b; c < e; c += kChunk) {
+      const int64_t len = std::min(kChunk, e - c);
+      for (int64_t i = 0; i < len; ++i) acc[i] = static_cast<A>(gs[0][c + i]);
+      for (size_t k = 1; k < gs.size(); ++k)
+        for (int64_t i = 0; i < len; ++i) acc[i] += static_cast<A>(gs[k][c + i]);
+      for (int64_t i = 0; i < len; ++i) dx[c + i] = static_cast<T>(acc[i]);
+    }
+  });
+}
+
+void duplicate_forward_cpu(std::vector<at::Tensor>& ys, const at::Tensor& x) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "duplicate_forward_cpu", [&] {
+    std::vector<scalar_t*> p;
+    for (auto& y : ys) p.push_back(y.data_ptr<scalar_t>());
+    duplicate_forward_kernel<scalar_t>(p, x.data_ptr<scalar_t>(), x.numel());
+  });
+}
+
+void duplicate_backward_cpu(at::Tensor& dx, at::TensorList grads) {
+  TM_DISPATCH_FLOATING(dx.scalar_type(), "duplicate_backward_cpu", [&] {
+    std::vector<const scalar_t*> p;
+    for (const auto& g : grads) p.push_back(g.data_ptr<scalar_t>());
+    duplicate_backward_kernel<scalar_t>(dx.data_ptr<scalar_t>(), p, dx.numel());
+  });
+}
+
+TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+  m.impl("duplicate_forward", &duplicate_forward);
+  m.impl("duplicate_backward", &duplicate_backward);
+}
+
+}  // namespace torchmodules

@@ -1,0 +1,302 @@
+"""The Python half of the op table: for every op of csrc/ops.cpp, its fake (meta) kernel,
+for torch.compile and opcheck, and its autograd formula, each backward built from our ops.
+
+Fakes return contiguous tensors, as the real kernels do. Every backward op is itself
+differentiable (double backward), except log_softmax_double_backward.
+"""
+import torch
+
+try:
+    from . import _C  # noqa: F401  (loads the kernels and the op schemas)
+except ImportError as e:  # missing, or built against another torch
+    raise ImportError(
+        f"torchmodules: cannot load the compiled kernels (torchmodules._C): {e}. Build them for this torch "
+        f"({torch.__version__}) with `pip install --no-build-isolation -e .` in the torchmodules checkout.") from e
+
+ops = torch.ops.torchmodules
+_lib = "torchmodules::"
+
+
+def _fake(name):
+    return torch.library.register_fake(_lib + name)
+
+
+def _grad(name, setup):
+    """Registers `fn` as the backward of op `name`; `setup(ctx, inputs, output)` saves state."""
+    def deco(fn):
+        torch.library.register_autograd(_lib + name, fn, setup_context=setup)
+        return fn
+    return deco
+
+
+def relu_mask_bytes(numel):
+    return (numel + 31) // 32 * 4
+
+
+def maximum_mask_bytes(numel):
+    return (numel + 15) // 16 * 4
+
+
+def sum_to(grad, shape):
+    """grad summed down to `shape` (the gradient of a broadcast), by our add_backward kernel."""
+    return grad if tuple(grad.shape) == tuple(shape) else ops.add_backward(grad, list(shape))
+
+
+# ---- Linear: y = x W^T + b --------------------------------------------------------------------
+
+@_fake("linear_forward")
+def _(x, weight, bias):
+    torch._check(x.dim() >= 1 and weight.dim() == 2 and x.shape[-1] == weight.shape[1],
+                 lambda: f"torchmodules.linear: input {list(x.shape)} and weight {list(weight.shape)} do not match")
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@_fake("linear_backward_input")
+def _(grad_y, weight):
+    return grad_y.new_empty((*grad_y.shape[:-1], weight.shape[1]))
+
+
+@_fake("linear_backward_weight")
+def _(grad_y, x):
+    return grad_y.new_empty((grad_y.shape[-1], x.shape[-1]))
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*[t for t in inputs if isinstance(t, torch.Tensor)])
+    ctx.has_bias = len(inputs) > 2 and inputs[2] is not None
+
+
+@_grad("linear_forward", _save_inputs)
+def _(ctx, dy):
+    x, w = ctx.saved_tensors[:2]
+    need = ctx.needs_input_grad
+    dx = ops.linear_backward_input(dy, w) if need[0] else None
+    dw = ops.linear_backward_weight(dy, x) if need[1] else None
+    db = sum_to(dy, (w.shape[0],)) if ctx.has_bias and need[2] else None
+    return dx, dw, db
+
+
+# dx = dy W:  d/d(dy) = gg W^T,  d/dW = dy^T gg
+@_grad("linear_backward_input", _save_inputs)
+def _(ctx, gg):
+    dy, w = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    return (ops.linear_forward(gg, w, None) if need[0] else None,
+            ops.linear_backward_weight(dy, gg) if need[1] else None)
+
+
+# dW = dy^T x:  d/d(dy) = x gg^T,  d/dx = dy gg
+@_grad("linear_backward_weight", _save_inputs)
+def _(ctx, gg):
+    dy, x = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    return (ops.linear_forward(x, gg, None) if need[0] else None,
+            ops.linear_backward_input(dy, gg) if need[1] else None)
+
+
+# ---- ReLU: y = max(x, 0), one saved bit per element ------------------------------------------
+
+@_fake("relu_forward")
+def _(x):
+    return x.new_empty(x.shape), x.new_empty((relu_mask_bytes(x.numel()),), dtype=torch.uint8)
+
+
+@_fake("relu_backward")
+def _(grad_y, mask):
+    return grad_y.new_empty(grad_y.shape)
+
+
+def _save_mask(ctx, inputs, output):
+    ctx.save_for_backward(output[1] if isinstance(output, (tuple, list)) else inputs[1])
+    ctx.which = inputs[2] if len(inputs) > 2 else None
+
+
+@_grad("relu_forward", _save_mask)
+def _(ctx, dy, _dmask):
+    return ops.relu_backward(dy, ctx.saved_tensors[0])
+
+
+# dx = m * dy is linear in dy: its backward is itself.
+@_grad("relu_backward", _save_mask)
+def _(ctx, gg):
+    return ops.relu_backward(gg, ctx.saved_tensors[0]), None
+
+
+# ---- Duplicate: y_k = x; dx = sum_k dy_k ------------------------------------------------------
+
+@_fake("duplicate_forward")
+def _(x, n):
+    return [x.new_empty(x.shape) for _ in range(n)]
+
+
+@_fake("duplicate_backward")
+def _(grads):
+    return grads[0].new_empty(grads[0].shape)
+
+
+def _save_count(ctx, inputs, output):
+    ctx.n = inputs[1] if len(inputs) > 1 else len(inputs[0])
+
+
+@_grad("duplicate_forward", _save_count)
+def _(ctx, dys):
+    return ops.duplicate_backward(list(dys)), None
+
+
+@_grad("duplicate_backward", _save_count)
+def _(ctx, gg):
+    return [gg] * ctx.n
+
+
+# ---- Add: y = a + b (broadcast) -------------------------------------------------------------
+
+@_fake("add_forward")
+def _(a, b):
+    return a.new_empty(torch.broadcast_shapes(a.shape, b.shape))
+
+
+@_fake("add_backward")
+def _(grad_y, size):
+    return grad_y.new_empty(size)
+
+
+def _save_shapes(ctx, inputs, output):
+    ctx.shapes = [tuple(t.shape) for t in inputs[:2]]
+    if isinstance(output, (tuple, list)):
+        ctx.save_for_backward(output[1])
+
+
+@_grad("add_forward", _save_shapes)
+def _(ctx, dy):
+    return sum_to(dy, ctx.shapes[0]), sum_to(dy, ctx.shapes[1])
+
+
+# add_backward sums over broadcast dims: its backward broadcasts back (a view).
+@_grad("add_backward", lambda ctx, inputs, output: setattr(ctx, "shape", tuple(inputs[0].shape)))
+def _(ctx, gg):
+    return gg.expand(ctx.shape), None
+
+
+# ---- Maximum: y = max(a, b) (broadcast), a 2-bit code per element ---------------------------
+
+@_fake("maximum_forward")
+def _(a, b):
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    y = a.new_empty(shape)
+    return y, a.new_empty((maximum_mask_bytes(y.numel()),), dtype=torch.uint8)
+
+
+@_fake("maximum_backward")
+def _(grad_y, mask, which):
+    return grad_y.new_empty(grad_y.shape)
+
+
+@_grad("maximum_forward", _save_shapes)
+def _(ctx, dy, _dmask):
+    need = ctx.needs_input_grad
+    (mask,) = ctx.saved_tensors
+    return (sum_to(ops.maximum_backward(dy, mask, 0), ctx.shapes[0]) if need[0] else None,
+            sum_to(ops.maximum_backward(dy, mask, 1), ctx.shapes[1]) if need[1] else None)
+
+
+# d = dy * share is linear in dy: its backward is itself.
+@_grad("maximum_backward", _save_mask)
+def _(ctx, gg):
+    return ops.maximum_backward(gg, ctx.saved_tensors[0], ctx.which), None, None
+
+
+# ---- amax: y = max over dims ---------------------------------------------------------------
+
+def _amax_shape(x, dim, keepdim):
+    n = x.dim()
+    red = set(range(n)) if len(dim) == 0 else {d % max(n, 1) for d in dim}
+    return [1 if d in red else x.shape[d] for d in range(n) if keepdim or d not in red]
+
+
+@_fake("amax_forward")
+def _(x, dim, keepdim):
+    return x.new_empty(_amax_shape(x, dim, keepdim))
+
+
+@_fake("amax_backward")
+def _(grad_y, x, y, dim, keepdim):
+    return x.new_empty(x.shape)
+
+
+@_fake("amax_double_backward")
+def _(gg, x, y, dim, keepdim):
+    return x.new_empty(_amax_shape(x, dim, keepdim))
+
+
+def _save_amax(ctx, inputs, output):
+    if len(inputs) == 3:   # amax_forward(x, dim, keepdim)
+        x, ctx.dim, ctx.keepdim = inputs
+        ctx.save_for_backward(x, output)
+    else:                  # amax_backward / amax_double_backward(g, x, y, dim, keepdim)
+        _, x, y, ctx.dim, ctx.keepdim = inputs
+        ctx.save_for_backward(x, y)
+
+
+@_grad("amax_forward", _save_amax)
+def _(ctx, dy):
+    x, y = ctx.saved_tensors
+    return ops.amax_backward(dy, x, y, ctx.dim, ctx.keepdim), None, None
+
+
+# dx = (dy / c) [x == y] is linear in dy; x and y only select (zero gradient almost everywhere).
+@_grad("amax_backward", _save_amax)
+def _(ctx, gg):
+    x, y = ctx.saved_tensors
+    return ops.amax_double_backward(gg, x, y, ctx.dim, ctx.keepdim), None, None, None, None
+
+
+@_grad("amax_double_backward", _save_amax)
+def _(ctx, ggg):
+    x, y = ctx.saved_tensors
+    return ops.amax_backward(ggg, x, y, ctx.dim, ctx.keepdim), None, None, None, None
+
+
+# ---- LogSoftmax ----------------------------------------------------------------------------
+
+@_fake("log_softmax_forward")
+def _(x, dim):
+    return x.new_empty(x.shape)
+
+
+@_fake("log_softmax_backward")
+def _(grad_y, y, dim):
+    return y.new_empty(y.shape)
+
+
+@_fake("log_softmax_double_backward")
+def _(gg, grad_y, y, dim):
+    return y.new_empty(y.shape), y.new_empty(y.shape)
+
+
+def _save_softmax(ctx, inputs, output):
+    ctx.dim = inputs[-1]
+    if len(inputs) == 2:   # forward(x, dim): keep y
+        ctx.save_for_backward(output)
+    else:                  # backward(dy, y, dim): keep dy, y
+        ctx.save_for_backward(inputs[0], inputs[1])
+
+
+@_grad("log_softmax_forward", _save_softmax)
+def _(ctx, dy):
+    (y,) = ctx.saved_tensors
+    return ops.log_softmax_backward(dy, y, ctx.dim), None
+
+
+@_grad("log_softmax_backward", _save_softmax)
+def _(ctx, gg):
+    dy, y = ctx.saved_tensors
+    d_dy, d_y = ops.log_softmax_double_backward(gg, dy, y, ctx.dim)
+    return d_dy, d_y, None
+
+
+def _no_third_order(ctx, *grads):
+    raise NotImplementedError("torchmodules.log_softmax: derivatives beyond the second are not implemented")
+
+
+torch.library.register_autograd(_lib + "log_softmax_double_backward", _no_third_order,
+                                setup_context=lambda ctx, inputs, output: None)

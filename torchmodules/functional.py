@@ -1,0 +1,59 @@
+"""Functional API, drop-in for torch.nn.functional / torch: each call is one of our ops
+(autograd, fakes and backward kernels in torchmodules/_ops.py)."""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from ._ops import ops
+
+__all__ = ["linear", "relu", "duplicate", "add", "maximum", "amax", "log_softmax"]
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = input weight^T + bias, as torch.nn.functional.linear."""
+    return ops.linear_forward(input, weight, bias)
+
+
+def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """max(input, 0), as torch.nn.functional.relu. The backward keeps 1 bit per element.
+    inplace=True writes the result back into input (a copy), as torch's in-place variant."""
+    y = ops.relu_forward(input)[0]
+    return input.copy_(y) if inplace else y
+
+
+def duplicate(input: torch.Tensor, n: int = 2) -> Tuple[torch.Tensor, ...]:
+    """n copies of input; their gradients are summed in the backward."""
+    return tuple(ops.duplicate_forward(input, n))
+
+
+def add(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """input + other with broadcasting, as torch.add (both must share one dtype)."""
+    return ops.add_forward(input, other)
+
+
+def maximum(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Elementwise max with broadcasting, as torch.maximum: NaN propagates; at ties the
+    gradient is split in half. The backward keeps 2 bits per element."""
+    return ops.maximum_forward(input, other)[0]
+
+
+def amax(input: torch.Tensor, dim: Union[int, Sequence[int]] = (), keepdim: bool = False) -> torch.Tensor:
+    """Max over dim (all dims if empty), as torch.amax: the gradient is shared evenly
+    among tied maxima."""
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    return ops.amax_forward(input, dims, keepdim)
+
+
+def _legacy_softmax_dim(ndim: int) -> int:
+    # torch.nn.functional._get_softmax_dim, for dim=None
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def log_softmax(input: torch.Tensor, dim: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """input - log(sum(exp(input), dim)), as torch.log_softmax; with dtype, input is cast
+    first (as torch does)."""
+    if dim is None:
+        dim = _legacy_softmax_dim(input.dim())
+    if dtype is not None:
+        input = input.to(dtype)
+    return ops.log_softmax_forward(input, dim)
