@@ -12,7 +12,7 @@ at::Tensor add_forward(const at::Tensor& a, const at::Tensor& b) {
   check_floating("add", "other", b);
   check_same_dtype_device("add", "input", a, "other", b);
   const std::vector<int64_t> shape = broadcast_shape("add", a.sizes(), b.sizes());
-  at::Tensor y = at::empty(shape, a.options());
+  at::Tensor y = new_output(shape, a.options());
   if (y.numel() > 0) {
     const Broadcast2 bc = make_broadcast2("add", shape, a, b);  // reads a and b in place, any strides
     TM_LAUNCH(add_forward, a, y, a, b, bc);
@@ -66,7 +66,7 @@ at::Tensor add_backward(const at::Tensor& grad_y, c10::SymIntArrayRef sym_size) 
     (kept ? kt : rt).push_back(dyc.stride(d));
   }
   const SumToPlan plan{make_indexer(ks, kt), make_indexer(rs, rt)};
-  at::Tensor out = at::empty(size, grad_y.options());
+  at::Tensor out = new_output(size, grad_y.options());
   if (out.numel() > 0) TM_LAUNCH(add_backward, grad_y, out, dyc, plan);
   return out;
 }

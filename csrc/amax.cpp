@@ -78,7 +78,7 @@ at::Tensor unpermute(const at::Tensor& t, const AmaxLayout& L) {
 at::Tensor amax_forward(const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
   check_floating("amax", "input", x);
   const AmaxLayout L = amax_layout("amax", x, dim, keepdim);
-  at::Tensor y = at::empty(L.y_shape, x.options());
+  at::Tensor y = new_output(L.y_shape, x.options());
   if (y.numel() > 0) TM_LAUNCH(amax_forward, x, y, L.x, L.rows);
   return y;
 }
@@ -90,7 +90,7 @@ at::Tensor amax_backward(const at::Tensor& grad_y, const at::Tensor& x, const at
   TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), "torchmodules.amax_backward: grad_y has shape ", grad_y.sizes(),
                     ", y has shape ", y.sizes());
   const at::Tensor dyc = grad_y.contiguous(), yc = y.contiguous();
-  at::Tensor dx = at::empty(L.x.sizes(), x.options());
+  at::Tensor dx = new_output(L.x.sizes(), x.options());
   if (dx.numel() > 0) TM_LAUNCH(amax_backward, x, dx, dyc, L.x, yc, L.rows);
   return unpermute(dx, L);
 }
@@ -103,7 +103,7 @@ at::Tensor amax_double_backward(const at::Tensor& gg, const at::Tensor& x, const
                     ", x has shape ", x.sizes());
   const at::Tensor ggc = L.perm.empty() ? gg.contiguous() : gg.permute(L.perm).contiguous();
   const at::Tensor yc = y.contiguous();
-  at::Tensor d_dy = at::empty(L.y_shape, x.options());
+  at::Tensor d_dy = new_output(L.y_shape, x.options());
   if (d_dy.numel() > 0) TM_LAUNCH(amax_double_backward, x, d_dy, ggc, L.x, yc, L.rows);
   return d_dy;
 }

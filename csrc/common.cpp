@@ -1,6 +1,8 @@
 // Input checks and index helpers shared by every op (see common.h).
 #include "common.h"
 
+#include <cstdlib>
+#include <limits>
 #include <sstream>
 
 namespace torchmodules {
@@ -33,6 +35,19 @@ void check_same_device(const char* op, const char* a_name, const at::Tensor& a,
                        const char* b_name, const at::Tensor& b) {
   TORCH_CHECK(a.device() == b.device(), "torchmodules.", op, ": ", a_name, " and ", b_name,
               " must be on the same device, got ", a.device(), " and ", b.device());
+}
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  static const bool poison = [] {
+    const char* v = std::getenv("TORCHMODULES_POISON");
+    return v != nullptr && v[0] == '1';
+  }();
+  at::Tensor t = at::empty(sizes, opts);
+  if (poison) {
+    if (at::isFloatingType(t.scalar_type())) t.fill_(std::numeric_limits<double>::quiet_NaN());
+    else t.fill_(0xFF);
+  }
+  return t;
 }
 
 int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {

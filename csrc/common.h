@@ -43,6 +43,11 @@ int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim);
 // The broadcast shape of a and b, or a ValueError naming the op and both shapes.
 std::vector<int64_t> broadcast_shape(const char* op, at::IntArrayRef a, at::IntArrayRef b);
 
+// ---- output allocation: every glue allocates its outputs here ---------------------------
+// Uninitialised, as at::empty; with TORCHMODULES_POISON=1 in the environment (the tests set
+// it) filled with NaN (0xFF bytes for masks) first, so an element a kernel forgot shows.
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opts);
+
 // ---- packed masks for the backward of ReLU and Maximum ---------------------------------
 // Stored as uint8 but written and read as little-endian 32-bit words: element i lives in
 // word i / per_word. Sizes round up to whole words so a kernel may write full words.

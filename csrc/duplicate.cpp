@@ -11,7 +11,7 @@ std::vector<at::Tensor> duplicate_forward(const at::Tensor& x, int64_t n) {
   TORCH_CHECK_VALUE(n >= 1, "torchmodules.duplicate: n must be at least 1, got ", n);
   const at::Tensor xc = x.contiguous();
   std::vector<at::Tensor> ys;
-  for (int64_t k = 0; k < n; ++k) ys.push_back(at::empty(x.sizes(), x.options()));
+  for (int64_t k = 0; k < n; ++k) ys.push_back(new_output(x.sizes(), x.options()));
   if (x.numel() > 0) TM_LAUNCH(duplicate_forward, x, ys, xc);
   return ys;
 }
@@ -26,7 +26,7 @@ at::Tensor duplicate_backward(at::TensorList grads) {
                       "share one shape, got ", grads[0].sizes(), " and ", grads[k].sizes());
     gs.push_back(grads[k].contiguous());
   }
-  at::Tensor dx = at::empty(grads[0].sizes(), grads[0].options());
+  at::Tensor dx = new_output(grads[0].sizes(), grads[0].options());
   if (dx.numel() > 0) TM_LAUNCH(duplicate_backward, dx, dx, gs);
   return dx;
 }

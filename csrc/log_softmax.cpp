@@ -21,7 +21,7 @@ at::Tensor log_softmax_forward(const at::Tensor& x, int64_t dim) {
   check_floating("log_softmax", "input", x);
   const Rows r = softmax_rows("log_softmax", x, dim);
   const at::Tensor xc = x.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options());
+  at::Tensor y = new_output(x.sizes(), x.options());
   if (y.numel() > 0) TM_LAUNCH(log_softmax_forward, x, y, xc, r);
   return y;
 }
@@ -33,7 +33,7 @@ at::Tensor log_softmax_backward(const at::Tensor& grad_y, const at::Tensor& y, i
                     grad_y.sizes(), ", y has shape ", y.sizes());
   const Rows r = softmax_rows("log_softmax_backward", y, dim);
   const at::Tensor dyc = grad_y.contiguous(), yc = y.contiguous();
-  at::Tensor dx = at::empty(y.sizes(), y.options());
+  at::Tensor dx = new_output(y.sizes(), y.options());
   if (dx.numel() > 0) TM_LAUNCH(log_softmax_backward, y, dx, dyc, yc, r);
   return dx;
 }
@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> log_softmax_double_backward(const at::Tensor&
                     ": gg, grad_y and y must share one shape, got ", gg.sizes(), ", ", grad_y.sizes(), ", ", y.sizes());
   const Rows r = softmax_rows(op, y, dim);
   const at::Tensor ggc = gg.contiguous(), dyc = grad_y.contiguous(), yc = y.contiguous();
-  at::Tensor d_dy = at::empty(y.sizes(), y.options()), d_y = at::empty(y.sizes(), y.options());
+  at::Tensor d_dy = new_output(y.sizes(), y.options()), d_y = new_output(y.sizes(), y.options());
   if (y.numel() > 0) TM_LAUNCH(log_softmax_double_backward, y, d_dy, d_y, ggc, dyc, yc, r);
   return {d_dy, d_y};
 }

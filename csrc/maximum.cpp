@@ -13,8 +13,8 @@ std::tuple<at::Tensor, at::Tensor> maximum_forward(const at::Tensor& a, const at
   check_floating("maximum", "other", b);
   check_same_dtype_device("maximum", "input", a, "other", b);
   const std::vector<int64_t> shape = broadcast_shape("maximum", a.sizes(), b.sizes());
-  at::Tensor y = at::empty(shape, a.options());
-  at::Tensor mask = at::empty({maximum_mask_bytes(y.numel())}, a.options().dtype(at::kByte));
+  at::Tensor y = new_output(shape, a.options());
+  at::Tensor mask = new_output({maximum_mask_bytes(y.numel())}, a.options().dtype(at::kByte));
   if (y.numel() > 0) {
     const Broadcast2 bc = make_broadcast2("maximum", shape, a, b);
     TM_LAUNCH(maximum_forward, a, y, mask, a, b, bc);
@@ -32,7 +32,7 @@ at::Tensor maximum_backward(const at::Tensor& grad_y, const at::Tensor& mask, in
                     " bytes for grad_y of shape ", grad_y.sizes(), ", got ", mask.scalar_type(), " ", mask.sizes());
   const at::Tensor dyc = grad_y.contiguous();
   const at::Tensor mc = mask.contiguous();
-  at::Tensor d = at::empty(grad_y.sizes(), grad_y.options());
+  at::Tensor d = new_output(grad_y.sizes(), grad_y.options());
   if (d.numel() > 0) TM_LAUNCH(maximum_backward, grad_y, d, dyc, mc, which);
   return d;
 }

@@ -11,8 +11,8 @@ namespace torchmodules {
 std::tuple<at::Tensor, at::Tensor> relu_forward(const at::Tensor& x) {
   check_floating("relu", "input", x);
   const at::Tensor xc = x.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options());
-  at::Tensor mask = at::empty({relu_mask_bytes(x.numel())}, x.options().dtype(at::kByte));
+  at::Tensor y = new_output(x.sizes(), x.options());
+  at::Tensor mask = new_output({relu_mask_bytes(x.numel())}, x.options().dtype(at::kByte));
   if (x.numel() > 0) TM_LAUNCH(relu_forward, x, y, mask, xc);
   return {y, mask};
 }
@@ -26,7 +26,7 @@ at::Tensor relu_backward(const at::Tensor& grad_y, const at::Tensor& mask) {
                     " bytes for grad_y of shape ", grad_y.sizes(), ", got ", mask.scalar_type(), " ", mask.sizes());
   const at::Tensor dyc = grad_y.contiguous();
   const at::Tensor mc = mask.contiguous();
-  at::Tensor dx = at::empty(grad_y.sizes(), grad_y.options());
+  at::Tensor dx = new_output(grad_y.sizes(), grad_y.options());
   if (grad_y.numel() > 0) TM_LAUNCH(relu_backward, grad_y, dx, dyc, mc);
   return dx;
 }

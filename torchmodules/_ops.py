@@ -281,6 +281,11 @@ def _save_softmax(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], inputs[1])
 
 
+def _save_softmax_double(ctx, inputs, output):
+    ctx.dim = inputs[-1]
+    ctx.save_for_backward(*inputs[:3])
+
+
 @_grad("log_softmax_forward", _save_softmax)
 def _(ctx, dy):
     (y,) = ctx.saved_tensors
@@ -294,9 +299,17 @@ def _(ctx, gg):
     return d_dy, d_y, None
 
 
-def _no_third_order(ctx, *grads):
-    raise NotImplementedError("torchmodules.log_softmax: derivatives beyond the second are not implemented")
-
-
-torch.library.register_autograd(_lib + "log_softmax_double_backward", _no_third_order,
-                                setup_context=lambda ctx, inputs, output: None)
+# Third order, for completeness (the kernels stop at the second): with p = exp(y), S = sum
+# over dim, a = d/d(d_dy), b = d/d(d_y):
+#   d/dgg = a - p S(a) - b p S(dy),   d/ddy = -S(b gg p),   d/dy = -p gg (S(a) + b S(dy)).
+# Composed from torch ops on top of our log_softmax_backward (which gives a - p S(a)).
+@_grad("log_softmax_double_backward", _save_softmax_double)
+def _(ctx, a, b):
+    gg, dy, y = ctx.saved_tensors
+    d = ctx.dim
+    p = y.exp()
+    s_dy = dy.sum(d, keepdim=True)
+    d_gg = ops.log_softmax_backward(a, y, d) - b * p * s_dy
+    d_dy = -(b * gg * p).sum(d, keepdim=True).expand_as(dy)
+    d_y = -p * gg * (a.sum(d, keepdim=True) + b * s_dy)
+    return d_gg, d_dy, d_y, None

@@ -1,0 +1,554 @@
+// LogSoftmax on CUDA, over the middle axis of Rows [outer, reduce, inner].
+//   Forward:  y_i = (x_i - m) - log sum_j exp(x_j - m), m = max_j x_j.
+//   Backward: dx_i = dy_i - exp(y_i) sum_j dy_j.
+//   Double backward: d_dy_k = gg_k - sum_i gg_i exp(y_i),  d_y_k = -gg_k exp(y_k) sum_j dy_j.
+// Each op is a policy (what a row reduces to, what it writes) run by four generic kernels:
+//   inner == 1, short rows:  rows_warp   W lanes (1..32) per row, row held in registers;
+//   inner == 1, mid rows:    rows_block  a block per row, row held in registers;
+//   inner == 1, long rows:   rows_stream a block per row, pass 1 reduces, pass 2 re-reads;
+//   inner > 1:               cols        (bx x by) blocks, bx columns across inner, by
+//                                        threads splitting the reduce axis of each column.
+// Rows are read in 16-byte vectors when the row length and every pointer allow.
+// Half types compute in float, float64 in double. Reductions run in a fixed order (no atomics).
+// Forward max and sum of exps are one online pass: (m, s) with s rescaled when m grows.
+#include "launch.cuh"
+
+#include <cstring>
+
+namespace torchmodules {
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kWarpBlock = 128;   // threads per block of rows_warp
+constexpr int kMaxBlock = 1024;   // threads per block of rows_block / rows_stream, at most
+constexpr int kColThreads = 256;  // threads per block of cols
+
+// Accumulation type of a device type: float for float/__half/__nv_bfloat16, double for double.
+template <class T> using dacc = decltype(to_float(T()));
+
+__device__ __forceinline__ float dexp(float v) { return expf(v); }
+__device__ __forceinline__ double dexp(double v) { return exp(v); }
+__device__ __forceinline__ float dlog(float v) { return logf(v); }
+__device__ __forceinline__ double dlog(double v) { return log(v); }
+template <class A> __device__ __forceinline__ A ninf() { return A(-INFINITY); }
+
+// One row (stride 1) or column (stride inner): element e at base + e * stride, e < n.
+// VEC (rows only): n a multiple of the vector width and the pointers 16-byte aligned, so
+// every full chunk of the row is an aligned 16-byte vector.
+template <bool VEC>
+struct Seg {
+  static constexpr bool kVec = VEC;
+  int64_t base, n, stride;
+};
+
+// 16 bytes <-> W elements (element 0 in the low bits of .x).
+__device__ __forceinline__ void unpack16(const uint4& u, float (&o)[4]) {
+  o[0] = __uint_as_float(u.x), o[1] = __uint_as_float(u.y), o[2] = __uint_as_float(u.z), o[3] = __uint_as_float(u.w);
+}
+__device__ __forceinline__ void unpack16(const uint4& u, double (&o)[2]) {
+  o[0] = __hiloint2double(int(u.y), int(u.x)), o[1] = __hiloint2double(int(u.w), int(u.z));
+}
+__device__ __forceinline__ __half half_bits(unsigned short b, __half*) { return __ushort_as_half(b); }
+__device__ __forceinline__ __nv_bfloat16 half_bits(unsigned short b, __nv_bfloat16*) { return __ushort_as_bfloat16(b); }
+template <class H>  // __half, __nv_bfloat16
+__device__ __forceinline__ void unpack16(const uint4& u, H (&o)[8]) {
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int j = 0; j < 8; ++j) o[j] = half_bits((unsigned short)(w[j >> 1] >> (16 * (j & 1))), (H*)nullptr);
+}
+__device__ __forceinline__ uint4 pack16(const float (&v)[4]) {
+  return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
+}
+__device__ __forceinline__ uint4 pack16(const double (&v)[2]) {
+  return make_uint4(unsigned(__double2loint(v[0])), unsigned(__double2hiint(v[0])), unsigned(__double2loint(v[1])),
+                    unsigned(__double2hiint(v[1])));
+}
+__device__ __forceinline__ unsigned bits_of(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ unsigned bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+template <class H>
+__device__ __forceinline__ uint4 pack16(const H (&v)[8]) {
+  return make_uint4(bits_of(v[0]) | bits_of(v[1]) << 16, bits_of(v[2]) | bits_of(v[3]) << 16,
+                    bits_of(v[4]) | bits_of(v[5]) << 16, bits_of(v[6]) | bits_of(v[7]) << 16);
+}
+
+// A plain 16-byte global store, kept whole (the compiler may split a uint4 assignment).
+__device__ __forceinline__ void store16(void* q, const uint4& u) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};"
+               :: "l"(__cvta_generic_to_global(q)), "r"(u.x), "r"(u.y), "r"(u.z), "r"(u.w)
+               : "memory");
+}
+
+// Loads elements c*W .. c*W+W-1 of s as acc values, `pad` past the end; returns how many
+// are real. W > 1: a row chunk (stride 1), one 16-byte vector when kVec (then a chunk is
+// all in or all out); W == 1: one element at stride s.stride.
+template <int W, class T, class A, class Sg>
+__device__ __forceinline__ int load_chunk(A (&out)[W], const T* __restrict__ p, const Sg& s, int64_t c, A pad) {
+  const int64_t e = c * W, left = s.n - e;
+  if constexpr (W == 1) {
+    out[0] = left > 0 ? to_float(p[s.base + e * s.stride]) : pad;
+    return left > 0;
+  } else if constexpr (Sg::kVec) {
+    static_assert(W * sizeof(T) == 16, "row chunks are 16 bytes");
+    if (left <= 0) {
+#pragma unroll
+      for (int j = 0; j < W; ++j) out[j] = pad;
+      return 0;
+    }
+    T t[W];
+    unpack16(__ldg(reinterpret_cast<const uint4*>(p + s.base + e)), t);  // (__ldg keeps it whole)
+#pragma unroll
+    for (int j = 0; j < W; ++j) out[j] = to_float(t[j]);
+    return W;
+  } else {
+    const int nv = left <= 0 ? 0 : left >= W ? W : int(left);
+    const T* q = p + s.base + e;
+#pragma unroll
+    for (int j = 0; j < W; ++j) out[j] = j < nv ? to_float(q[j]) : pad;
+    return nv;
+  }
+}
+
+// Stores the real elements of chunk c of s (layout as load_chunk).
+template <int W, class T, class A, class Sg>
+__device__ __forceinline__ void store_chunk(T* __restrict__ p, const Sg& s, int64_t c, const A (&v)[W]) {
+  const int64_t e = c * W, left = s.n - e;
+  if constexpr (W == 1) {
+    if (left > 0) p[s.base + e * s.stride] = from_acc<T>(v[0]);
+  } else {
+    if (left <= 0) return;
+    T t[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) t[j] = from_acc<T>(v[j]);
+    T* q = p + s.base + e;
+    if constexpr (Sg::kVec) {
+      store16(q, pack16(t));
+    } else {
+#pragma unroll
+      for (int j = 0; j < W; ++j)
+        if (j < left) q[j] = t[j];
+    }
+  }
+}
+
+// ---- reductions of a policy's State (P::combine is symmetric, so all lanes agree) ---------
+
+template <class S>
+__device__ __forceinline__ S shfl_xor(const S& v, int lane_mask) {
+  static_assert(sizeof(S) % 4 == 0, "state is whole 32-bit words");
+  unsigned w[sizeof(S) / 4];
+  memcpy(w, &v, sizeof(S));
+#pragma unroll
+  for (unsigned i = 0; i < sizeof(S) / 4; ++i) w[i] = __shfl_xor_sync(kFull, w[i], lane_mask);
+  S r;
+  memcpy(&r, w, sizeof(S));
+  return r;
+}
+
+// Over aligned groups of W lanes (W a power of two <= 32); every lane of the warp must call.
+template <class P, class S>
+__device__ __forceinline__ S warp_allreduce(S v, int W) {
+  for (int off = W >> 1; off > 0; off >>= 1) v = P::combine(v, shfl_xor(v, off));
+  return v;
+}
+
+// Over the block (blockDim.x a multiple of 32, blockDim.y == 1); every thread must call.
+template <class P, class S>
+__device__ __forceinline__ S block_allreduce(S v, S* red) {
+  v = warp_allreduce<P>(v, 32);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  S r = red[0];
+  for (int w = 1; w < int(blockDim.x >> 5); ++w) r = P::combine(r, red[w]);
+  __syncthreads();  // red is reused by the next call
+  return r;
+}
+
+// Over threadIdx.y for each threadIdx.x (blockDim.y a power of two); every thread must call.
+template <class P, class S>
+__device__ __forceinline__ S col_allreduce(S v, S* red) {
+  const int tx = threadIdx.x, ty = threadIdx.y, bx = blockDim.x;
+  red[ty * bx + tx] = v;
+  __syncthreads();
+  for (int h = blockDim.y >> 1; h > 0; h >>= 1) {
+    if (ty < h) red[ty * bx + tx] = P::combine(red[ty * bx + tx], red[(ty + h) * bx + tx]);
+    __syncthreads();
+  }
+  const S r = red[tx];
+  __syncthreads();
+  return r;
+}
+
+// ---- the generic kernels -------------------------------------------------------------------
+// A policy P has: V (chunk width), State, Cache<W> (what pass 1 read of a chunk of W),
+// kWarpK / kBlockK (chunks per thread the register paths may hold; kBlockK 0: none),
+// kU (chunks per thread in flight in the re-reading paths), and
+//   init(ridx) -> State; load(Cache&, State, Seg, chunk); accumulate(State&, Cache);
+//   combine(State, State); finish(State&, ridx); then either (kRowOut) store_row(State, ridx),
+//   one output per row, or store(State, Cache, Seg, chunk), one per element.
+// ridx is the row's index into [outer, inner].
+
+// inner == 1, reduce <= 32 * K * V: W lanes per row, K chunks of V per lane, one read.
+template <class P, int K, bool VEC>
+__global__ void __launch_bounds__(kWarpBlock, 4) rows_warp(const P p, int64_t rows, int64_t n, int W) {
+  using S = typename P::State;
+  using C = typename P::template Cache<P::V>;
+  const int lane = threadIdx.x & 31, lw = lane & (W - 1), rpw = 32 / W;
+  const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int64_t step = ((int64_t(gridDim.x) * blockDim.x) >> 5) * rpw;
+  for (int64_t base = warp * rpw; base < rows; base += step) {  // uniform across the warp
+    const int64_t row = base + lane / W;
+    const bool ok = row < rows;
+    const int64_t ridx = ok ? row : 0;
+    const Seg<VEC> seg{ridx * n, ok ? n : 0, 1};
+    S st = p.init(ridx);
+    C c[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) p.load(c[k], st, seg, int64_t(k) * W + lw);
+#pragma unroll
+    for (int k = 0; k < K; ++k) p.accumulate(st, c[k]);
+    st = warp_allreduce<P>(st, W);
+    p.finish(st, ridx);
+    if (!ok) continue;
+    if constexpr (P::kRowOut) {
+      if (lw == 0) p.store_row(st, ridx);
+    } else {
+#pragma unroll
+      for (int k = 0; k < K; ++k) p.store(st, c[k], seg, int64_t(k) * W + lw);
+    }
+  }
+}
+
+// inner == 1, reduce <= blockDim.x * K * V: a block per row, K chunks per thread, one read.
+template <class P, int K, bool VEC>
+__global__ void __launch_bounds__(kMaxBlock, 1) rows_block(const P p, int64_t rows, int64_t n) {
+  using S = typename P::State;
+  using C = typename P::template Cache<P::V>;
+  __shared__ S red[32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const Seg<VEC> seg{row * n, n, 1};
+    S st = p.init(row);
+    C c[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) p.load(c[k], st, seg, int64_t(k) * blockDim.x + threadIdx.x);
+#pragma unroll
+    for (int k = 0; k < K; ++k) p.accumulate(st, c[k]);
+    st = block_allreduce<P>(st, red);
+    p.finish(st, row);
+    if constexpr (P::kRowOut) {
+      if (threadIdx.x == 0) p.store_row(st, row);
+    } else {
+#pragma unroll
+      for (int k = 0; k < K; ++k) p.store(st, c[k], seg, int64_t(k) * blockDim.x + threadIdx.x);
+    }
+  }
+}
+
+// inner == 1, any reduce: a block per row; pass 1 reduces, pass 2 re-reads and writes.
+template <class P, bool VEC>
+__global__ void __launch_bounds__(kMaxBlock, 1) rows_stream(const P p, int64_t rows, int64_t n) {
+  using S = typename P::State;
+  using C = typename P::template Cache<P::V>;
+  __shared__ S red[32];
+  const int64_t chunks = (n + P::V - 1) / P::V, nt = blockDim.x;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const Seg<VEC> seg{row * n, n, 1};
+    S st = p.init(row);
+    for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += P::kU * nt) {
+      C c[P::kU];
+#pragma unroll
+      for (int u = 0; u < P::kU; ++u) p.load(c[u], st, seg, c0 + u * nt);
+#pragma unroll
+      for (int u = 0; u < P::kU; ++u) p.accumulate(st, c[u]);
+    }
+    st = block_allreduce<P>(st, red);
+    p.finish(st, row);
+    if constexpr (P::kRowOut) {
+      if (threadIdx.x == 0) p.store_row(st, row);
+    } else {
+      for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += P::kU * nt) {
+        C c[P::kU];
+#pragma unroll
+        for (int u = 0; u < P::kU; ++u) p.load(c[u], st, seg, c0 + u * nt);
+#pragma unroll
+        for (int u = 0; u < P::kU; ++u) p.store(st, c[u], seg, c0 + u * nt);
+      }
+    }
+  }
+}
+
+// inner > 1: a block per (o, tile of blockDim.x columns i); threadIdx.y splits the reduce
+// axis (element r of column (o, i) at (o * n + r) * inner + i); pass 2 re-reads.
+template <class P>
+__global__ void __launch_bounds__(kColThreads) cols(const P p, int64_t outer, int64_t n, int64_t inner) {
+  using S = typename P::State;
+  using C = typename P::template Cache<1>;
+  __shared__ S red[kColThreads];
+  const int tx = threadIdx.x, ty = threadIdx.y, bx = blockDim.x, by = blockDim.y;
+  const int64_t tiles_i = (inner + bx - 1) / bx, tiles = outer * tiles_i;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // uniform across the block
+    const int64_t o = t / tiles_i, i = (t % tiles_i) * bx + tx;
+    const bool ok = i < inner;
+    const int64_t ridx = o * inner + (ok ? i : 0);
+    const Seg<false> seg{o * n * inner + (ok ? i : 0), ok ? n : 0, inner};
+    S st = p.init(ridx);
+    for (int64_t r0 = ty; r0 < seg.n; r0 += P::kU * by) {
+      C c[P::kU];
+#pragma unroll
+      for (int u = 0; u < P::kU; ++u) p.load(c[u], st, seg, r0 + u * by);
+#pragma unroll
+      for (int u = 0; u < P::kU; ++u) p.accumulate(st, c[u]);
+    }
+    st = col_allreduce<P>(st, red);
+    p.finish(st, ridx);
+    if constexpr (P::kRowOut) {
+      if (ok && ty == 0) p.store_row(st, ridx);
+    } else {
+      for (int64_t r0 = ty; r0 < seg.n; r0 += P::kU * by) {
+        C c[P::kU];
+#pragma unroll
+        for (int u = 0; u < P::kU; ++u) p.load(c[u], st, seg, r0 + u * by);
+#pragma unroll
+        for (int u = 0; u < P::kU; ++u) p.store(st, c[u], seg, r0 + u * by);
+      }
+    }
+  }
+}
+
+// ---- host dispatch -------------------------------------------------------------------------
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t next_pow2(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+template <class P, int K, bool VEC>
+void launch_warp(const at::Tensor& on, const P& p, int64_t rows, int64_t n, int64_t k, int W) {
+  if constexpr (K > P::kWarpK) {
+    TORCH_INTERNAL_ASSERT(false, "torchmodules: no warp kernel for ", k, " chunks per lane");
+  } else if (k == K) {
+    const int64_t rows_per_block = kWarpBlock / 32 * (32 / W);
+    tm_launch(on, dim3(unsigned(tm_blocks(rows, rows_per_block))), dim3(kWarpBlock), 0, rows_warp<P, K, VEC>, p,
+              rows, n, W);
+  } else {
+    launch_warp<P, K * 2, VEC>(on, p, rows, n, k, W);
+  }
+}
+
+// inner == 1: the warp, block or stream kernel by row length.
+template <class P, bool VEC>
+void launch_rows(const at::Tensor& on, const P& p, int64_t rows, int64_t n) {
+  const int64_t chunks = ceil_div(n, P::V);
+  const unsigned grid = unsigned(tm_blocks(rows, 1));
+  if (chunks <= 32 * P::kWarpK) {
+    const int W = int(chunks <= 32 ? next_pow2(chunks) : 32);
+    const int64_t k = chunks <= 32 ? 1 : next_pow2(ceil_div(chunks, 32));
+    launch_warp<P, 1, VEC>(on, p, rows, n, k, W);
+  } else if (P::kBlockK > 0 && chunks <= kMaxBlock * P::kBlockK) {
+    if constexpr (P::kBlockK > 0) {
+      const int threads = int(ceil_div(ceil_div(chunks, P::kBlockK), 32) * 32);
+      tm_launch(on, dim3(grid), dim3(threads), 0, rows_block<P, P::kBlockK, VEC>, p, rows, n);
+    }
+  } else {
+    const int threads = int(std::min<int64_t>(kMaxBlock, ceil_div(ceil_div(chunks, P::kU), 32) * 32));
+    tm_launch(on, dim3(grid), dim3(threads), 0, rows_stream<P, VEC>, p, rows, n);
+  }
+}
+
+// Runs policy p over the rows of r; ptrs: every tensor the kernels read or write.
+template <class P>
+void run_rows(const at::Tensor& on, const P& p, Rows r, std::initializer_list<const void*> ptrs) {
+  if (r.outer == 0 || r.reduce == 0 || r.inner == 0) return;
+  const int64_t n = r.reduce;
+  if (r.inner > 1) {
+    const int bx = int(std::min<int64_t>(32, next_pow2(r.inner)));
+    const int by = int(std::min<int64_t>(kColThreads / bx, next_pow2(n)));
+    const int64_t tiles = r.outer * ceil_div(r.inner, bx);
+    tm_launch(on, dim3(unsigned(tm_blocks(tiles, 1))), dim3(bx, by), 0, cols<P>, p, r.outer, n, r.inner);
+    return;
+  }
+  if (n % P::V == 0 && tm_aligned(16, ptrs)) launch_rows<P, true>(on, p, r.outer, n);
+  else launch_rows<P, false>(on, p, r.outer, n);
+}
+
+// ---- the three ops -------------------------------------------------------------------------
+
+// Forward: y = (x - m) - log s, (m, s) = online (max, sum exp(x - max)).
+// m ignores NaN (s carries it); a -inf entry adds 0, so an all -inf row ends at m = -inf,
+// s = 0 and y = (-inf - -inf) - log 0 = NaN, and +inf gives exp(inf - inf) = NaN, as torch.
+template <class T>
+struct LsmForward {
+  using A = dacc<T>;
+  static constexpr int V = 16 / sizeof(T);
+  static constexpr int kWarpK = 128 / int(sizeof(A)) / V;  // 32 (float) or 16 (double) values per lane
+  static constexpr int kBlockK = 64 / int(sizeof(A)) / V;  // 16 or 8 values per thread
+  static constexpr int kU = 4;
+  static constexpr bool kRowOut = false;
+  struct State {
+    A m, s;
+  };
+  template <int W> struct Cache {
+    A x[W];
+  };
+  T* y;
+  const T* x;
+
+  __device__ State init(int64_t) const { return {ninf<A>(), A(0)}; }
+  template <int W, class Sg> __device__ void load(Cache<W>& c, const State&, const Sg& s, int64_t k) const {
+    load_chunk<W>(c.x, x, s, k, ninf<A>());
+  }
+  // (m, s) <- (max(m, x_j), s exp(m - m') + sum_j exp(x_j - m')), -inf entries adding 0.
+  template <int W> __device__ void accumulate(State& st, const Cache<W>& c) const {
+    A cm = ninf<A>();
+#pragma unroll
+    for (int j = 0; j < W; ++j) cm = c.x[j] > cm ? c.x[j] : cm;
+    if (cm > st.m) {
+      st.s *= dexp(st.m - cm);
+      st.m = cm;
+    }
+#pragma unroll
+    for (int j = 0; j < W; ++j) st.s += c.x[j] == ninf<A>() ? A(0) : dexp(c.x[j] - st.m);
+  }
+  // (m, s) of the union: m = max(m1, m2), s = s1 exp(m1 - m) + s2 exp(m2 - m).
+  __device__ static State combine(const State& a, const State& b) {
+    const A m = a.m > b.m ? a.m : b.m;
+    return {m, (a.m == m ? a.s : a.s * dexp(a.m - m)) + (b.m == m ? b.s : b.s * dexp(b.m - m))};
+  }
+  __device__ void finish(State& st, int64_t) const { st.s = dlog(st.s); }
+  // y = (x - m) - log s
+  template <int W, class Sg> __device__ void store(const State& st, const Cache<W>& c, const Sg& s, int64_t k) const {
+    A o[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) o[j] = (c.x[j] - st.m) - st.s;
+    store_chunk<W>(y, s, k, o);
+  }
+};
+
+// Backward: dx = dy - exp(y) S, S = sum dy.
+template <class T>
+struct LsmBackward {
+  using A = dacc<T>;
+  static constexpr int V = 16 / sizeof(T);
+  static constexpr int kWarpK = 64 / int(sizeof(A)) / V;   // 16 (float) or 8 (double) values per lane
+  static constexpr int kBlockK = 64 / int(sizeof(A)) / V;
+  static constexpr int kU = sizeof(A) == 8 ? 1 : 2;  // pass 2 reads dy and y
+  static constexpr bool kRowOut = false;
+  struct State {
+    A s;
+  };
+  template <int W> struct Cache {
+    A g[W];
+  };
+  T* dx;
+  const T* dy;
+  const T* y;
+
+  __device__ State init(int64_t) const { return {A(0)}; }
+  template <int W, class Sg> __device__ void load(Cache<W>& c, const State&, const Sg& s, int64_t k) const {
+    load_chunk<W>(c.g, dy, s, k, A(0));
+  }
+  template <int W> __device__ void accumulate(State& st, const Cache<W>& c) const {
+#pragma unroll
+    for (int j = 0; j < W; ++j) st.s += c.g[j];
+  }
+  __device__ static State combine(const State& a, const State& b) { return {a.s + b.s}; }
+  __device__ void finish(State&, int64_t) const {}
+  // dx = dy - exp(y) S
+  template <int W, class Sg> __device__ void store(const State& st, const Cache<W>& c, const Sg& s, int64_t k) const {
+    A yv[W], o[W];
+    load_chunk<W>(yv, y, s, k, A(0));
+#pragma unroll
+    for (int j = 0; j < W; ++j) o[j] = c.g[j] - dexp(yv[j]) * st.s;
+    store_chunk<W>(dx, s, k, o);
+  }
+};
+
+// Double backward: d_dy = gg - A, d_y = (-B exp(y)) gg, A = sum gg exp(y), B = sum dy.
+template <class T>
+struct LsmDoubleBackward {
+  using A = dacc<T>;
+  static constexpr int V = 16 / sizeof(T);
+  static constexpr int kWarpK = 64 / int(sizeof(A)) / V;  // two cached arrays: 32 registers
+  static constexpr int kBlockK = 32 / int(sizeof(A)) / V;  // two cached arrays: 16 registers
+  static constexpr int kU = sizeof(A) == 8 ? 1 : 2;
+  static constexpr bool kRowOut = false;
+  struct State {
+    A a, b;
+  };
+  template <int W> struct Cache {
+    A g[W], e[W], d[W];  // gg, exp(y), dy (d only feeds accumulate)
+  };
+  T* d_dy;
+  T* d_y;
+  const T* gg;
+  const T* dy;
+  const T* y;
+
+  __device__ State init(int64_t) const { return {A(0), A(0)}; }
+  template <int W, class Sg> __device__ void load(Cache<W>& c, const State&, const Sg& s, int64_t k) const {
+    load_chunk<W>(c.g, gg, s, k, A(0));
+    load_chunk<W>(c.e, y, s, k, ninf<A>());
+#pragma unroll
+    for (int j = 0; j < W; ++j) c.e[j] = dexp(c.e[j]);
+    load_chunk<W>(c.d, dy, s, k, A(0));
+  }
+  template <int W> __device__ void accumulate(State& st, const Cache<W>& c) const {
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      st.a += c.g[j] * c.e[j];
+      st.b += c.d[j];
+    }
+  }
+  __device__ static State combine(const State& a, const State& b) { return {a.a + b.a, a.b + b.b}; }
+  __device__ void finish(State&, int64_t) const {}
+  // d_dy = gg - A,  d_y = (-B exp(y)) gg
+  template <int W, class Sg> __device__ void store(const State& st, const Cache<W>& c, const Sg& s, int64_t k) const {
+    A o1[W], o2[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      o1[j] = c.g[j] - st.a;
+      o2[j] = (-st.b * c.e[j]) * c.g[j];
+    }
+    store_chunk<W>(d_dy, s, k, o1);
+    store_chunk<W>(d_y, s, k, o2);
+  }
+};
+
+}  // namespace
+
+// ---- launchers -------------------------------------------------------------------------------
+
+void log_softmax_forward_cuda(at::Tensor& y, const at::Tensor& x, Rows r) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "log_softmax_forward_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    const LsmForward<T> p{dptr<scalar_t>(y), dptr<scalar_t>(x)};
+    run_rows(x, p, r, {p.y, p.x});
+  });
+}
+
+void log_softmax_backward_cuda(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& y, Rows r) {
+  TM_DISPATCH_FLOATING(y.scalar_type(), "log_softmax_backward_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    const LsmBackward<T> p{dptr<scalar_t>(dx), dptr<scalar_t>(dy), dptr<scalar_t>(y)};
+    run_rows(y, p, r, {p.dx, p.dy, p.y});
+  });
+}
+
+void log_softmax_double_backward_cuda(at::Tensor& d_dy, at::Tensor& d_y, const at::Tensor& gg, const at::Tensor& dy,
+                                      const at::Tensor& y, Rows r) {
+  TM_DISPATCH_FLOATING(y.scalar_type(), "log_softmax_double_backward_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    const LsmDoubleBackward<T> p{dptr<scalar_t>(d_dy), dptr<scalar_t>(d_y), dptr<scalar_t>(gg), dptr<scalar_t>(dy),
+                                 dptr<scalar_t>(y)};
+    run_rows(y, p, r, {p.d_dy, p.d_y, p.gg, p.dy, p.y});
+  });
+}
+
+TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
+  m.impl("log_softmax_forward", &log_softmax_forward);
+  m.impl("log_softmax_backward", &log_softmax_backward);
+  m.impl("log_softmax_double_backward", &log_softmax_double_backward);
+}
+
+}  // namespace torchmodules

@@ -1,0 +1,169 @@
+"""One table of ops, drives every test: for each op, ours, torch's reference, and cases.
+
+A case builds float64 CPU master inputs; the tests cast them to the dtype and device under
+test and feed the same rounded values, in float64, to torch's reference.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Callable, List
+
+import torch
+
+import torchmodules.functional as TF
+
+F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
+DTYPES = [F64, F32, F16, BF16]
+
+# Tolerance: |ours - ref| <= atol * scale + rtol * |ref| + 2 * (torch's own error in that
+# dtype against the float64 reference, at worst), per element.
+TOL = {F64: (1e-10, 1e-9), F32: (1e-5, 1e-5), F16: (1e-3, 2e-3), BF16: (1e-2, 1.6e-2)}
+
+
+def randn(*shape):
+    return torch.randn(shape, dtype=F64)
+
+
+def strided(t):
+    """A non-contiguous view with t's values: every second element of a wider tensor."""
+    if t.dim() == 0:
+        return t
+    w = torch.empty(*t.shape[:-1], t.shape[-1] * 2, dtype=t.dtype)
+    w[..., ::2] = t
+    return w[..., ::2]
+
+
+def expanded(shape):
+    """A stride-0 (expanded) tensor of `shape`: one row repeated."""
+    return randn(*shape[-1:]).expand(*shape)
+
+
+def special(*shape, kinds=("inf", "-inf", "nan", "big")):
+    """randn with some entries set to inf, -inf, NaN or +-1e4."""
+    t = randn(*shape)
+    flat = t.view(-1)
+    n = flat.numel()
+    for k, kind in enumerate(kinds):
+        idx = torch.randperm(n)[: max(1, n // 8)]
+        flat[idx] = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}.get(kind, 0.0) if kind != "big" else \
+            torch.randn(len(idx), dtype=F64) * 1e4
+    return t
+
+
+def ties(*shape):
+    """Small integers, so many elements compare equal."""
+    return torch.randint(-3, 4, shape).to(F64)
+
+
+@dataclass
+class Case:
+    name: str
+    make: Callable[[], list]       # master inputs: float64 CPU tensors and plain values
+    scale: float = 1.0             # multiplies atol (e.g. sqrt(K) for a dot product)
+    smooth: bool = True            # finite, no ties: usable for gradcheck and opcheck
+
+
+@dataclass
+class OpSpec:
+    name: str
+    ours: Callable
+    ref: Callable
+    cases: List[Case] = field(default_factory=list)
+
+
+def _lin(m, k, n, bias=True, xform=lambda t: t, lead=None):
+    def make():
+        xs = (*(lead or ()), m, k) if m is not None else (k,)
+        return [xform(randn(*xs)), randn(n, k) / math.sqrt(max(k, 1)), randn(n) if bias else None]
+    return make
+
+
+OPS = [
+    OpSpec("linear", TF.linear, torch.nn.functional.linear, [
+        Case("1x1x1", _lin(1, 1, 1)),
+        Case("3x5x7", _lin(3, 5, 7)),
+        Case("17x127x33_nobias", _lin(17, 127, 33, bias=False), scale=4),
+        Case("64x1025x10", _lin(64, 1025, 10), scale=8),
+        Case("130x70x129", _lin(130, 70, 129), scale=4),
+        Case("input_1d", _lin(None, 7, 5)),
+        Case("input_3d", _lin(4, 6, 3, lead=(2,))),
+        Case("noncontig", _lin(9, 12, 5, xform=strided)),
+        Case("empty_batch", _lin(0, 4, 3)),
+        Case("k0", _lin(3, 0, 2)),
+        Case("big", lambda: [randn(5, 8) * 1e3, randn(4, 8), randn(4)], scale=1e3),
+    ]),
+    OpSpec("relu", TF.relu, torch.relu, [
+        Case("0d", lambda: [randn()]),
+        Case("1", lambda: [randn(1)]),
+        Case("1025", lambda: [randn(1025)]),
+        Case("3x127", lambda: [randn(3, 127)]),
+        Case("empty", lambda: [randn(0, 3)]),
+        Case("noncontig", lambda: [strided(randn(7, 33))]),
+        Case("expanded", lambda: [expanded((5, 37))]),
+        Case("zeros_and_special", lambda: [torch.where(torch.rand(9, 31) < 0.2, 0.0, special(9, 31))], smooth=False),
+    ]),
+    OpSpec("duplicate", lambda x: TF.duplicate(x, 3), lambda x: (x.clone(), x.clone(), x.clone()), [
+        Case("0d", lambda: [randn()]),
+        Case("1025", lambda: [randn(1025)]),
+        Case("3x127", lambda: [randn(3, 127)]),
+        Case("empty", lambda: [randn(2, 0)]),
+        Case("noncontig", lambda: [strided(randn(7, 33))]),
+        Case("special", lambda: [special(5, 17)], smooth=False),
+    ]),
+    OpSpec("duplicate_one_used", lambda x: TF.duplicate(x, 2)[1], lambda x: x.clone(), [
+        Case("3x5", lambda: [randn(3, 5)]),
+    ]),
+    OpSpec("add", TF.add, torch.add, [
+        Case("same", lambda: [randn(1025), randn(1025)]),
+        Case("0d", lambda: [randn(), randn()]),
+        Case("scalar_other", lambda: [randn(3, 5), randn()]),
+        Case("bcast_row", lambda: [randn(37, 129), randn(129)]),
+        Case("bcast_col", lambda: [randn(37, 1), randn(37, 129)]),
+        Case("bcast_both", lambda: [randn(4, 1, 3), randn(5, 1)]),
+        Case("empty", lambda: [randn(0, 3), randn(3)]),
+        Case("noncontig", lambda: [strided(randn(6, 10)), randn(6, 10).t().contiguous().t()]),
+        Case("expanded", lambda: [expanded((4, 9)), randn(4, 9)]),
+        Case("special", lambda: [special(7, 9), special(7, 9)], smooth=False),
+    ]),
+    OpSpec("maximum", TF.maximum, torch.maximum, [
+        Case("same", lambda: [randn(1025), randn(1025)]),
+        Case("0d", lambda: [randn(), randn()]),
+        Case("bcast_row", lambda: [randn(37, 129), randn(129)]),
+        Case("bcast_both", lambda: [randn(4, 1, 3), randn(5, 1)]),
+        Case("empty", lambda: [randn(0, 3), randn(3)]),
+        Case("noncontig", lambda: [strided(randn(6, 10)), randn(6, 10)]),
+        Case("ties", lambda: [ties(8, 33), ties(8, 33)], smooth=False),
+        Case("special", lambda: [special(7, 9), special(7, 9)], smooth=False),
+    ]),
+    OpSpec("amax", lambda x, d, k: TF.amax(x, d, k), lambda x, d, k: torch.amax(x, d, k), [
+        Case("last", lambda: [randn(5, 33), -1, False]),
+        Case("first_keepdim", lambda: [randn(6, 7), 0, True]),
+        Case("middle", lambda: [randn(3, 9, 4), 1, False]),
+        Case("two_adjacent", lambda: [randn(3, 4, 5), (1, 2), False]),
+        Case("two_apart", lambda: [randn(3, 4, 5), (0, 2), True]),
+        Case("all", lambda: [randn(4, 6), (), False]),
+        Case("0d", lambda: [randn(), 0, False]),
+        Case("long_row", lambda: [randn(2, 3000), 1, False]),
+        Case("noncontig", lambda: [strided(randn(5, 8)), 1, False]),
+        Case("ties", lambda: [ties(6, 17), 1, False], smooth=False),
+        Case("special", lambda: [special(6, 17, kinds=("-inf", "big")), 1, False], smooth=False),
+        Case("nan", lambda: [special(6, 17, kinds=("nan",)), 1, False], smooth=False),
+    ]),
+    OpSpec("log_softmax", lambda x, d: TF.log_softmax(x, d), lambda x, d: torch.log_softmax(x, d), [
+        Case("3", lambda: [randn(3), 0]),
+        Case("rows", lambda: [randn(4, 1025), 1]),
+        Case("dim0", lambda: [randn(33, 5), 0]),
+        Case("middle", lambda: [randn(3, 7, 4), 1]),
+        Case("neg_dim", lambda: [randn(2, 3, 130), -1]),
+        Case("0d", lambda: [randn(), 0]),
+        Case("empty", lambda: [randn(0, 5), 1]),
+        Case("long_row", lambda: [randn(2, 5000), 1]),
+        Case("noncontig", lambda: [strided(randn(6, 10)), 1]),
+        Case("big", lambda: [randn(5, 40) * 1e4, 1], smooth=False),
+        Case("neg_inf", lambda: [special(6, 20, kinds=("-inf",)), 1], smooth=False),
+        Case("all_neg_inf_row", lambda: [torch.cat([randn(2, 8), torch.full((1, 8), -math.inf, dtype=F64)]), 1],
+             smooth=False),
+        Case("nan", lambda: [special(6, 20, kinds=("nan",)), 1], smooth=False),
+    ]),
+]
+
+OPS_BY_NAME = {op.name: op for op in OPS}

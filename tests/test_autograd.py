@@ -1,0 +1,107 @@
+"""gradcheck and gradgradcheck in float64 for every op, and torch.library.opcheck for every
+forward and backward op, on the calls that a forward, backward and double backward of
+each case make."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from helpers import DEVICES, as_tuple, cast_inputs
+from op_table import OPS
+
+SMOOTH = [pytest.param(op, case, id=f"{op.name}-{case.name}")
+          for op in OPS for case in op.cases if case.smooth]
+
+
+def _floating_inputs(case, device):
+    ins = cast_inputs(case.make(), torch.float64, device)
+    return ins, [i for i, v in enumerate(ins) if isinstance(v, torch.Tensor) and v.requires_grad]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op,case", SMOOTH)
+def test_gradcheck_gradgradcheck(op, case, device):
+    ins, idx = _floating_inputs(case, device)
+    if not idx or all(ins[i].numel() == 0 for i in idx):
+        pytest.skip("no differentiable input")
+    # gradcheck perturbs elements one by one, so overlapping (stride-0) inputs are made dense.
+    ins = [(t.detach().contiguous() if 0 in t.stride() else t.detach()).requires_grad_(True) if i in idx else t
+           for i, t in enumerate(ins)]
+    leaves = [ins[i] for i in idx]
+
+    def fn(*xs):
+        full = list(ins)
+        for i, x in zip(idx, xs):
+            full[i] = x
+        return as_tuple(op.ours(*full))
+
+    assert torch.autograd.gradcheck(fn, leaves, atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradgradcheck(fn, leaves, atol=1e-6, rtol=1e-5)
+
+
+class RecordOps(TorchDispatchMode):
+    """Records every torchmodules op called, with its arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "torchmodules":
+            self.calls.append((func, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def _recorded_calls(op, case, dtype, device):
+    ins = cast_inputs(case.make(), dtype, device)
+    leaves = [t for t in ins if isinstance(t, torch.Tensor) and t.requires_grad]
+    with RecordOps() as rec:
+        outs = [o for o in as_tuple(op.ours(*ins)) if o.requires_grad]
+        if outs and leaves:
+            gouts = [torch.randn_like(o).requires_grad_(True) for o in outs]
+            grads = torch.autograd.grad(outs, leaves, gouts, create_graph=True, allow_unused=True)
+            used = [(g, l) for g, l in zip(grads, leaves) if g is not None and g.requires_grad]
+            if used:
+                torch.autograd.grad([g for g, _ in used], [l for _, l in used] + gouts,
+                                    [torch.randn_like(g) for g, _ in used], allow_unused=True)
+    return rec.calls
+
+
+def _fresh(v):
+    """A copy of a recorded argument, floating tensors requiring grad (to test autograd)."""
+    if isinstance(v, torch.Tensor):
+        t = v.detach().clone()
+        return t.requires_grad_(t.dtype.is_floating_point)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_fresh(u) for u in v)
+    return v
+
+
+OPCHECK_CASES = [pytest.param(op, case, id=f"{op.name}-{case.name}")
+                 for op in OPS for case in op.cases if case.smooth]
+
+
+def _signature(func, args):
+    return (func, tuple((tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else repr(a) for a in args))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op,case", OPCHECK_CASES)
+def test_opcheck(op, case, device):
+    calls = _recorded_calls(op, case, torch.float32, device)
+    assert calls, "no torchmodules op was called"
+    done = set()
+    for func, args, kwargs in calls:
+        if _signature(func, args) not in done:  # the same op on the same shapes once per case
+            done.add(_signature(func, args))
+            torch.library.opcheck(func, _fresh(args), _fresh(kwargs))
+
+
+def test_every_op_is_opchecked():
+    """The forward, backward and double-backward calls of the cases cover the whole op table."""
+    seen = set()
+    for op in OPS:
+        for case in op.cases:
+            if case.smooth:
+                seen |= {f._schema.name.split("::")[1] for f, _, _ in _recorded_calls(op, case, torch.float64, "cpu")}
+    table = {s.name.split("::")[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("torchmodules::")}
+    assert table <= seen, f"never opchecked: {table - seen}"
