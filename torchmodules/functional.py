@@ -1,5 +1,6 @@
 """Functional API, drop-in for torch.nn.functional / torch: each call is one of our ops
 (autograd, fakes and backward kernels in torchmodules/_ops.py)."""
+import warnings
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -52,7 +53,9 @@ def _legacy_softmax_dim(ndim: int) -> int:
 def log_softmax(input: torch.Tensor, dim: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """input - log(sum(exp(input), dim)), as torch.log_softmax; with dtype, input is cast
     first (as torch does)."""
-    if dim is None:
+    if dim is None:  # torch's legacy choice, with torch's warning
+        warnings.warn("Implicit dimension choice for log_softmax has been deprecated. "
+                      "Change the call to include dim=X as an argument.", stacklevel=2)
         dim = _legacy_softmax_dim(input.dim())
     if dtype is not None:
         input = input.to(dtype)
