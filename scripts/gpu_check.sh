@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# All GPU work in one go (GPU time comes in short slots): build for the card, CUDA tests,
+# compute-sanitizer over every kernel, the quick benchmark if there is one; logs and a
+# summary go to the output folder.  Usage: scripts/gpu_check.sh OUTDIR   (TM_COMMIT=<sha>)
+set -uo pipefail
+OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+SUM="$OUT/summary.md"
+cd "$(dirname "$0")/.."
+step() { echo "== $1 ($(date +%T))" | tee -a "$OUT/steps.log"; }
+{
+  echo "# GPU check"
+  echo "- commit: ${TM_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+  echo "- device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
+  echo "- torch: $($PY -c 'import torch;print(torch.__version__, "cuda", torch.version.cuda)')"
+  echo "- date: $(date -u +%F)"
+} > "$SUM"
+
+step "1. build (sm_90)"
+if ! TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 $PY setup.py build_ext --inplace --build-temp build/gpu > "$OUT/build.log" 2>&1; then
+  echo "- build: FAILED (see build.log)" >> "$SUM"; tail -30 "$OUT/build.log"; exit 1
+fi
+echo "- build: ok" >> "$SUM"
+
+step "2. CUDA tests"
+timeout ${TM_TEST_TIMEOUT:-240} $PY -m pytest tests -q -rfE -p no:cacheprovider \
+  -k "cuda or devices or deterministic" > "$OUT/tests.log" 2>&1
+echo "- CUDA tests (exit $?): $(tail -1 "$OUT/tests.log")" >> "$SUM"
+grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40 | sed 's/^/  - /' >> "$SUM"
+
+step "3. compute-sanitizer"
+for tool in memcheck racecheck; do
+  timeout ${TM_SAN_TIMEOUT:-120} compute-sanitizer --tool $tool --print-limit 20 \
+    $PY scripts/sanitize_ops.py > "$OUT/sanitizer-$tool.log" 2>&1
+  echo "- sanitizer $tool (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitize_ops:' "$OUT/sanitizer-$tool.log" | tr '\n' ' ')" >> "$SUM"
+done
+
+if [ -f benchmarks/bench.py ]; then
+  step "4. quick benchmark"
+  timeout ${TM_BENCH_TIMEOUT:-180} $PY benchmarks/bench.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1
+  echo "- benchmark (exit $?): see bench.md" >> "$SUM"
+fi
+step "done"
+cat "$SUM"

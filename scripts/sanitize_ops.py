@@ -1,0 +1,29 @@
+"""Runs every op of the test table forward, backward and double backward on CUDA at the
+table's small sizes, for compute-sanitizer (memcheck, racecheck) to watch every kernel.
+Usage: compute-sanitizer --tool memcheck python scripts/sanitize_ops.py"""
+import os
+import sys
+
+import torch
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # the in-place build, and the test table
+from helpers import as_tuple, cast_inputs  # noqa: E402
+from op_table import OPS  # noqa: E402
+
+done = 0
+for op in OPS:
+    for case in op.cases:
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            ins = cast_inputs(case.make(), dtype, "cuda")
+            leaves = [t for t in ins if isinstance(t, torch.Tensor) and t.requires_grad]
+            outs = [o for o in as_tuple(op.ours(*ins)) if o.requires_grad]
+            if outs and leaves:
+                gouts = [torch.randn_like(o).requires_grad_(True) for o in outs]
+                grads = torch.autograd.grad(outs, leaves, gouts, create_graph=True, allow_unused=True)
+                used = [g for g in grads if g is not None and g.requires_grad]
+                if used:
+                    torch.autograd.grad(used, leaves + gouts, [torch.randn_like(g) for g in used], allow_unused=True)
+            done += 1
+torch.cuda.synchronize()
+print(f"sanitize_ops: ran {done} op x case x dtype combinations forward, backward and double backward")
