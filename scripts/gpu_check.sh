@@ -31,12 +31,13 @@ grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40 | sed 's/^/  - /' >> "$SUM
 
 step "3. compute-sanitizer"
 for tool in memcheck racecheck; do
-  timeout ${TM_SAN_TIMEOUT:-120} compute-sanitizer --tool $tool --print-limit 20 \
+  dts=float32,bfloat16,float64; [ $tool = racecheck ] && dts=float32
+  TM_SAN_DTYPES=$dts timeout ${TM_SAN_TIMEOUT:-120} compute-sanitizer --tool $tool --print-limit 20 \
     $PY scripts/sanitize_ops.py > "$OUT/sanitizer-$tool.log" 2>&1
   echo "- sanitizer $tool (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitize_ops:' "$OUT/sanitizer-$tool.log" | tr '\n' ' ')" >> "$SUM"
 done
 
-if [ -f benchmarks/bench.py ]; then
+if [ -f benchmarks/bench.py ] && [ "${TM_BENCH:-1}" = 1 ]; then
   step "4. quick benchmark"
   timeout ${TM_BENCH_TIMEOUT:-180} $PY benchmarks/bench.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1
   echo "- benchmark (exit $?): see bench.md" >> "$SUM"

@@ -11,10 +11,12 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # the in-place build, and th
 from helpers import as_tuple, cast_inputs  # noqa: E402
 from op_table import OPS  # noqa: E402
 
+# TM_SAN_DTYPES=float32,bfloat16 picks the dtypes (racecheck is slow: one is enough there).
+DTYPES = [getattr(torch, d) for d in os.environ.get("TM_SAN_DTYPES", "float32,bfloat16,float64").split(",")]
 done = 0
 for op in OPS:
     for case in op.cases:
-        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        for dtype in DTYPES:
             ins = cast_inputs(case.make(), dtype, "cuda")
             leaves = [t for t in ins if isinstance(t, torch.Tensor) and t.requires_grad]
             outs = [o for o in as_tuple(op.ours(*ins)) if o.requires_grad]
