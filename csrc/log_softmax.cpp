@@ -78,10 +78,11 @@ static void log_softmax_forward_kernel(T* y, const T* x, Rows R) {
         }
       for (int64_t r = 0; r < R.reduce; ++r)
         for (int64_t i = 0; i < R.inner; ++i) s[i] += tm_exp(static_cast<A>(xo[r * R.inner + i]) - m[i]);
-      for (int64_t i = 0; i < R.inner; ++i) s[i] = m[i] + tm_log(s[i]);  // log sum_j exp(x_j)
+      for (int64_t i = 0; i < R.inner; ++i) s[i] = tm_log(s[i]);  // log sum_j exp(x_j - m)
+      // y = (x - m) - log s: x - m is exact-ish at |x| ~ 1e4, x - (m + log s) is not.
       for (int64_t r = 0; r < R.reduce; ++r)
         for (int64_t i = 0; i < R.inner; ++i)
-          yo[r * R.inner + i] = static_cast<T>(static_cast<A>(xo[r * R.inner + i]) - s[i]);
+          yo[r * R.inner + i] = static_cast<T>((static_cast<A>(xo[r * R.inner + i]) - m[i]) - s[i]);
     }
   });
 }

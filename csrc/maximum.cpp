@@ -31,7 +31,10 @@ at::Tensor maximum_backward(const at::Tensor& grad_y, const at::Tensor& mask, in
                     "torchmodules.maximum_backward: mask must be uint8 of ", maximum_mask_bytes(grad_y.numel()),
                     " bytes for grad_y of shape ", grad_y.sizes(), ", got ", mask.scalar_type(), " ", mask.sizes());
   const at::Tensor dyc = grad_y.contiguous();
-  const at::Tensor mc = mask.contiguous();
+  // The kernels read the mask as 32-bit words (the CUDA ones maybe wider): a strided view or
+  // one at an odd address (big_uint8[1:1+n]) is copied into fresh, aligned storage first.
+  const bool mask_ok = mask.is_contiguous() && reinterpret_cast<uintptr_t>(mask.data_ptr()) % 16 == 0;
+  const at::Tensor mc = mask_ok ? mask : mask.clone(at::MemoryFormat::Contiguous);
   at::Tensor d = new_output(grad_y.sizes(), grad_y.options());
   if (d.numel() > 0) TM_LAUNCH(maximum_backward, grad_y, d, dyc, mc, which);
   return d;
@@ -63,7 +66,8 @@ static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, co
   });
 }
 
-// d = dy * share(code, which)
+// d = dy where this input won (or at a NaN), dy * 1/2 at a tie (in the acc type), and an
+// exact 0 where it lost, even for an infinite or NaN dy (as torch): a select, not dy * share.
 template <typename T>
 static void maximum_backward_kernel(T* d, const T* dy, const uint32_t* m, int64_t which, int64_t n) {
   using A = acc_t<T>;
@@ -72,8 +76,13 @@ static void maximum_backward_kernel(T* d, const T* dy, const uint32_t* m, int64_
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t i0 = w * 16, len = std::min<int64_t>(16, n - i0);
       const uint32_t codes = m[w];
-      for (int64_t k = 0; k < len; ++k)
-        d[i0 + k] = static_cast<T>(static_cast<A>(dy[i0 + k]) * A(maximum_share((codes >> (2 * k)) & 3u, which)));
+      for (int64_t k = 0; k < len; ++k) {
+        const uint32_t c = (codes >> (2 * k)) & 3u;
+        const T g = dy[i0 + k];
+        d[i0 + k] = c == kMaxTie                            ? static_cast<T>(static_cast<A>(g) * A(0.5))
+                    : c == kMaxNaN || c == uint32_t(which) ? g
+                                                           : T(0);
+      }
     }
   });
 }

@@ -25,7 +25,10 @@ at::Tensor relu_backward(const at::Tensor& grad_y, const at::Tensor& mask) {
                     "torchmodules.relu_backward: mask must be uint8 of ", relu_mask_bytes(grad_y.numel()),
                     " bytes for grad_y of shape ", grad_y.sizes(), ", got ", mask.scalar_type(), " ", mask.sizes());
   const at::Tensor dyc = grad_y.contiguous();
-  const at::Tensor mc = mask.contiguous();
+  // The kernels read the mask as 32-bit words (the CUDA ones maybe wider): a strided view or
+  // one at an odd address (big_uint8[1:1+n]) is copied into fresh, aligned storage first.
+  const bool mask_ok = mask.is_contiguous() && reinterpret_cast<uintptr_t>(mask.data_ptr()) % 16 == 0;
+  const at::Tensor mc = mask_ok ? mask : mask.clone(at::MemoryFormat::Contiguous);
   at::Tensor dx = new_output(grad_y.sizes(), grad_y.options());
   if (grad_y.numel() > 0) TM_LAUNCH(relu_backward, grad_y, dx, dyc, mc);
   return dx;
@@ -42,8 +45,10 @@ static void relu_forward_kernel(T* y, uint32_t* m, const T* x, int64_t n) {
       const int64_t i0 = w * 32, len = std::min<int64_t>(32, n - i0);
       uint32_t bits = 0;
       for (int64_t i = 0; i < len; ++i) {
-        const float v = static_cast<float>(x[i0 + i]);
-        const bool pass = !(v <= 0.f);
+        // Compare in the element's own accumulation type (double stays double), as torch:
+        // a float64 1e-310 is > 0 though it would round to 0 as a float.
+        const acc_t<T> v = static_cast<acc_t<T>>(x[i0 + i]);
+        const bool pass = !(v <= acc_t<T>(0));
         y[i0 + i] = pass ? x[i0 + i] : T(0);
         bits |= uint32_t(pass) << i;
       }

@@ -100,6 +100,9 @@ OPS = [
         Case("noncontig", lambda: [strided(randn(7, 33))]),
         Case("expanded", lambda: [expanded((5, 37))]),
         Case("zeros_and_special", lambda: [torch.where(torch.rand(9, 31) < 0.2, 0.0, special(9, 31))], smooth=False),
+        Case("tiny", lambda: [randn(64) * 1e-40], smooth=False),       # > 0 in float64, 0 / denormal below
+        Case("denormal", lambda: [randn(64) * 1e-310], smooth=False),  # float64 denormals
+        Case("tiny_1e-50", lambda: [randn(64) * 1e-50], smooth=False),  # 0 in float32, > 0 in float64
     ]),
     OpSpec("duplicate", lambda x: TF.duplicate(x, 3), lambda x: (x.clone(), x.clone(), x.clone()), [
         Case("0d", lambda: [randn()]),
