@@ -8,7 +8,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 SUM="$OUT/summary.md"
 cd "$(dirname "$0")/.."
-step() { echo "== $1 ($(date +%T))" | tee -a "$OUT/steps.log"; }
+step() { echo "== $1 ($(date +%T))"; }   # the folder keeps at most 8 files: no step log
 {
   echo "# GPU check"
   echo "- commit: ${TM_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
@@ -33,8 +33,9 @@ step "3. compute-sanitizer"
 for tool in memcheck racecheck; do
   dts=float32,bfloat16,float64; [ $tool = racecheck ] && dts=float32
   TM_SAN_DTYPES=$dts timeout ${TM_SAN_TIMEOUT:-120} compute-sanitizer --tool $tool --print-limit 20 \
-    $PY scripts/sanitize_ops.py > "$OUT/sanitizer-$tool.log" 2>&1
-  echo "- sanitizer $tool (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitize_ops:' "$OUT/sanitizer-$tool.log" | tr '\n' ' ')" >> "$SUM"
+    $PY scripts/sanitize_ops.py > "$OUT/sanitizer.tmp" 2>&1
+  echo "- sanitizer $tool (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitize_ops:' "$OUT/sanitizer.tmp" | tr '\n' ' ')" >> "$SUM"
+  { echo "==== $tool"; cat "$OUT/sanitizer.tmp"; } >> "$OUT/sanitizer.log"; rm -f "$OUT/sanitizer.tmp"
 done
 
 if [ -f benchmarks/bench.py ] && [ "${TM_BENCH:-1}" = 1 ]; then
