@@ -1,32 +1,17 @@
 // Duplicate on CUDA.  Forward: y_1 = ... = y_n = x.   Backward: dx = dy_1 + ... + dy_n.
 #include <type_traits>
 
-#include "launch.cuh"
+#include "elementwise.cuh"
 
 namespace torchmodules {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kMaxPtrs = 16;  // tensors per launch, passed by value in the kernel arguments
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-template <typename T>
-using dacc_t = std::conditional_t<std::is_same<T, double>::value, double, float>;
 
 template <typename T>
 struct Ptrs {
   T* p[kMaxPtrs];
 };
-
-template <typename O, typename A>
-__device__ __forceinline__ O to_out(A v) {
-  if constexpr (std::is_same<O, A>::value) return v;
-  else return from_acc<O>(v);
-}
 
 // ys.p[j][i] = x[i] for j < k: x read once, written k times.
 template <typename T, int V>

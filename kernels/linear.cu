@@ -5,10 +5,14 @@
 // float, double: shared-memory tiles, FFMA / DFMA register micro-tiles.
 // float16, bfloat16: tensor cores (ldmatrix + mma.sync m16n8k16), float accumulators,
 // bias added in float, one rounding at the end.
+// float with torch.backends.cuda.matmul.allow_tf32 (sm_80+): the same tensor-core tile in TF32
+// (operands rounded by cvt.rna.tf32.f32, mma.sync m16n8k8, float accumulators), as cuBLAS does.
 // Tiles pass global -> registers -> shared, double-buffered: the next K tile's loads are in
 // flight while the current one is multiplied. Every K step is summed in the same order on
 // every run (no split-K, no atomics): deterministic.
 #include "launch.cuh"
+
+#include <ATen/Context.h>
 
 #include <climits>
 #include <type_traits>
@@ -81,6 +85,15 @@ __device__ __forceinline__ void store16(double* p, const double* v) {
   *reinterpret_cast<double2*>(p) = make_double2(v[0], v[1]);
 }
 
+// Two adjacent outputs p[0], p[1] in one store (p 2-element aligned).
+__device__ __forceinline__ void store_pair(float* p, float v0, float v1) {
+  *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+}
+template <typename H>  // __half, __nv_bfloat16
+__device__ __forceinline__ void store_pair(H* p, H v0, H v1) {
+  *reinterpret_cast<uint32_t*>(p) = bits16(v0) | bits16(v1) << 16;
+}
+
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -101,11 +114,27 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
 #endif
 }
 
-// d[16x8] += a[16x16] b[16x8], half or bfloat16 inputs, float accumulators.
-template <typename T>
-__device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
+// v rounded to TF32 (10 mantissa bits, to nearest, ties away), as a .tf32 mma operand.
+__device__ __forceinline__ uint32_t to_tf32(float v) {
+  uint32_t r = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if constexpr (std::is_same_v<T, __half>)
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+#else
+  __trap();  // the host uses TF32 only on sm_80+
+#endif
+  return r;
+}
+
+// d[16x8] += a[16xMK] b[MKx8], float accumulators: MK = 16 for half or bfloat16 inputs
+// (m16n8k16), MK = 8 for float ones as TF32 (m16n8k8, a and b already rounded by to_tf32).
+template <typename T>
+__device__ __forceinline__ void mma(float* d, const uint32_t* a, const uint32_t* b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, float>)
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else if constexpr (std::is_same_v<T, __half>)
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
@@ -265,15 +294,20 @@ struct FmaTile {
   }
 };
 
-// float16 / bfloat16: a 128 x 128 tile, 8 warps as 2 (m) x 4 (n), each warp 64 x 32 =
-// 4 x 4 mma.sync.m16n8k16 with float accumulators; K tile 32 = 2 mma k-steps.
-// Shared tiles keep the global layout; ldmatrix reads k-contiguous ones as they are and
-// i-contiguous ones with .trans, which gives the same fragments.
-//   acc(m, n) += sum over each k16 step of A(m, k) B(k, n), in k order.
+// Tensor cores: a 128 x 128 tile, 8 warps as 2 (m) x 4 (n), each warp 64 x 32 =
+// 4 x 4 mma.sync 16 x 8 x MK with float accumulators; K tile = 2 mma k-steps (32 bytes of
+// T each: MK = 16 for float16 / bfloat16, 8 for float as TF32).
+// Shared tiles keep the global layout. float16 / bfloat16: ldmatrix reads k-contiguous
+// tiles as they are and i-contiguous ones with .trans, which gives the same fragments.
+// float: each lane reads its fragment elements one by one (either layout) and rounds them
+// to TF32 (ldmatrix .trans is for 16-bit elements only).
+//   acc(m, n) += sum over each MK step of A(m, k) B(k, n), in k order.
 template <typename T_>
 struct MmaTile {
   using T = T_;
-  static constexpr int BM = 128, BN = 128, BK = 32, NT = 256;
+  static constexpr bool kTf32 = std::is_same_v<T, float>;
+  static constexpr int MK = 32 / int(sizeof(T));
+  static constexpr int BM = 128, BN = 128, BK = 2 * MK, NT = 256;
   static constexpr int WM = 64, WN = 32, MT = WM / 16, NT8 = WN / 8;
   static constexpr bool kKeepLayout = true;
 
@@ -288,11 +322,16 @@ struct MmaTile {
         for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
   }
 
-  // Row address, for this lane, of the 8x8 block at (i, k) of a shared tile: lane row r
-  // of that block is tile row i + r ([BI][..], k-contiguous) or k + r ([BK][..]).
+  // Element (i, k) of a shared tile: [BI][..] if k-contiguous (SKC), else [BK][..].
+  template <bool SKC, int LD>
+  __device__ __forceinline__ static const T* elem(const T* s, int i, int k) {
+    return SKC ? s + i * LD + k : s + k * LD + i;
+  }
+  // Row address, for this lane, of the 8x8 block at (i, k) of a shared tile (ldmatrix):
+  // lane row r of that block is tile row i + r ([BI][..], k-contiguous) or k + r ([BK][..]).
   template <bool SKC, int LD>
   __device__ __forceinline__ static const T* block_row(const T* s, int i, int k, int r) {
-    return SKC ? s + (i + r) * LD + k : s + (k + r) * LD + i;
+    return SKC ? elem<SKC, LD>(s, i + r, k) : elem<SKC, LD>(s, i, k + r);
   }
 
   template <bool SKA, bool SKB>
@@ -300,30 +339,45 @@ struct MmaTile {
     constexpr int LDA = STile<T, BM, BK, SKA>::kLd, LDB = STile<T, BN, BK, SKB>::kLd;
     const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
     const int wm = warp / 4 * WM, wn = warp % 4 * WN;
-    const int q = lane / 8, r = lane % 8;  // this lane addresses row r of matrix q
 #pragma unroll
-    for (int ks = 0; ks < BK; ks += 16) {
-      // A fragment: matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15).
+    for (int ks = 0; ks < BK; ks += MK) {
       uint32_t af[MT][4], bf[NT8][2];
+      if constexpr (kTf32) {
+        // m16n8k8 fragments: lane (g, t) = (lane / 4, lane % 4) holds A (g, t), (g + 8, t),
+        // (g, t + 4), (g + 8, t + 4) of its 16 x 8 piece and B (k t, n g), (k t + 4, n g).
+        const int g = lane / 4, t = lane % 4;
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-        ldmatrix_x4<!SKA>(af[mt], block_row<SKA, LDA>(sa, wm + mt * 16 + (q & 1) * 8, ks + (q >> 1) * 8, r));
-      // B fragments of two n8 tiles: matrices (n 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15).
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int np = 0; np < NT8; np += 2) {
-        uint32_t t[4];
-        ldmatrix_x4<!SKB>(t, block_row<SKB, LDB>(sb, wn + np * 8 + (q >> 1) * 8, ks + (q & 1) * 8, r));
-        bf[np][0] = t[0], bf[np][1] = t[1], bf[np + 1][0] = t[2], bf[np + 1][1] = t[3];
+          for (int e = 0; e < 4; ++e)
+            af[mt][e] = to_tf32(*elem<SKA, LDA>(sa, wm + mt * 16 + g + (e & 1) * 8, ks + t + (e >> 1) * 4));
+#pragma unroll
+        for (int nt = 0; nt < NT8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) bf[nt][e] = to_tf32(*elem<SKB, LDB>(sb, wn + nt * 8 + g, ks + t + e * 4));
+      } else {
+        const int q = lane / 8, r = lane % 8;  // this lane addresses row r of matrix q
+        // A fragment: matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15).
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          ldmatrix_x4<!SKA>(af[mt], block_row<SKA, LDA>(sa, wm + mt * 16 + (q & 1) * 8, ks + (q >> 1) * 8, r));
+        // B fragments of two n8 tiles: matrices (n 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15).
+#pragma unroll
+        for (int np = 0; np < NT8; np += 2) {
+          uint32_t t[4];
+          ldmatrix_x4<!SKB>(t, block_row<SKB, LDB>(sb, wn + np * 8 + (q >> 1) * 8, ks + (q & 1) * 8, r));
+          bf[np][0] = t[0], bf[np][1] = t[1], bf[np + 1][0] = t[2], bf[np + 1][1] = t[3];
+        }
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < NT8; ++nt) mma_16816<T>(acc[mt][nt], af[mt], bf[nt]);
+        for (int nt = 0; nt < NT8; ++nt) mma<T>(acc[mt][nt], af[mt], bf[nt]);
     }
   }
 
-  // C[m, n] = round(acc + float(bias[n])); lane holds (g, 2t..2t+1) and (g + 8, 2t..2t+1)
-  // of each 16 x 8 piece; the pair is one 4-byte store where the row allows.
+  // C[m, n] = round(acc + float(bias[n])) (float: no rounding); lane holds (g, 2t..2t+1)
+  // and (g + 8, 2t..2t+1) of each 16 x 8 piece; the pair is one store where the row allows.
   __device__ __forceinline__ void epilogue(const Gemm<T>& g, int64_t m0, int64_t n0) const {
     const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
     const int64_t mw = m0 + warp / 4 * WM + lane / 4, nw = n0 + warp % 4 * WN + lane % 4 * 2;
@@ -344,7 +398,7 @@ struct MmaTile {
           }
           const T r0 = from_float<T>(v0), r1 = from_float<T>(v1);
           if (g.cvec && n + 1 < g.N) {
-            *reinterpret_cast<uint32_t*>(crow + n) = bits16(r0) | bits16(r1) << 16;
+            store_pair(crow + n, r0, r1);
           } else {
             if (n < g.N) crow[n] = r0;
             if (n + 1 < g.N) crow[n + 1] = r1;
@@ -411,18 +465,22 @@ __global__ void __launch_bounds__(Tile::NT, 2) gemm_kernel(const Gemm<typename T
   tile.epilogue(g, m0, n0);
 }
 
-// Launches gemm_kernel for C = A B (+ bias) with the vector paths the pointers allow.
-template <typename T, bool AKC, bool BKC>
-void gemm(const at::Tensor& on, Gemm<T> g) {
-  using Tile = typename TileFor<T>::type;
+// Compute capability (major) of the device holding on.
+int cc_major(const at::Tensor& on) {
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, on.get_device()));
+  return major;
+}
+
+// Launches gemm_kernel<Tile> for C = A B (+ bias) with the vector paths the pointers allow.
+template <class Tile, bool AKC, bool BKC>
+void gemm_with(const at::Tensor& on, Gemm<typename Tile::T> g) {
+  using T = typename Tile::T;
   if (g.M == 0 || g.N == 0) return;
   const int64_t tiles = ((g.M + Tile::BM - 1) / Tile::BM) * ((g.N + Tile::BN - 1) / Tile::BN);
   TORCH_CHECK(tiles <= INT_MAX, "torchmodules.linear: output too large (", g.M, " x ", g.N, ")");
-  if constexpr (Tile::kKeepLayout) {  // mma.sync / ldmatrix need sm_80
-    int major = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, on.get_device()));
-    TORCH_CHECK(major >= 8, "torchmodules.linear: float16 and bfloat16 on CUDA need compute capability 8.0+");
-  }
+  if constexpr (Tile::kKeepLayout)  // mma.sync / ldmatrix need sm_80
+    TORCH_CHECK(cc_major(on) >= 8, "torchmodules.linear: float16 and bfloat16 on CUDA need compute capability 8.0+");
   constexpr int64_t V = 16 / int64_t(sizeof(T));
   const auto vec_ok = [&](const T* p, int64_t ld, int64_t extent) {
     return tm_aligned(16, {p}) && ld % V == 0 && extent % V == 0;
@@ -434,6 +492,17 @@ void gemm(const at::Tensor& on, Gemm<T> g) {
   else if (av) tm_launch(on, grid, block, 0, gemm_kernel<Tile, AKC, BKC, true, false>, g);
   else if (bv) tm_launch(on, grid, block, 0, gemm_kernel<Tile, AKC, BKC, false, true>, g);
   else tm_launch(on, grid, block, 0, gemm_kernel<Tile, AKC, BKC, false, false>, g);
+}
+
+// C = A B (+ bias) with T's tile; float honours torch.backends.cuda.matmul.allow_tf32 as
+// cuBLAS does: TF32 tensor cores when it is set and the device has them (sm_80+), else
+// (the default) full-precision FFMA.
+template <typename T, bool AKC, bool BKC>
+void gemm(const at::Tensor& on, const Gemm<T>& g) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (at::globalContext().allowTF32CuBLAS() && cc_major(on) >= 8) return gemm_with<MmaTile<float>, AKC, BKC>(on, g);
+  }
+  gemm_with<typename TileFor<T>::type, AKC, BKC>(on, g);
 }
 
 }  // namespace

@@ -2,33 +2,14 @@
 // little-endian uint32 word.  Backward: dx = m ? dy : 0.
 #include <type_traits>
 
-#include "launch.cuh"
+#include "elementwise.cuh"
 
 namespace torchmodules {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-// Compute type on the device: double for double, float otherwise.
-template <typename T>
-using dacc_t = std::conditional_t<std::is_same<T, double>::value, double, float>;
-
 template <typename T>
 __device__ __forceinline__ T zero() {
   return from_acc<T>(dacc_t<T>(0));
-}
-
-// Word w of a mask that may sit at any byte address (a view with a storage offset).
-template <bool kAligned>
-__device__ __forceinline__ uint32_t load_word(const uint8_t* m, int64_t w) {
-  if (kAligned) return reinterpret_cast<const uint32_t*>(m)[w];
-  const uint8_t* p = m + 4 * w;
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
 }
 
 // y_i = !(x_i <= 0) ? x_i : 0, bit i%32 of m[i/32] = !(x_i <= 0).

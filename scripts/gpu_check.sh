@@ -25,7 +25,7 @@ echo "- build: ok" >> "$SUM"
 
 step "2. CUDA tests"
 timeout ${TM_TEST_TIMEOUT:-240} $PY -m pytest tests -q -rfE -p no:cacheprovider \
-  -k "cuda or devices or deterministic or 2_31" > "$OUT/tests.log" 2>&1
+  -k "cuda or devices or deterministic or 2_31 or tf32" > "$OUT/tests.log" 2>&1
 echo "- CUDA tests (exit $?): $(tail -1 "$OUT/tests.log")" >> "$SUM"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40 | sed 's/^/  - /' >> "$SUM"
 
