@@ -115,4 +115,13 @@ Rows make_rows(at::IntArrayRef shape, int64_t first_dim, int64_t last_dim) {
   return r;
 }
 
+at::Tensor checked_mask(const char* op, const at::Tensor& mask, int64_t bytes, const at::Tensor& grad_y) {
+  check_same_device(op, "grad_y", grad_y, "mask", mask);
+  TORCH_CHECK_VALUE(mask.scalar_type() == at::kByte && mask.dim() == 1 && mask.numel() == bytes,
+                    "torchmodules.", op, ": mask must be uint8 of ", bytes, " bytes for grad_y of shape ",
+                    grad_y.sizes(), ", got ", mask.scalar_type(), " ", mask.sizes());
+  const bool aligned = mask.is_contiguous() && reinterpret_cast<uintptr_t>(mask.data_ptr()) % 16 == 0;
+  return aligned ? mask : mask.clone(at::MemoryFormat::Contiguous);
+}
+
 }  // namespace torchmodules

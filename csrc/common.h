@@ -54,6 +54,11 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opts);
 TM_HD int64_t relu_mask_bytes(int64_t numel) { return (numel + 31) / 32 * 4; }      // 1 bit
 TM_HD int64_t maximum_mask_bytes(int64_t numel) { return (numel + 15) / 16 * 4; }   // 2 bits
 
+// The packed mask of a backward, checked (uint8, 1-D, `bytes` long, on grad_y's device) and
+// returned word-aligned: the kernels read it as 32-bit words, so a strided view or one at an
+// odd address (big_uint8[1:1+n]) is copied into fresh storage first.
+at::Tensor checked_mask(const char* op, const at::Tensor& mask, int64_t bytes, const at::Tensor& grad_y);
+
 // Maximum's 2-bit code per element: which input the gradient goes to.
 enum MaxCode : uint32_t { kMaxFirst = 0, kMaxSecond = 1, kMaxTie = 2, kMaxNaN = 3 };
 // Share of the gradient input `which` (0: input, 1: other) gets for a code:

@@ -24,17 +24,9 @@ std::tuple<at::Tensor, at::Tensor> maximum_forward(const at::Tensor& a, const at
 
 at::Tensor maximum_backward(const at::Tensor& grad_y, const at::Tensor& mask, int64_t which) {
   check_floating("maximum_backward", "grad_y", grad_y);
-  check_same_device("maximum_backward", "grad_y", grad_y, "mask", mask);
   TORCH_CHECK_VALUE(which == 0 || which == 1, "torchmodules.maximum_backward: which must be 0 or 1, got ", which);
-  TORCH_CHECK_VALUE(mask.scalar_type() == at::kByte && mask.dim() == 1 &&
-                        mask.numel() == maximum_mask_bytes(grad_y.numel()),
-                    "torchmodules.maximum_backward: mask must be uint8 of ", maximum_mask_bytes(grad_y.numel()),
-                    " bytes for grad_y of shape ", grad_y.sizes(), ", got ", mask.scalar_type(), " ", mask.sizes());
   const at::Tensor dyc = grad_y.contiguous();
-  // The kernels read the mask as 32-bit words (the CUDA ones maybe wider): a strided view or
-  // one at an odd address (big_uint8[1:1+n]) is copied into fresh, aligned storage first.
-  const bool mask_ok = mask.is_contiguous() && reinterpret_cast<uintptr_t>(mask.data_ptr()) % 16 == 0;
-  const at::Tensor mc = mask_ok ? mask : mask.clone(at::MemoryFormat::Contiguous);
+  const at::Tensor mc = checked_mask("maximum_backward", mask, maximum_mask_bytes(grad_y.numel()), grad_y);
   at::Tensor d = new_output(grad_y.sizes(), grad_y.options());
   if (d.numel() > 0) TM_LAUNCH(maximum_backward, grad_y, d, dyc, mc, which);
   return d;

@@ -19,16 +19,8 @@ std::tuple<at::Tensor, at::Tensor> relu_forward(const at::Tensor& x) {
 
 at::Tensor relu_backward(const at::Tensor& grad_y, const at::Tensor& mask) {
   check_floating("relu_backward", "grad_y", grad_y);
-  check_same_device("relu_backward", "grad_y", grad_y, "mask", mask);
-  TORCH_CHECK_VALUE(mask.scalar_type() == at::kByte && mask.dim() == 1 &&
-                        mask.numel() == relu_mask_bytes(grad_y.numel()),
-                    "torchmodules.relu_backward: mask must be uint8 of ", relu_mask_bytes(grad_y.numel()),
-                    " bytes for grad_y of shape ", grad_y.sizes(), ", got ", mask.scalar_type(), " ", mask.sizes());
   const at::Tensor dyc = grad_y.contiguous();
-  // The kernels read the mask as 32-bit words (the CUDA ones maybe wider): a strided view or
-  // one at an odd address (big_uint8[1:1+n]) is copied into fresh, aligned storage first.
-  const bool mask_ok = mask.is_contiguous() && reinterpret_cast<uintptr_t>(mask.data_ptr()) % 16 == 0;
-  const at::Tensor mc = mask_ok ? mask : mask.clone(at::MemoryFormat::Contiguous);
+  const at::Tensor mc = checked_mask("relu_backward", mask, relu_mask_bytes(grad_y.numel()), grad_y);
   at::Tensor dx = new_output(grad_y.sizes(), grad_y.options());
   if (grad_y.numel() > 0) TM_LAUNCH(relu_backward, grad_y, dx, dyc, mc);
   return dx;
