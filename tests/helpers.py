@@ -11,10 +11,13 @@ def as_tuple(out):
 
 
 def cast_inputs(master, dtype, device, requires_grad=True):
-    """Master float64 inputs -> the dtype and device under test (leaves requiring grad)."""
+    """Master float64 inputs -> the dtype and device under test (leaves requiring grad).
+    Integer tensors (class indices of a loss) only move to the device."""
     out = []
     for v in master:
-        if isinstance(v, torch.Tensor):
+        if isinstance(v, torch.Tensor) and not v.is_floating_point():
+            out.append(v.to(device))
+        elif isinstance(v, torch.Tensor):
             out.append(_cast(v.detach(), dtype, device, requires_grad))
         else:
             out.append(v)
