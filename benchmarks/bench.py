@@ -30,6 +30,22 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # ---- timing -----------------------------------------------------------------------------------
 
+def time_cpu_pair(fa, fb, warmup=2, min_reps=3, max_reps=50, budget_s=0.2):
+    """Median ms of fa and of fb, called in alternation. Alternating matters on the CPU: glibc
+    hands big freed blocks back to the OS, and whichever op allocates next page-faults them
+    in again (~4 ms per 16 MB here), so timing one op's reps in a row after the other's
+    charges the allocator's state to one of them."""
+    for _ in range(warmup):
+        fa(), fb()
+    ta, tb = [], []
+    while len(ta) < min_reps or (len(ta) < max_reps and sum(ta) + sum(tb) < budget_s):
+        for f, ts in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
+
+
 def make_timer(device):
     """Returns time_ms(fn) -> median milliseconds of one call of fn."""
     if device == "cpu":
@@ -42,7 +58,7 @@ def make_timer(device):
                 fn()
                 times.append(time.perf_counter() - t0)
             return statistics.median(times) * 1e3
-        return time_cpu, "time.perf_counter median"
+        return time_cpu, "time.perf_counter median (ours and torch alternated)"
     try:
         from triton.testing import do_bench  # flushes L2 before each rep
         return (lambda fn: do_bench(fn, warmup=5, rep=20, return_mode="median")), "triton.testing.do_bench"
@@ -125,6 +141,12 @@ def run_case(op, case, dtype, device, time_ms, ceil):
             fns[impl] = e
     records = []
     for p in PASSES:
+        paired = None  # CPU: ours and torch timed in alternation
+        if device == "cpu" and not any(isinstance(f, Exception) for f in fns.values()):
+            try:
+                paired = dict(zip(("ours", "torch"), time_cpu_pair(fns["ours"][p], fns["torch"][p])))
+            except Exception:
+                paired = None  # timed one by one below, which records the error
         r = {"op": op, "pass": p, "dtype": dtype, "shape": case.shape, "size": case.size,
              "device": device, "unit": case.unit, "error": None}
         for impl in ("ours", "torch"):
@@ -132,7 +154,7 @@ def run_case(op, case, dtype, device, time_ms, ceil):
             try:
                 if isinstance(fns[impl], Exception):
                     raise fns[impl]
-                ms = time_ms(fns[impl][p])
+                ms = paired[impl] if paired else time_ms(fns[impl][p])
                 if case.unit == "flop":
                     rate = case.work[p] / ms / 1e9  # TFLOP/s
                     peak = ceil.get(f"mm_TFLOPs_{dtype}")

@@ -4,6 +4,11 @@
 //             tied maxima, and NaN over a row whose max is NaN (c = 0), exactly as torch.
 //   Double backward (linear in dy): d_dy = sum over the row of (gg / c) * [x == y].
 #include "ops.h"
+#include "simd.h"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
 
 namespace torchmodules {
 
@@ -109,56 +114,85 @@ at::Tensor amax_double_backward(const at::Tensor& gg, const at::Tensor& x, const
 }
 
 // ---- CPU kernels ---------------------------------------------------------------------------
-// Each (o, i) is one row of `reduce` elements at stride `inner`; the kernels walk rows
-// of a block of outer indices, keeping per-column state in arrays so loops run along i.
+// Each (o, i) is one row of `reduce` elements at stride `inner`. Along the last dim
+// (inner == 1) rows are contiguous and the loops run along them; otherwise the loops run
+// across the `inner` rows of an outer index. TM_SIMD functions are compiled per ISA (simd.h).
 
-// y[o, i] = max_r x[o, r, i], NaN-propagating.
+// y[o] = max_r x[o, r] on rows [o0, o1) of n contiguous elements; NaN if any is NaN.
+// Rows shorter than a vector (kShort) take a plain loop: the vector one would only
+// run its remainder code.
+template <typename T, bool kShort>
+TM_SIMD static void amax_forward_rows(T* __restrict y, const T* __restrict x, int64_t n, int64_t o0, int64_t o1) {
+  using A = acc_t<T>;
+  for (int64_t o = o0; o < o1; ++o) {
+    A m = -std::numeric_limits<A>::infinity();
+    int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan) if (!kShort)
+    for (int64_t r = 0; r < n; ++r) {
+      const A v = static_cast<A>(x[o * n + r]);
+      m = std::max(m, v);
+      nan |= v != v;
+    }
+    y[o] = static_cast<T>(nan ? std::numeric_limits<A>::quiet_NaN() : m);
+  }
+}
+
+// The same across the `inner` rows of one outer index: y[i] = max_r x[r, i].
+template <typename T>
+TM_SIMD static void amax_forward_cols(T* __restrict y, const T* __restrict x, Rows R, acc_t<T>* __restrict m) {
+  using A = acc_t<T>;
+  for (int64_t i = 0; i < R.inner; ++i) m[i] = static_cast<A>(x[i]);
+  for (int64_t r = 1; r < R.reduce; ++r)
+    for (int64_t i = 0; i < R.inner; ++i) {
+      const A v = static_cast<A>(x[r * R.inner + i]);
+      m[i] = (v > m[i] || v != v) && m[i] == m[i] ? v : m[i];  // once NaN, stays NaN
+    }
+  for (int64_t i = 0; i < R.inner; ++i) y[i] = static_cast<T>(m[i]);
+}
+
 template <typename T>
 static void amax_forward_kernel(T* y, const T* x, Rows R) {
-  using A = acc_t<T>;
   at::parallel_for(0, R.outer, std::max<int64_t>(1, kGrain / (R.reduce * R.inner)), [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      const T* xo = x + o * R.reduce * R.inner;
-      for (int64_t i = 0; i < R.inner; ++i) {
-        A m = static_cast<A>(xo[i]);
-        for (int64_t r = 1; r < R.reduce; ++r) {
-          const A v = static_cast<A>(xo[r * R.inner + i]);
-          m = (v > m || v != v) && m == m ? v : m;  // once NaN, stays NaN
-        }
-        y[o * R.inner + i] = static_cast<T>(m);
-      }
-    }
+    if (R.inner == 1 && R.reduce < 16) return amax_forward_rows<T, true>(y, x, R.reduce, o0, o1);
+    if (R.inner == 1) return amax_forward_rows<T, false>(y, x, R.reduce, o0, o1);
+    std::vector<acc_t<T>> m(R.inner);
+    for (int64_t o = o0; o < o1; ++o) amax_forward_cols(y + o * R.inner, x + o * R.reduce * R.inner, R, m.data());
   });
 }
 
 // For each row: c = #{x == y}; then either dx = (dy / c) * [x == y]   (backward)
 //                                  or     d_dy = sum (gg / c) * [x == y] (double backward).
+// Products, not selects: a NaN row (c = 0) gets NaN gradients, as torch.
+// One row of `n` elements at stride `step`; contiguous (step 1) rows vectorise.
+template <typename T, bool kDouble>
+TM_SIMD static void amax_grad_row(T* __restrict out, const T* __restrict g, const T* __restrict x, T yt, int64_t n,
+                                  int64_t step) {
+  using A = acc_t<T>;
+  const A yv = static_cast<A>(yt);
+  int64_t c = 0;
+#pragma omp simd reduction(+ : c)
+  for (int64_t r = 0; r < n; ++r) c += static_cast<A>(x[r * step]) == yv;
+  if (!kDouble) {
+    const A share = static_cast<A>(g[0]) / A(c);
+    for (int64_t r = 0; r < n; ++r) out[r * step] = static_cast<T>(share * A(static_cast<A>(x[r * step]) == yv));
+  } else {
+    A acc = A(0);
+#pragma omp simd reduction(+ : acc)
+    for (int64_t r = 0; r < n; ++r) acc += static_cast<A>(g[r * step]) / A(c) * A(static_cast<A>(x[r * step]) == yv);
+    out[0] = static_cast<T>(acc);
+  }
+}
+
+// kDouble == false: out = dx (like x), g = dy (like y);  true: out = d_dy (like y), g = gg (like x).
 template <typename T, bool kDouble>
 static void amax_grad_kernel(T* out, const T* g, const T* x, const T* y, Rows R) {
-  using A = acc_t<T>;
   at::parallel_for(0, R.outer, std::max<int64_t>(1, kGrain / (R.reduce * R.inner)), [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      const int64_t base = o * R.reduce * R.inner;
+    for (int64_t o = o0; o < o1; ++o)
       for (int64_t i = 0; i < R.inner; ++i) {
-        const T yv = y[o * R.inner + i];
-        int64_t c = 0;
-        for (int64_t r = 0; r < R.reduce; ++r) c += x[base + r * R.inner + i] == yv;
-        if (!kDouble) {
-          const A share = static_cast<A>(g[o * R.inner + i]) / A(c);
-          for (int64_t r = 0; r < R.reduce; ++r) {
-            const int64_t k = base + r * R.inner + i;
-            out[k] = static_cast<T>(share * A(x[k] == yv));
-          }
-        } else {
-          A acc = A(0);
-          for (int64_t r = 0; r < R.reduce; ++r) {
-            const int64_t k = base + r * R.inner + i;
-            acc += static_cast<A>(g[k]) / A(c) * A(x[k] == yv);
-          }
-          out[o * R.inner + i] = static_cast<T>(acc);
-        }
+        const int64_t xrow = o * R.reduce * R.inner + i, yrow = o * R.inner + i;
+        amax_grad_row<T, kDouble>(out + (kDouble ? yrow : xrow), g + (kDouble ? xrow : yrow), x + xrow, y[yrow],
+                                  R.reduce, R.inner);
       }
-    }
   });
 }
 

@@ -5,8 +5,12 @@
 //   Double backward, for gg = d/d(dx):
 //             d_dy_k = gg_k - sum_i gg_i exp(y_i),   d_y_k = -gg_k exp(y_k) sum_j dy_j.
 #include "ops.h"
+#include "simd.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 namespace torchmodules {
 
@@ -54,72 +58,169 @@ std::tuple<at::Tensor, at::Tensor> log_softmax_double_backward(const at::Tensor&
 }
 
 // ---- CPU kernels ---------------------------------------------------------------------------
-// A row is `reduce` elements at stride `inner`. For each outer index the kernels keep one
-// accumulator per inner column, so inner loops run over contiguous memory.
+// A row is `reduce` elements at stride `inner`. Rows along the last dim (inner == 1) are
+// contiguous: their loops run along the row. Otherwise each outer index holds `inner`
+// rows side by side, and the loops run across them with one accumulator per column.
+// The functions marked TM_SIMD are compiled per ISA (simd.h) and use its vectorisable exp.
 
-static inline float tm_exp(float v) { return std::exp(v); }
-static inline double tm_exp(double v) { return std::exp(v); }
-static inline float tm_log(float v) { return std::log(v); }
-static inline double tm_log(double v) { return std::log(v); }
-
+// y = (x - m) - log sum exp(x - m) on rows [o0, o1) of n contiguous elements. A NaN
+// anywhere makes the sum and so the whole row NaN, whatever m it gave.
 template <typename T>
-static void log_softmax_forward_kernel(T* y, const T* x, Rows R) {
+TM_SIMD static void log_softmax_forward_rows(T* __restrict y, const T* __restrict x, int64_t n, int64_t o0,
+                                             int64_t o1) {
   using A = acc_t<T>;
-  at::parallel_for(0, R.outer, std::max<int64_t>(1, kGrain / (R.reduce * R.inner)), [&](int64_t o0, int64_t o1) {
-    std::vector<A> m(R.inner), s(R.inner);
-    for (int64_t o = o0; o < o1; ++o) {
-      const T* xo = x + o * R.reduce * R.inner;
-      T* yo = y + o * R.reduce * R.inner;
-      for (int64_t i = 0; i < R.inner; ++i) { m[i] = -INFINITY; s[i] = A(0); }
-      for (int64_t r = 0; r < R.reduce; ++r)  // row max; NaN wins
-        for (int64_t i = 0; i < R.inner; ++i) {
-          const A v = static_cast<A>(xo[r * R.inner + i]);
-          m[i] = (v > m[i] || v != v) && m[i] == m[i] ? v : m[i];
-        }
-      for (int64_t r = 0; r < R.reduce; ++r)
-        for (int64_t i = 0; i < R.inner; ++i) s[i] += tm_exp(static_cast<A>(xo[r * R.inner + i]) - m[i]);
-      for (int64_t i = 0; i < R.inner; ++i) s[i] = tm_log(s[i]);  // log sum_j exp(x_j - m)
-      // y = (x - m) - log s: x - m is exact-ish at |x| ~ 1e4, x - (m + log s) is not.
-      for (int64_t r = 0; r < R.reduce; ++r)
-        for (int64_t i = 0; i < R.inner; ++i)
-          yo[r * R.inner + i] = static_cast<T>((static_cast<A>(xo[r * R.inner + i]) - m[i]) - s[i]);
-    }
-  });
+  for (int64_t o = o0; o < o1; ++o) {
+    const T* xo = x + o * n;
+    T* yo = y + o * n;
+    A m = -std::numeric_limits<A>::infinity();
+#pragma omp simd reduction(max : m)
+    for (int64_t r = 0; r < n; ++r) m = std::max(m, static_cast<A>(xo[r]));
+    A s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t r = 0; r < n; ++r) s += fast_exp(static_cast<A>(xo[r]) - m);
+    // y = (x - m) - log s: x - m is exact-ish at |x| ~ 1e4, x - (m + log s) is not.
+    const A ls = std::log(s);
+    for (int64_t r = 0; r < n; ++r) yo[r] = static_cast<T>((static_cast<A>(xo[r]) - m) - ls);
+  }
+}
+
+// The same for one outer index of `inner` interleaved rows; m and s: inner accumulators.
+template <typename T>
+TM_SIMD static void log_softmax_forward_cols(T* __restrict yo, const T* __restrict xo, Rows R, acc_t<T>* __restrict m,
+                                             acc_t<T>* __restrict s) {
+  using A = acc_t<T>;
+  for (int64_t i = 0; i < R.inner; ++i) { m[i] = -std::numeric_limits<A>::infinity(); s[i] = A(0); }
+  for (int64_t r = 0; r < R.reduce; ++r)
+    for (int64_t i = 0; i < R.inner; ++i) m[i] = std::max(m[i], static_cast<A>(xo[r * R.inner + i]));
+  for (int64_t r = 0; r < R.reduce; ++r)
+    for (int64_t i = 0; i < R.inner; ++i) s[i] += fast_exp(static_cast<A>(xo[r * R.inner + i]) - m[i]);
+  for (int64_t i = 0; i < R.inner; ++i) s[i] = std::log(s[i]);
+  for (int64_t r = 0; r < R.reduce; ++r)
+    for (int64_t i = 0; i < R.inner; ++i)
+      yo[r * R.inner + i] = static_cast<T>((static_cast<A>(xo[r * R.inner + i]) - m[i]) - s[i]);
 }
 
 // kDouble == false: out0 = dx = dy - exp(y) * sum(dy)                         (g0 = dy)
 // kDouble == true:  out0 = d_dy = gg - sum(gg exp(y)), out1 = d_y = -gg exp(y) sum(dy)
 //                   (g0 = gg, g1 = dy)
 template <typename T, bool kDouble>
-static void log_softmax_grad_kernel(T* out0, T* out1, const T* g0, const T* g1, const T* y, Rows R) {
+TM_SIMD static void log_softmax_grad_rows(T* __restrict out0, T* __restrict out1, const T* __restrict g0,
+                                          const T* __restrict g1, const T* __restrict y, int64_t n, int64_t o0,
+                                          int64_t o1) {
   using A = acc_t<T>;
-  at::parallel_for(0, R.outer, std::max<int64_t>(1, kGrain / (R.reduce * R.inner)), [&](int64_t o0, int64_t o1) {
-    std::vector<A> s(R.inner), t(R.inner);
-    for (int64_t o = o0; o < o1; ++o) {
-      const int64_t base = o * R.reduce * R.inner;
-      for (int64_t i = 0; i < R.inner; ++i) { s[i] = A(0); t[i] = A(0); }
-      for (int64_t r = 0; r < R.reduce; ++r)
-        for (int64_t i = 0; i < R.inner; ++i) {
-          const int64_t k = base + r * R.inner + i;
-          if (!kDouble) {
-            s[i] += static_cast<A>(g0[k]);
-          } else {
-            s[i] += static_cast<A>(g1[k]);                                   // sum dy
-            t[i] += static_cast<A>(g0[k]) * tm_exp(static_cast<A>(y[k]));   // sum gg exp(y)
-          }
-        }
-      for (int64_t r = 0; r < R.reduce; ++r)
-        for (int64_t i = 0; i < R.inner; ++i) {
-          const int64_t k = base + r * R.inner + i;
-          const A p = tm_exp(static_cast<A>(y[k]));
-          if (!kDouble) {
-            out0[k] = static_cast<T>(static_cast<A>(g0[k]) - p * s[i]);
-          } else {
-            out0[k] = static_cast<T>(static_cast<A>(g0[k]) - t[i]);
-            out1[k] = static_cast<T>(-static_cast<A>(g0[k]) * p * s[i]);
-          }
-        }
+  for (int64_t o = o0; o < o1; ++o) {
+    const int64_t base = o * n;
+    A s = 0, t = 0;
+    if (!kDouble) {
+#pragma omp simd reduction(+ : s)
+      for (int64_t r = 0; r < n; ++r) s += static_cast<A>(g0[base + r]);
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t k = base + r;
+        out0[k] = static_cast<T>(static_cast<A>(g0[k]) - fast_exp(static_cast<A>(y[k])) * s);
+      }
+    } else {
+#pragma omp simd reduction(+ : s, t)
+      for (int64_t r = 0; r < n; ++r) {
+        s += static_cast<A>(g1[base + r]);                                       // sum dy
+        t += static_cast<A>(g0[base + r]) * fast_exp(static_cast<A>(y[base + r]));  // sum gg exp(y)
+      }
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t k = base + r;
+        out0[k] = static_cast<T>(static_cast<A>(g0[k]) - t);
+        out1[k] = static_cast<T>(-static_cast<A>(g0[k]) * fast_exp(static_cast<A>(y[k])) * s);
+      }
     }
+  }
+}
+
+// The same for one outer index of `inner` interleaved rows (offset base); s, t: inner accumulators.
+template <typename T, bool kDouble>
+TM_SIMD static void log_softmax_grad_cols(T* __restrict out0, T* __restrict out1, const T* __restrict g0,
+                                          const T* __restrict g1, const T* __restrict y, Rows R, int64_t base,
+                                          acc_t<T>* __restrict s, acc_t<T>* __restrict t) {
+  using A = acc_t<T>;
+  for (int64_t i = 0; i < R.inner; ++i) { s[i] = A(0); t[i] = A(0); }
+  for (int64_t r = 0; r < R.reduce; ++r)
+    for (int64_t i = 0; i < R.inner; ++i) {
+      const int64_t k = base + r * R.inner + i;
+      if (!kDouble) {
+        s[i] += static_cast<A>(g0[k]);
+      } else {
+        s[i] += static_cast<A>(g1[k]);
+        t[i] += static_cast<A>(g0[k]) * fast_exp(static_cast<A>(y[k]));
+      }
+    }
+  for (int64_t r = 0; r < R.reduce; ++r)
+    for (int64_t i = 0; i < R.inner; ++i) {
+      const int64_t k = base + r * R.inner + i;
+      const A p = fast_exp(static_cast<A>(y[k]));
+      if (!kDouble) {
+        out0[k] = static_cast<T>(static_cast<A>(g0[k]) - p * s[i]);
+      } else {
+        out0[k] = static_cast<T>(static_cast<A>(g0[k]) - t[i]);
+        out1[k] = static_cast<T>(-static_cast<A>(g0[k]) * p * s[i]);
+      }
+    }
+}
+
+// Short rows (n < kShortRow): vector loops along 10 elements never fill a register, so
+// the exps of a block of rows are done as one flat loop over a scratch buffer t:
+//   t = x - m (per row),  t = exp(t) (flat),  y = (x - m) - log sum_row exp(x - m).
+constexpr int64_t kShortRow = 32, kShortBlock = 2048;  // scratch: kShortBlock elements
+
+template <typename T>
+TM_SIMD static void exp_in_place(T* __restrict t, int64_t len) {
+  for (int64_t k = 0; k < len; ++k) t[k] = fast_exp(t[k]);
+}
+
+template <typename T>
+static void log_softmax_forward_short_rows(T* y, const T* x, int64_t n, int64_t o0, int64_t o1) {
+  using A = acc_t<T>;
+  A t[kShortBlock], m[kShortBlock];
+  const int64_t rows = kShortBlock / n;
+  for (int64_t b0 = o0; b0 < o1; b0 += rows) {
+    const int64_t b1 = std::min(o1, b0 + rows), len = (b1 - b0) * n;
+    const T* xb = x + b0 * n;
+    for (int64_t b = 0; b < b1 - b0; ++b) {
+      A mb = -std::numeric_limits<A>::infinity();
+      for (int64_t r = 0; r < n; ++r) mb = std::max(mb, static_cast<A>(xb[b * n + r]));
+      m[b] = mb;
+      for (int64_t r = 0; r < n; ++r) t[b * n + r] = static_cast<A>(xb[b * n + r]) - mb;
+    }
+    exp_in_place(t, len);
+    for (int64_t b = 0; b < b1 - b0; ++b) {
+      A s = 0;
+      for (int64_t r = 0; r < n; ++r) s += t[b * n + r];
+      const A ls = std::log(s);
+      for (int64_t r = 0; r < n; ++r) y[(b0 + b) * n + r] = static_cast<T>((static_cast<A>(xb[b * n + r]) - m[b]) - ls);
+    }
+  }
+}
+
+// Outer indices split over threads, about kGrain elements each.
+template <typename F>
+static void for_outer(Rows R, const F& f) {
+  at::parallel_for(0, R.outer, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R.reduce * R.inner)), f);
+}
+
+template <typename T>
+static void log_softmax_forward_kernel(T* y, const T* x, Rows R) {
+  for_outer(R, [&](int64_t o0, int64_t o1) {
+    if (R.inner == 1 && R.reduce < kShortRow) return log_softmax_forward_short_rows(y, x, R.reduce, o0, o1);
+    if (R.inner == 1) return log_softmax_forward_rows(y, x, R.reduce, o0, o1);
+    std::vector<acc_t<T>> m(R.inner), s(R.inner);
+    const int64_t len = R.reduce * R.inner;
+    for (int64_t o = o0; o < o1; ++o) log_softmax_forward_cols(y + o * len, x + o * len, R, m.data(), s.data());
+  });
+}
+
+template <typename T, bool kDouble>
+static void log_softmax_grad_kernel(T* out0, T* out1, const T* g0, const T* g1, const T* y, Rows R) {
+  for_outer(R, [&](int64_t o0, int64_t o1) {
+    if (R.inner == 1) return log_softmax_grad_rows<T, kDouble>(out0, out1, g0, g1, y, R.reduce, o0, o1);
+    std::vector<acc_t<T>> s(R.inner), t(R.inner);
+    for (int64_t o = o0; o < o1; ++o)
+      log_softmax_grad_cols<T, kDouble>(out0, out1, g0, g1, y, R, o * R.reduce * R.inner, s.data(), t.data());
   });
 }
 

@@ -3,6 +3,9 @@
 //           Backward: da = dy * share(code, 0), db = dy * share(code, 1), where share is
 //           1 for the winner, 0 for the loser, 1/2 each at a tie and 1 to both at NaN (as torch).
 #include "ops.h"
+#include "simd.h"
+
+#include <algorithm>
 
 namespace torchmodules {
 
@@ -34,24 +37,62 @@ at::Tensor maximum_backward(const at::Tensor& grad_y, const at::Tensor& mask, in
 
 // ---- CPU kernels ---------------------------------------------------------------------------
 
-// y = max(a, b) (NaN if unordered) and the 2-bit code of each element, 16 per word.
+// The code of a pair (MaxCode): [a < b or unordered] + 2 [neither a > b nor a < b], so
+// 0 a won, 1 b won, 2 tie, 3 NaN. y takes b where b won or b is NaN, else a (NaN if a is).
+template <typename A>
+static inline uint32_t max_code(A va, A vb) {
+  const bool gt = va > vb, lt = va < vb, unordered = !(gt || lt || va == vb);
+  return uint32_t(lt || unordered) | uint32_t(!gt && !lt) << 1;
+}
+template <typename A>
+static inline bool max_takes_b(A va, A vb) { return va < vb || vb != vb; }
+
+// Same-shape contiguous inputs, whole words of 16 elements; compiled per ISA (simd.h).
+template <typename T>
+TM_SIMD static void maximum_forward_words(T* __restrict y, uint32_t* __restrict m, const T* __restrict a,
+                                          const T* __restrict b, int64_t w0, int64_t w1) {
+  using A = acc_t<T>;
+  for (int64_t w = w0; w < w1; ++w) {
+    uint32_t codes = 0;
+    for (int k = 0; k < 16; ++k) {
+      const int64_t i = w * 16 + k;
+      const A va = static_cast<A>(a[i]), vb = static_cast<A>(b[i]);
+      y[i] = max_takes_b(va, vb) ? b[i] : a[i];
+      codes |= max_code(va, vb) << (2 * k);
+    }
+    m[w] = codes;
+  }
+}
+
+// y = max(a, b) and the 2-bit code of each element, 16 per word. Broadcast inputs go
+// element by element through the offsets; same-shape ones by whole vectorised words, the
+// last partial word on zero-padded copies.
 template <typename T>
 static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, const Broadcast2& bc, int64_t n) {
   using A = acc_t<T>;
   const bool flat = bc.ndim == 1 && bc.stride_a[0] == 1 && bc.stride_b[0] == 1;
-  const int64_t words = (n + 15) / 16;
-  at::parallel_for(0, words, kGrain / 16, [&](int64_t w0, int64_t w1) {
+  if (flat) {
+    const int64_t full = n / 16, rest = n % 16;
+    at::parallel_for(0, full, kGrain / 16, [&](int64_t w0, int64_t w1) { maximum_forward_words(y, m, a, b, w0, w1); });
+    if (rest) {
+      T at[16] = {}, bt[16] = {}, yt[16];
+      std::copy(a + full * 16, a + n, at);
+      std::copy(b + full * 16, b + n, bt);
+      maximum_forward_words(yt, m + full, at, bt, 0, 1);
+      std::copy(yt, yt + rest, y + full * 16);
+    }
+    return;
+  }
+  at::parallel_for(0, (n + 15) / 16, kGrain / 16, [&](int64_t w0, int64_t w1) {
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t i0 = w * 16, len = std::min<int64_t>(16, n - i0);
       uint32_t codes = 0;
       for (int64_t k = 0; k < len; ++k) {
-        const int64_t i = i0 + k;
-        int64_t oa = i, ob = i;
-        if (!flat) bc.offsets(i, oa, ob);
+        int64_t oa, ob;
+        bc.offsets(i0 + k, oa, ob);
         const A va = static_cast<A>(a[oa]), vb = static_cast<A>(b[ob]);
-        const uint32_t c = va > vb ? kMaxFirst : va < vb ? kMaxSecond : va == vb ? kMaxTie : kMaxNaN;
-        y[i] = c == kMaxSecond ? b[ob] : c == kMaxNaN && vb != vb ? b[ob] : a[oa];
-        codes |= c << (2 * k);
+        y[i0 + k] = max_takes_b(va, vb) ? b[ob] : a[oa];
+        codes |= max_code(va, vb) << (2 * k);
       }
       m[w] = codes;
     }
@@ -61,22 +102,31 @@ static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, co
 // d = dy where this input won (or at a NaN), dy * 1/2 at a tie (in the acc type), and an
 // exact 0 where it lost, even for an infinite or NaN dy (as torch): a select, not dy * share.
 template <typename T>
-static void maximum_backward_kernel(T* d, const T* dy, const uint32_t* m, int64_t which, int64_t n) {
+TM_SIMD static void maximum_backward_words(T* __restrict d, const T* __restrict dy, const uint32_t* __restrict m,
+                                           uint32_t which, int64_t w0, int64_t w1) {
   using A = acc_t<T>;
-  const int64_t words = (n + 15) / 16;
-  at::parallel_for(0, words, kGrain / 16, [&](int64_t w0, int64_t w1) {
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t i0 = w * 16, len = std::min<int64_t>(16, n - i0);
-      const uint32_t codes = m[w];
-      for (int64_t k = 0; k < len; ++k) {
-        const uint32_t c = (codes >> (2 * k)) & 3u;
-        const T g = dy[i0 + k];
-        d[i0 + k] = c == kMaxTie                            ? static_cast<T>(static_cast<A>(g) * A(0.5))
-                    : c == kMaxNaN || c == uint32_t(which) ? g
-                                                           : T(0);
-      }
+  for (int64_t w = w0; w < w1; ++w) {
+    const uint32_t codes = m[w];
+    for (int k = 0; k < 16; ++k) {
+      const uint32_t c = (codes >> (2 * k)) & 3u;
+      const T g = dy[w * 16 + k];
+      const T half = static_cast<T>(static_cast<A>(g) * A(0.5));
+      d[w * 16 + k] = c == kMaxTie ? half : c == kMaxNaN || c == which ? g : T(0);
     }
-  });
+  }
+}
+
+template <typename T>
+static void maximum_backward_kernel(T* d, const T* dy, const uint32_t* m, int64_t which, int64_t n) {
+  const int64_t full = n / 16, rest = n % 16;
+  at::parallel_for(0, full, kGrain / 16,
+                   [&](int64_t w0, int64_t w1) { maximum_backward_words(d, dy, m, uint32_t(which), w0, w1); });
+  if (rest) {
+    T gt[16] = {}, dt[16];
+    std::copy(dy + full * 16, dy + n, gt);
+    maximum_backward_words(dt, gt, m + full, uint32_t(which), 0, 1);
+    std::copy(dt, dt + rest, d + full * 16);
+  }
 }
 
 void maximum_forward_cpu(at::Tensor& y, at::Tensor& mask, const at::Tensor& a, const at::Tensor& b,

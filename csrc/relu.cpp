@@ -3,6 +3,9 @@
 // The bit is all the backward needs: 1/32 of the memory of saving x in float32.
 // NaN: y = NaN and m = 1 (the gradient passes), as torch's threshold_backward.
 #include "ops.h"
+#include "simd.h"
+
+#include <algorithm>
 
 namespace torchmodules {
 
@@ -28,38 +31,60 @@ at::Tensor relu_backward(const at::Tensor& grad_y, const at::Tensor& mask) {
 
 // ---- CPU kernels ---------------------------------------------------------------------------
 
+// One call per chunk of whole 32-element words, compiled per ISA (simd.h); the last,
+// partial word runs through the same code on a zero-padded copy.
+
 // y = max(x, 0) (NaN kept); bit i of word w = !(x[32w+i] <= 0).
 template <typename T>
-static void relu_forward_kernel(T* y, uint32_t* m, const T* x, int64_t n) {
-  const int64_t words = (n + 31) / 32;
-  at::parallel_for(0, words, kGrain / 32, [&](int64_t w0, int64_t w1) {
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t i0 = w * 32, len = std::min<int64_t>(32, n - i0);
-      uint32_t bits = 0;
-      for (int64_t i = 0; i < len; ++i) {
-        // Compare in the element's own accumulation type (double stays double), as torch:
-        // a float64 1e-310 is > 0 though it would round to 0 as a float.
-        const acc_t<T> v = static_cast<acc_t<T>>(x[i0 + i]);
-        const bool pass = !(v <= acc_t<T>(0));
-        y[i0 + i] = pass ? x[i0 + i] : T(0);
-        bits |= uint32_t(pass) << i;
-      }
-      m[w] = bits;
+TM_SIMD static void relu_forward_words(T* __restrict y, uint32_t* __restrict m, const T* __restrict x, int64_t w0,
+                                       int64_t w1) {
+  for (int64_t w = w0; w < w1; ++w) {
+    const T* xw = x + w * 32;
+    T* yw = y + w * 32;
+    uint32_t bits = 0;
+    for (int i = 0; i < 32; ++i) {
+      // Compare in the element's own accumulation type (double stays double), as torch:
+      // a float64 1e-310 is > 0 though it would round to 0 as a float.
+      const bool pass = !(static_cast<acc_t<T>>(xw[i]) <= acc_t<T>(0));
+      yw[i] = pass ? xw[i] : T(0);
+      bits |= uint32_t(pass) << i;
     }
-  });
+    m[w] = bits;
+  }
 }
 
 // dx = bit ? dy : 0
 template <typename T>
+TM_SIMD static void relu_backward_words(T* __restrict dx, const T* __restrict dy, const uint32_t* __restrict m,
+                                        int64_t w0, int64_t w1) {
+  for (int64_t w = w0; w < w1; ++w) {
+    const uint32_t bits = m[w];
+    for (int i = 0; i < 32; ++i) dx[w * 32 + i] = (bits >> i) & 1u ? dy[w * 32 + i] : T(0);
+  }
+}
+
+template <typename T>
+static void relu_forward_kernel(T* y, uint32_t* m, const T* x, int64_t n) {
+  const int64_t full = n / 32, rest = n % 32;
+  at::parallel_for(0, full, kGrain / 32, [&](int64_t w0, int64_t w1) { relu_forward_words(y, m, x, w0, w1); });
+  if (rest) {
+    T xt[32] = {}, yt[32];
+    std::copy(x + full * 32, x + n, xt);
+    relu_forward_words(yt, m + full, xt, 0, 1);  // the zero padding gets 0 bits
+    std::copy(yt, yt + rest, y + full * 32);
+  }
+}
+
+template <typename T>
 static void relu_backward_kernel(T* dx, const T* dy, const uint32_t* m, int64_t n) {
-  const int64_t words = (n + 31) / 32;
-  at::parallel_for(0, words, kGrain / 32, [&](int64_t w0, int64_t w1) {
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t i0 = w * 32, len = std::min<int64_t>(32, n - i0);
-      const uint32_t bits = m[w];
-      for (int64_t i = 0; i < len; ++i) dx[i0 + i] = (bits >> i) & 1u ? dy[i0 + i] : T(0);
-    }
-  });
+  const int64_t full = n / 32, rest = n % 32;
+  at::parallel_for(0, full, kGrain / 32, [&](int64_t w0, int64_t w1) { relu_backward_words(dx, dy, m, w0, w1); });
+  if (rest) {
+    T gt[32] = {}, dt[32];
+    std::copy(dy + full * 32, dy + n, gt);
+    relu_backward_words(dt, gt, m + full, 0, 1);
+    std::copy(dt, dt + rest, dx + full * 32);
+  }
 }
 
 void relu_forward_cpu(at::Tensor& y, at::Tensor& mask, const at::Tensor& x) {
