@@ -13,8 +13,10 @@
 //   Double backward: see csrc/ops.cpp.
 // Edge values follow torch: -inf logits add 0 to s and +inf to a, so 0 * inf gives NaN where
 // torch's log_softmax * target does; an all -inf row gives NaN; ignored rows give exactly 0.
-// A class index outside [0, C) that is not ignore_index raises an IndexError naming it (the
-// forward records them in `bad` and the glue raises); the backward kernels write NaN rows for them.
+// A class index outside [0, C) that is not ignore_index raises an IndexError naming it: the
+// forward's kernels count them into `bad` (on CUDA a device int64 pair) and the glue reads it
+// back (one sync on CUDA; skipped while a CUDA graph is captured, where the rows are NaN).
+// The backward kernels write NaN rows for such targets rather than reading out of bounds.
 #include "ops.h"
 
 #include <atomic>
@@ -132,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(const at::T
   at::Tensor lse = new_output(rows, acc), total_weight = new_output({2}, acc);
   at::Tensor bad = p.prob ? at::Tensor() : at::zeros({2}, target.options());
   TM_LAUNCH(cross_entropy_forward, input, loss, lse, total_weight, bad, xc, tc, wc, p);
-  if (bad.defined()) ce_raise_bad_targets(bad, tc, p);
+  if (bad.defined() && !(input.is_cuda() && cuda_stream_capturing(input))) ce_raise_bad_targets(bad, tc, p);
   return {loss, lse, total_weight};
 }
 

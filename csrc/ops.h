@@ -119,6 +119,13 @@ TM_DECLARE_LAUNCHER(cross_entropy_double_backward, at::Tensor& d_g, at::Tensor& 
                     const at::Tensor& gg, const at::Tensor& hh, const at::Tensor& g, const at::Tensor& x,
                     const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
                     const at::Tensor& total_weight, const CeParams& p);
+// True while the current CUDA stream of on's device is captured into a CUDA graph: no sync is
+// allowed then, so the forward cannot read `bad` back (its rows are NaN instead).
+#ifdef TORCHMODULES_CUDA
+bool cuda_stream_capturing(const at::Tensor& on);
+#else
+inline bool cuda_stream_capturing(const at::Tensor&) { return false; }
+#endif
 
 // ---- the plan of a sum down to a broadcast source's shape (Add's backward) --------------
 // An index space split in two: kept dims (one per output element, row-major) and reduced

@@ -15,7 +15,7 @@
 // The backward kernels write NaN rows for such targets instead of reading out of bounds.
 #include "rows.cuh"
 
-#include <type_traits>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 
 namespace torchmodules {
 namespace {
@@ -59,9 +59,9 @@ struct CeForward {
   using A = dacc<T>;
   static constexpr bool kTrack = M != kClass;  // a and up
   static constexpr int V = 16 / sizeof(T);
-  static constexpr int kWarpK = 32 / V;  // rows up to 1024 elements in the warp path
-  static constexpr int kBlockK = 0;      // one output per row: long rows stream, one pass
-  static constexpr int kU = 4;
+  static constexpr int kWarpK = (kTrack ? 16 : 32) / V;  // rows up to 512 / 1024 elements in the warp path
+  static constexpr int kBlockK = 0;                      // one output per row: long rows stream, one pass
+  static constexpr int kU = kTrack ? 2 : 4;              // chunks in flight (x, and u when tracked)
   static constexpr bool kRowOut = true;
   struct State {
     A m, s, a, up;
@@ -322,8 +322,8 @@ struct CeBackwardProb {
   using A = dacc<T>;
   static constexpr int V = 16 / sizeof(T);
   static constexpr int kWarpK = (sizeof(A) == 8 ? 8 : 16) / V;  // three cached arrays
-  static constexpr int kBlockK = kWarpK;
-  static constexpr int kU = 2;
+  static constexpr int kBlockK = (sizeof(A) == 8 ? 4 : 8) / V;   // (64 registers a thread)
+  static constexpr int kU = V >= 8 ? 1 : 2;
   static constexpr bool kRowOut = false;
   struct State {
     A U, G, l;  // U summed; G and l the row's (kept through combine)
@@ -383,8 +383,8 @@ struct CeDoubleClass {
   using A = dacc<T>;
   static constexpr int V = 16 / sizeof(T);
   static constexpr int kWarpK = (sizeof(A) == 8 ? 8 : 16) / V;
-  static constexpr int kBlockK = kWarpK;
-  static constexpr int kU = 2;
+  static constexpr int kBlockK = (sizeof(A) == 8 ? 4 : 8) / V;
+  static constexpr int kU = 1;
   static constexpr bool kRowOut = false;
   struct State {
     A l, S, Sgw, G, U, dg;
@@ -645,6 +645,11 @@ void cross_entropy_double_backward_cuda(at::Tensor& d_g, at::Tensor& d_x, at::Te
                 static_cast<const A*>(mptr<A>(buf)), none, P.rows(), false);
     }
   });
+}
+
+bool cuda_stream_capturing(const at::Tensor& on) {
+  const c10::cuda::CUDAGuard guard(on.device());
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
 }
 
 TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {

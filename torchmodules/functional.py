@@ -76,7 +76,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"{reduction} is not a valid value for reduction")
+        raise ValueError(f"torchmodules.cross_entropy: {reduction} is not a valid value for reduction")
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("torchmodules.cross_entropy: weight is not differentiable; pass weight.detach()")
     return ops.cross_entropy_forward(input, target, weight, _REDUCTIONS[reduction], ignore_index,
