@@ -12,7 +12,9 @@
 //             dq_c = -(1-eps) G w_c (x_c - lse).
 //   Double backward: see csrc/ops.cpp.
 // Edge values follow torch: -inf logits add 0 to s and +inf to a, so 0 * inf gives NaN where
-// torch's log_softmax * target does; an all -inf row gives NaN; ignored rows give exactly 0.
+// torch's log_softmax * target does; an all -inf row gives NaN. Ignored rows give exactly 0, loss
+// and gradient, without reading their logits: where their logits are not finite (all -inf, NaN) torch's
+// gradient is NaN there instead (its log_softmax backward multiplies 0 by exp(NaN)).
 // A class index outside [0, C) that is not ignore_index raises an IndexError naming it: the
 // forward's kernels count them into `bad` (on CUDA a device int64 pair) and the glue reads it
 // back (one sync on CUDA; skipped while a CUDA graph is captured, where the rows are NaN).

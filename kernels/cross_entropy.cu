@@ -65,6 +65,7 @@ struct CeForward {
   static constexpr bool kRowOut = true;
   struct State {
     A m, s, a, up;
+    int skip;  // an ignored row: nothing to read
   };
   template <int W> struct Cache {
     A x[W], u[W];
@@ -76,8 +77,16 @@ struct CeForward {
   A* lse;
   unsigned long long* bad;
 
-  __device__ State init(int64_t) const { return {ninf<A>(), A(0), A(0), A(0)}; }
-  template <int W, class Sg> __device__ void load(Cache<W>& c, const State&, const Sg& s, int64_t k) const {
+  __device__ State init(int64_t r) const {
+    return {ninf<A>(), A(0), A(0), A(0), M != kProb && g.t[r] == g.ignore_index};
+  }
+  template <int W, class Sg> __device__ void load(Cache<W>& c, const State& st, const Sg& s, int64_t k) const {
+    if (st.skip) {
+#pragma unroll
+      for (int j = 0; j < W; ++j) c.x[j] = ninf<A>();
+      c.n = 0;
+      return;
+    }
     c.n = load_chunk<W>(c.x, g.x, s, k, ninf<A>());
     if constexpr (M == kSmooth) {  // u = w
       if (g.w) {
@@ -122,6 +131,7 @@ struct CeForward {
     const A m = a.m > b.m ? a.m : b.m;
     State r;
     r.m = m;
+    r.skip = a.skip;
     r.s = (a.m == m ? a.s : a.s * ce_exp(a.m - m)) + (b.m == m ? b.s : b.s * ce_exp(b.m - m));
     if constexpr (kTrack) {
       r.a = (a.m == m || a.m == ninf<A>() ? a.a : a.a + (m - a.m) * a.up) +
