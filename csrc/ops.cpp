@@ -39,6 +39,28 @@ TORCH_LIBRARY(torchmodules, m) {
   m.def("log_softmax_forward(Tensor x, int dim) -> Tensor");
   m.def("log_softmax_backward(Tensor grad_y, Tensor y, int dim) -> Tensor");
   m.def("log_softmax_double_backward(Tensor gg, Tensor grad_y, Tensor y, int dim) -> (Tensor, Tensor)");
+
+  // CrossEntropy, fused with its log-softmax. Rows [outer, C, inner] of the input x; per row r,
+  //   lse = log sum_c exp(x_c), one online pass (running max m and sum s, s rescaled when m grows);
+  //   u_c, the weighted target: class index t: (1-eps) w_t [c == t] + (eps/C) w_c, all 0 when
+  //        t == ignore_index; probabilities q: w_c ((1-eps) q_c + eps/C);   U = sum_c u_c;
+  //   loss_r = sum_c u_c (lse - x_c);  reduction none: loss_r;  sum: sum_r loss_r;  mean: that sum
+  //   / den, den = sum of w_t over the rows kept (class indices) or the number of rows (probabilities).
+  // Saves lse per row (float32 for the half types) and total_weight = [den, sum_c w_c]; no (N, C) tensor.
+  //   Backward, with p = exp(x - lse), sc = 1/den for mean (else 1), G = sc g_r:
+  //     dx_c = G (U p_c - u_c),     dq_c = -(1-eps) G w_c (x_c - lse)   (probabilities, target_grad).
+  //   Double backward, for gg = d/d(dx), hh = d/d(dq), S = sum_c gg_c p_c, lse taken as a function of x:
+  //     d/dg_r = sc (U S - sum_c gg_c u_c - (1-eps) sum_c hh_c w_c (x_c - lse))   (summed over r for 0-d g),
+  //     d/dx_k = G U p_k (gg_k - S) - (1-eps) G (hh_k w_k - p_k sum_c hh_c w_c)  [Jacobian diag(p) - p p^T],
+  //     d/dq_k = (1-eps) G w_k (S - gg_k).
+  m.def("cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
+        "float label_smoothing) -> (Tensor, Tensor, Tensor)");
+  m.def("cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
+        "Tensor total_weight, int reduction, int ignore_index, float label_smoothing, bool target_grad) "
+        "-> (Tensor, Tensor)");
+  m.def("cross_entropy_double_backward(Tensor? gg_input, Tensor? gg_target, Tensor grad_loss, Tensor input, "
+        "Tensor target, Tensor? weight, Tensor lse, Tensor total_weight, int reduction, int ignore_index, "
+        "float label_smoothing) -> (Tensor, Tensor, Tensor)");
 }
 
 // An importable module, so `import torchmodules._C` loads the library above.

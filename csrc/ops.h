@@ -39,6 +39,20 @@ at::Tensor log_softmax_forward(const at::Tensor& x, int64_t dim);
 at::Tensor log_softmax_backward(const at::Tensor& grad_y, const at::Tensor& y, int64_t dim);
 std::tuple<at::Tensor, at::Tensor> log_softmax_double_backward(const at::Tensor& gg, const at::Tensor& grad_y,
                                                                const at::Tensor& y, int64_t dim);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(const at::Tensor& input, const at::Tensor& target,
+                                                                     const std::optional<at::Tensor>& weight,
+                                                                     int64_t reduction, int64_t ignore_index,
+                                                                     double label_smoothing);
+std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& input,
+                                                          const at::Tensor& target,
+                                                          const std::optional<at::Tensor>& weight,
+                                                          const at::Tensor& lse, const at::Tensor& total_weight,
+                                                          int64_t reduction, int64_t ignore_index,
+                                                          double label_smoothing, bool target_grad);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_double_backward(
+    const std::optional<at::Tensor>& gg_input, const std::optional<at::Tensor>& gg_target, const at::Tensor& grad_loss,
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+    const at::Tensor& total_weight, int64_t reduction, int64_t ignore_index, double label_smoothing);
 
 // ---- launchers ---------------------------------------------------------------------------
 // Linear, all 2-D contiguous, same dtype; bias undefined or [N].
@@ -78,6 +92,40 @@ TM_DECLARE_LAUNCHER(log_softmax_forward, at::Tensor& y, const at::Tensor& x, Row
 TM_DECLARE_LAUNCHER(log_softmax_backward, at::Tensor& dx, const at::Tensor& dy, const at::Tensor& y, Rows r);
 TM_DECLARE_LAUNCHER(log_softmax_double_backward, at::Tensor& d_dy, at::Tensor& d_y, const at::Tensor& gg,
                     const at::Tensor& dy, const at::Tensor& y, Rows r);
+
+// CrossEntropy over rows [outer, classes, inner] of x (contiguous); r = o * inner + i indexes the
+// rows, element c of row r at (o * classes + c) * inner + i. target: int64 [rows] class indices, or
+// probabilities laid out as x (prob). weight: [classes] or undefined. lse: acc type [rows];
+// total_weight: acc type [2] = [den, sum_c w_c]. Undefined optional tensors: absent (gg, hh: zeros).
+struct CeParams {
+  int64_t outer, classes, inner;
+  int64_t reduction;     // 0 none, 1 mean, 2 sum (torch's at::Reduction)
+  int64_t ignore_index;  // class indices only
+  double smoothing;      // label smoothing eps in [0, 1]; 0 where torch does not smooth (eps <= 0)
+  bool prob;             // class-probability targets
+  TM_HD int64_t rows() const { return outer * inner; }
+};
+// Forward: loss = per-row losses (none, x's dtype [rows]) or the 0-d reduction; lse, total_weight as
+// above. bad (int64 [2], zeros, class indices only) gets [count, 1 + a row] of targets out of range.
+TM_DECLARE_LAUNCHER(cross_entropy_forward, at::Tensor& loss, at::Tensor& lse, at::Tensor& total_weight,
+                    at::Tensor& bad, const at::Tensor& x, const at::Tensor& target, const at::Tensor& weight,
+                    const CeParams& p);
+// Backward: dx (x's shape), dq (target's shape, or undefined: not wanted); g is [rows] (none) or 0-d.
+TM_DECLARE_LAUNCHER(cross_entropy_backward, at::Tensor& dx, at::Tensor& dq, const at::Tensor& g,
+                    const at::Tensor& x, const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
+                    const at::Tensor& total_weight, const CeParams& p);
+// Double backward: d_g (g's shape), d_x, d_q (target's shape; undefined for class indices).
+TM_DECLARE_LAUNCHER(cross_entropy_double_backward, at::Tensor& d_g, at::Tensor& d_x, at::Tensor& d_q,
+                    const at::Tensor& gg, const at::Tensor& hh, const at::Tensor& g, const at::Tensor& x,
+                    const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
+                    const at::Tensor& total_weight, const CeParams& p);
+// True while the current CUDA stream of on's device is captured into a CUDA graph: no sync is
+// allowed then, so the forward cannot read `bad` back (its rows are NaN instead).
+#ifdef TORCHMODULES_CUDA
+bool cuda_stream_capturing(const at::Tensor& on);
+#else
+inline bool cuda_stream_capturing(const at::Tensor&) { return false; }
+#endif
 
 // ---- the plan of a sum down to a broadcast source's shape (Add's backward) --------------
 // An index space split in two: kept dims (one per output element, row-major) and reduced

@@ -77,6 +77,117 @@ def _lin(m, k, n, bias=True, xform=lambda t: t, lead=None):
     return make
 
 
+# ---- CrossEntropy cases: [logits, target, weight in eighths (int64) or None, keyword options] ------
+# Weights are k/8 (exact in every dtype) so ours and torch see the same weight; they are built
+# inside the call (torch's weight is not differentiable for class indices).
+
+def _ce_weight(w8, x):
+    return None if w8 is None else w8.to(device=x.device, dtype=x.dtype) / 8
+
+
+def _ce(n, c, *, d=(), prob=False, weight=False, zero_weight=False, ignore=0.0, xform=lambda t: t, tform=None,
+        unbatched=False, scale=1.0, **kw):
+    """Logits (n, c, *d) (or (c,) unbatched), class indices (a fraction `ignore` set to the
+    ignore_index) or probabilities, optional weight, options kw."""
+    def make():
+        shape = (c,) if unbatched else (n, c, *d)
+        x = randn(*shape) * scale
+        if prob:
+            t = torch.softmax(randn(*shape), 0 if unbatched else 1)
+        else:
+            t = torch.randint(0, c, () if unbatched else (n, *d))
+            ii = kw.get("ignore_index", -100)
+            t = torch.where(torch.rand(t.shape) < ignore, torch.full_like(t, ii), t)
+        w8 = torch.randint(1, 17, (c,)) if weight else None
+        if zero_weight:
+            w8[0] = 0
+        return [xform(x), (tform or (lambda v: v))(t), w8, dict(kw)]
+    return make
+
+
+def _ce_neg_inf(*, prob=False, weight=False, **kw):
+    """-inf logits away from the (class-index) targets: torch's loss is finite without smoothing."""
+    def make():
+        x = randn(6, 9)
+        t = torch.randint(0, 9, (6,))
+        mask = torch.rand(6, 9) < 0.3
+        mask[torch.arange(6), t] = False
+        x[mask] = -math.inf
+        w8 = torch.randint(1, 17, (9,)) if weight else None
+        if prob:
+            t = torch.softmax(randn(6, 9), 1)
+        return [x, t, w8, dict(kw)]
+    return make
+
+
+def _ce_all_neg_inf_row():
+    x = torch.cat([randn(2, 5), torch.full((1, 5), -math.inf, dtype=F64)])
+    return [x, torch.tensor([1, 4, 2]), None, {}]
+
+
+_CE_CASES = [
+    Case("mean", _ce(5, 7)),
+    Case("sum", _ce(5, 7, reduction="sum")),
+    Case("none", _ce(5, 7, reduction="none")),
+    Case("weight_mean", _ce(9, 6, weight=True)),
+    Case("weight_sum", _ce(9, 6, weight=True, reduction="sum")),
+    Case("weight_none", _ce(9, 6, weight=True, reduction="none")),
+    Case("zero_weight_class", _ce(9, 4, weight=True, zero_weight=True)),
+    Case("ignore_mean", _ce(12, 5, ignore=0.4)),
+    Case("ignore_weight_mean", _ce(12, 5, ignore=0.4, weight=True)),
+    Case("ignore_index_2_none", _ce(12, 5, ignore=0.3, ignore_index=2, reduction="none")),
+    Case("all_ignored_mean", _ce(4, 5, ignore=1.0), smooth=False),  # 0 / 0 = NaN, as torch
+    Case("all_ignored_sum", _ce(4, 5, ignore=1.0, reduction="sum")),
+    Case("all_ignored_none_smooth", _ce(4, 5, ignore=1.0, reduction="none", label_smoothing=0.2)),
+    Case("all_ignored_weight_smooth_mean", _ce(4, 5, ignore=1.0, weight=True, label_smoothing=0.2), smooth=False),
+    Case("smooth_mean", _ce(8, 7, label_smoothing=0.1)),
+    Case("smooth_sum", _ce(8, 7, label_smoothing=0.3, reduction="sum")),
+    Case("smooth_weight_mean", _ce(8, 7, weight=True, label_smoothing=0.2)),
+    Case("smooth_weight_ignore_mean", _ce(10, 7, weight=True, ignore=0.3, label_smoothing=0.25)),
+    Case("smooth_weight_ignore_none", _ce(10, 7, weight=True, ignore=0.3, label_smoothing=0.25, reduction="none")),
+    Case("smooth_one", _ce(5, 6, label_smoothing=1.0)),
+    Case("smooth_negative", _ce(5, 6, label_smoothing=-0.2)),  # torch: no smoothing
+    Case("nd_mean", _ce(3, 5, d=(4, 2), weight=True, ignore=0.2, label_smoothing=0.1)),
+    Case("nd_none", _ce(2, 6, d=(3, 5), ignore=0.2, reduction="none")),
+    Case("nd_sum_weight", _ce(2, 4, d=(7,), weight=True, reduction="sum")),
+    Case("unbatched_mean", _ce(None, 7, unbatched=True)),
+    Case("unbatched_none_smooth_weight", _ce(None, 7, unbatched=True, weight=True, label_smoothing=0.1,
+                                             reduction="none")),
+    Case("one_class", _ce(4, 1, label_smoothing=0.1)),
+    Case("empty_batch_mean", _ce(0, 5), smooth=False),  # NaN (0 / 0), as torch; opcheck has no equal_nan
+    Case("empty_batch_sum", _ce(0, 5, reduction="sum")),
+    Case("empty_batch_none", _ce(0, 5, weight=True, reduction="none")),
+    Case("empty_d_mean", _ce(3, 5, d=(0,), label_smoothing=0.1), smooth=False),
+    Case("noncontig", _ce(6, 10, xform=strided, tform=lambda t: torch.stack([t, t], 1)[:, 0], ignore=0.2)),
+    Case("noncontig_nd_transposed", _ce(3, 4, d=(5,), xform=lambda t: t.transpose(0, 2).contiguous().transpose(0, 2),
+                                        label_smoothing=0.1, weight=True)),
+    Case("long_row", _ce(3, 5000, label_smoothing=0.1), scale=4),
+    Case("row_33k_weight", _ce(2, 32771, weight=True, ignore=0.3, label_smoothing=0.1), smooth=False, scale=8),
+    Case("big", _ce(6, 40, scale=1e4), smooth=False, scale=1e4),
+    Case("big_smooth_weight", _ce(6, 40, scale=1e4, weight=True, label_smoothing=0.1), smooth=False, scale=1e4),
+    Case("neg_inf", _ce_neg_inf(), smooth=False),
+    Case("neg_inf_weight_none", _ce_neg_inf(weight=True, reduction="none"), smooth=False),
+    Case("neg_inf_smooth", _ce_neg_inf(label_smoothing=0.1, reduction="none"), smooth=False),  # inf, as torch
+    Case("all_neg_inf_row", _ce_all_neg_inf_row, smooth=False),
+    Case("prob_mean", _ce(5, 7, prob=True)),
+    Case("prob_sum", _ce(5, 7, prob=True, reduction="sum")),
+    Case("prob_none", _ce(5, 7, prob=True, reduction="none")),
+    Case("prob_weight_mean", _ce(6, 8, prob=True, weight=True)),
+    Case("prob_smooth_weight_none", _ce(6, 8, prob=True, weight=True, label_smoothing=0.2, reduction="none")),
+    Case("prob_smooth_sum", _ce(6, 8, prob=True, label_smoothing=0.3, reduction="sum")),
+    Case("prob_raw_targets", lambda: [randn(4, 6), randn(4, 6), None, {}]),  # not distributions: torch allows it
+    Case("prob_nd_mean", _ce(2, 5, d=(3, 4), prob=True, weight=True, label_smoothing=0.1)),
+    Case("prob_unbatched", _ce(None, 9, prob=True, unbatched=True)),
+    Case("prob_unbatched_none", _ce(None, 9, prob=True, unbatched=True, reduction="none")),
+    Case("prob_empty_mean", _ce(0, 5, prob=True), smooth=False),
+    Case("prob_empty_sum", _ce(0, 5, prob=True, reduction="sum")),
+    Case("prob_noncontig", _ce(6, 10, prob=True, xform=strided, tform=strided, weight=True)),
+    Case("prob_long_row", _ce(2, 3000, prob=True, label_smoothing=0.1), scale=4),
+    Case("prob_big", _ce(5, 30, prob=True, scale=1e4), smooth=False, scale=1e4),
+    Case("prob_neg_inf", _ce_neg_inf(prob=True, reduction="none"), smooth=False),  # inf, as torch
+]
+
+
 OPS = [
     OpSpec("linear", TF.linear, torch.nn.functional.linear, [
         Case("1x1x1", _lin(1, 1, 1)),
@@ -169,6 +280,9 @@ OPS = [
              smooth=False),
         Case("nan", lambda: [special(6, 20, kinds=("nan",)), 1], smooth=False),
     ]),
+    OpSpec("cross_entropy", lambda x, t, w8, kw: TF.cross_entropy(x, t, weight=_ce_weight(w8, x), **kw),
+           lambda x, t, w8, kw: torch.nn.functional.cross_entropy(x, t, weight=_ce_weight(w8, x), **kw),
+           _CE_CASES),
 ]
 
 OPS_BY_NAME = {op.name: op for op in OPS}

@@ -46,6 +46,48 @@ BAD = [
      None, ValueError, ["relu_backward", "mask", "[40]"]),
     ("maximum_backward_bad_which", lambda: torch.ops.torchmodules.maximum_backward(
         r(4), torch.zeros(4, dtype=torch.uint8), 2), None, ValueError, ["maximum_backward", "which"]),
+    ("cross_entropy_target_too_big", lambda: TF.cross_entropy(r(3, 4), torch.tensor([0, 7, 1])),
+     lambda: F.cross_entropy(r(3, 4), torch.tensor([0, 7, 1])), IndexError, ["cross_entropy", "target 7", "4 classes"]),
+    ("cross_entropy_target_negative", lambda: TF.cross_entropy(r(3, 4), torch.tensor([0, -1, 1]), reduction="none"),
+     lambda: F.cross_entropy(r(3, 4), torch.tensor([0, -1, 1]), reduction="none"), IndexError,
+     ["cross_entropy", "target -1"]),
+    ("cross_entropy_target_too_big_nd_smooth", lambda: TF.cross_entropy(
+        r(2, 3, 5), torch.tensor([[0, 1, 2, 3, 1], [0, 0, 0, 0, 0]]), label_smoothing=0.1),
+     lambda: F.cross_entropy(r(2, 3, 5), torch.tensor([[0, 1, 2, 3, 1], [0, 0, 0, 0, 0]]), label_smoothing=0.1),
+     IndexError, ["cross_entropy", "target 3", "3 classes"]),
+    ("cross_entropy_target_shape", lambda: TF.cross_entropy(r(3, 4), torch.zeros(4, **i64)),
+     lambda: F.cross_entropy(r(3, 4), torch.zeros(4, **i64)), ValueError, ["cross_entropy", "[4]", "[3, 4]"]),
+    ("cross_entropy_float_class_target", lambda: TF.cross_entropy(r(3, 4), r(3)),
+     lambda: F.cross_entropy(r(3, 4), r(3)), TypeError, ["cross_entropy", "int64", "Float"]),
+    ("cross_entropy_int_prob_target", lambda: TF.cross_entropy(r(3, 4), torch.zeros(3, 4, **i64)),
+     lambda: F.cross_entropy(r(3, 4), torch.zeros(3, 4, **i64)), TypeError, ["cross_entropy", "floating", "Long"]),
+    ("cross_entropy_prob_target_dtype", lambda: TF.cross_entropy(r(3, 4), r(3, 4).double()), None,
+     TypeError, ["cross_entropy", "Float", "Double"]),
+    ("cross_entropy_weight_shape", lambda: TF.cross_entropy(r(3, 4), torch.zeros(3, **i64), r(5)),
+     lambda: F.cross_entropy(r(3, 4), torch.zeros(3, **i64), r(5)), ValueError, ["cross_entropy", "weight", "[5]"]),
+    ("cross_entropy_weight_dtype", lambda: TF.cross_entropy(r(3, 4), torch.zeros(3, **i64), r(4).double()),
+     lambda: F.cross_entropy(r(3, 4), torch.zeros(3, **i64), r(4).double()), TypeError,
+     ["cross_entropy", "Float", "Double"]),
+    ("cross_entropy_weight_requires_grad", lambda: TF.cross_entropy(
+        r(3, 4), torch.zeros(3, **i64), r(4, requires_grad=True)),
+     lambda: F.cross_entropy(r(3, 4), torch.zeros(3, **i64), r(4, requires_grad=True)), RuntimeError,
+     ["cross_entropy", "weight"]),
+    ("cross_entropy_bad_reduction", lambda: TF.cross_entropy(r(3, 4), torch.zeros(3, **i64), reduction="avg"),
+     lambda: F.cross_entropy(r(3, 4), torch.zeros(3, **i64), reduction="avg"), ValueError, ["cross_entropy", "avg"]),
+    ("cross_entropy_label_smoothing", lambda: TF.cross_entropy(r(3, 4), torch.zeros(3, **i64), label_smoothing=1.5),
+     lambda: F.cross_entropy(r(3, 4), torch.zeros(3, **i64), label_smoothing=1.5), ValueError,
+     ["cross_entropy", "label_smoothing", "1.5"]),
+    ("cross_entropy_prob_ignore_index", lambda: TF.cross_entropy(r(3, 4), r(3, 4), ignore_index=1),
+     lambda: F.cross_entropy(r(3, 4), r(3, 4), ignore_index=1), ValueError, ["cross_entropy", "ignore_index"]),
+    ("cross_entropy_input_0d", lambda: TF.cross_entropy(r(()), torch.zeros((), **i64)),
+     lambda: F.cross_entropy(r(()), torch.zeros((), **i64)), (ValueError, TypeError), ["cross_entropy", "[]"]),
+    ("cross_entropy_int_input", lambda: TF.cross_entropy(torch.ones(3, 4, **i64), torch.zeros(3, **i64)),
+     lambda: F.cross_entropy(torch.ones(3, 4, **i64), torch.zeros(3, **i64)), TypeError, ["cross_entropy", "Long"]),
+    ("cross_entropy_no_classes", lambda: TF.cross_entropy(r(3, 0), torch.zeros(3, **i64)),
+     lambda: F.cross_entropy(r(3, 0), torch.zeros(3, **i64)), ValueError, ["cross_entropy", "[3, 0]"]),
+    ("cross_entropy_backward_lse_dtype", lambda: torch.ops.torchmodules.cross_entropy_backward(
+        r(()), r(3, 4), torch.zeros(3, **i64), None, r(3).double(), r(2), 1, -100, 0.0, False), None,
+     TypeError, ["cross_entropy_backward", "lse", "Double"]),
 ]
 if torch.cuda.is_available():
     BAD += [
@@ -56,6 +98,15 @@ if torch.cuda.is_available():
          (ValueError, RuntimeError), ["linear", "cpu", "cuda"]),
         ("maximum_devices", lambda: TF.maximum(r(3, device="cuda"), r(3)), None,
          (ValueError, RuntimeError), ["maximum", "cpu", "cuda"]),
+        ("cross_entropy_target_too_big_cuda", lambda: TF.cross_entropy(
+            r(3, 4, device="cuda"), torch.tensor([0, 7, 1], device="cuda")), None,
+         IndexError, ["cross_entropy", "target 7", "4 classes"]),
+        ("cross_entropy_target_negative_cuda_nd", lambda: TF.cross_entropy(
+            r(2, 40, 3, device="cuda"), torch.tensor([[0, 1, 2], [3, -5, 4]], device="cuda"), reduction="sum",
+            label_smoothing=0.1), None, IndexError, ["cross_entropy", "target -5"]),
+        ("cross_entropy_devices", lambda: TF.cross_entropy(r(3, 4, device="cuda"), torch.zeros(3, **i64)),
+         lambda: F.cross_entropy(r(3, 4, device="cuda"), torch.zeros(3, **i64)), (ValueError, RuntimeError),
+         ["cross_entropy", "cpu", "cuda"]),
     ]
 
 

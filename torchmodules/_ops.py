@@ -2,7 +2,8 @@
 for torch.compile and opcheck, and its autograd formula, each backward built from our ops.
 
 Fakes return contiguous tensors, as the real kernels do. Every backward op is itself
-differentiable (double backward), except log_softmax_double_backward.
+differentiable (double backward); log_softmax_double_backward and cross_entropy_double_backward
+through torch ops (third order).
 """
 import torch
 
@@ -313,3 +314,151 @@ def _(ctx, a, b):
     d_dy = -(b * gg * p).sum(d, keepdim=True).expand_as(dy)
     d_y = -p * gg * (a.sum(d, keepdim=True) + b * s_dy)
     return d_gg, d_dy, d_y, None
+
+
+# ---- CrossEntropy, fused with its log-softmax ---------------------------------------------------
+# The forward saves lse per row (and total_weight = [den, sum_c w_c]), marked non-differentiable:
+# the backward op reads lse as a cached function of the input, so its derivative in `input`
+# (the double backward op) is the total one, through lse too. Weight is not differentiable.
+
+def _ce_rows(x):
+    """The input's shape without its class dim (the loss per row)."""
+    return [s for d, s in enumerate(x.shape) if d != (0 if x.dim() == 1 else 1)]
+
+
+def _ce_acc(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@_fake("cross_entropy_forward")
+def _(input, target, weight, reduction, ignore_index, label_smoothing):
+    rows = _ce_rows(input)
+    return (input.new_empty(rows if reduction == 0 else ()), input.new_empty(rows, dtype=_ce_acc(input)),
+            input.new_empty((2,), dtype=_ce_acc(input)))
+
+
+@_fake("cross_entropy_backward")
+def _(grad_loss, input, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing, target_grad):
+    return input.new_empty(input.shape), target.new_empty(target.shape) if target_grad else input.new_empty((0,))
+
+
+@_fake("cross_entropy_double_backward")
+def _(gg_input, gg_target, grad_loss, input, target, weight, lse, total_weight, reduction, ignore_index,
+      label_smoothing):
+    d_q = target.new_empty(target.shape) if target.is_floating_point() else input.new_empty((0,))
+    return grad_loss.new_empty(grad_loss.shape), input.new_empty(input.shape), d_q
+
+
+def _save_ce(ctx, inputs, output):
+    x, t, w, ctx.reduction, ctx.ignore_index, ctx.smoothing = inputs
+    _, lse, total_weight = output
+    ctx.mark_non_differentiable(lse, total_weight)
+    ctx.prob = t.is_floating_point()
+    ctx.save_for_backward(x, t, w, lse, total_weight)
+
+
+@_grad("cross_entropy_forward", _save_ce)
+def _(ctx, dloss, _dlse, _dtw):
+    x, t, w, lse, tw = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    tgrad = ctx.prob and need[1]
+    if not (need[0] or tgrad):
+        return None, None, None, None, None, None
+    dx, dq = ops.cross_entropy_backward(dloss, x, t, w, lse, tw, ctx.reduction, ctx.ignore_index, ctx.smoothing,
+                                        tgrad)
+    return dx if need[0] else None, dq if tgrad else None, None, None, None, None
+
+
+def _save_ce_backward(ctx, inputs, output):
+    g, x, t, w, lse, tw, ctx.reduction, ctx.ignore_index, ctx.smoothing, ctx.target_grad = inputs
+    ctx.prob = t.is_floating_point()
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(g, x, t, w, lse, tw)
+
+
+# dx = G (U p - u) (and dq): cross_entropy_double_backward gives d/dg, d/dx (through lse too), d/dq.
+@_grad("cross_entropy_backward", _save_ce_backward)
+def _(ctx, gg, hh):
+    g, x, t, w, lse, tw = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    hh = hh if ctx.target_grad else None
+    if gg is None and hh is None or not (need[0] or need[1] or ctx.prob and need[2]):
+        return (None,) * 10
+    d_g, d_x, d_q = ops.cross_entropy_double_backward(gg, hh, g, x, t, w, lse, tw, ctx.reduction, ctx.ignore_index,
+                                                      ctx.smoothing)
+    return (d_g if need[0] else None, d_x if need[1] else None, d_q if ctx.prob and need[2] else None,
+            None, None, None, None, None, None, None)
+
+
+def _save_ce_double(ctx, inputs, output):
+    gg, hh, g, x, t, w, lse, tw, ctx.reduction, ctx.ignore_index, ctx.smoothing = inputs
+    ctx.prob = t.is_floating_point()
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(gg, hh, g, x, t, w, tw)
+
+
+# Third order, for completeness (the kernels stop at the second), composed from torch ops in
+# the class-last layout. With the double backward's outputs
+#   Dg = sc (U S - <gg,u> - k <hh, w logp>),  Dx = G U p (gg - S) - k G (hh w - p Hw),  Dq = k G w (S - gg)
+# (k = 1-eps, S = <gg,p>, Hw = <hh,w>) and upstream a, b, e, with Pb = <b,p>, Bg = <b, p (gg - S)>, Ew = <e,w>:
+#   d/dgg = a sc (U p - u) + G U p (b - Pb) + k G (Ew p - e w),   d/dhh = -k w (a sc logp + G (b - Pb)),
+#   d/dg  = sc (U Bg - k (<b hh, w> - Pb Hw) + k <e, w (S - gg)>),
+#   d/dx  = a sc (U p (gg - S) - k (hh w - p Hw)) + G U (p b (gg - S) - p Bg - Pb p (gg - S))
+#           + k G Hw p (b - Pb) + k G Ew p (gg - S),
+#   d/dq  = k w (a sc (S - gg) + G Bg).
+@_grad("cross_entropy_double_backward", _save_ce_double)
+def _(ctx, a, b, e):
+    gg, hh, g, x, t, w, tw = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    unbatched = x.dim() == 1
+
+    def cl(v):  # class dim last (unbatched: one row)
+        return v.unsqueeze(0) if unbatched else v.movedim(1, -1)
+
+    def back(v):
+        return v.squeeze(0) if unbatched else v.movedim(-1, 1)
+
+    X = cl(x)
+    C = X.shape[-1]
+    p, logp = torch.softmax(X, -1), torch.log_softmax(X, -1)
+    W = w if w is not None else torch.ones(C, dtype=x.dtype, device=x.device)
+    k, epsc = 1.0 - ctx.smoothing, ctx.smoothing / C
+    if ctx.prob:
+        u = W * (k * cl(t) + epsc)
+    else:
+        T = t.unsqueeze(0) if unbatched else t
+        kept = T != ctx.ignore_index
+        Tc = torch.where(kept, T, torch.zeros_like(T))
+        onehot = (torch.arange(C, device=x.device) == Tc.unsqueeze(-1)).to(x.dtype)
+        u = (k * W[Tc].unsqueeze(-1) * onehot + epsc * W) * kept.unsqueeze(-1).to(x.dtype)
+    U = u.sum(-1, keepdim=True)
+    sc = 1.0 / tw[0] if ctx.reduction == 1 else 1.0
+    rows = X.shape[:-1]
+
+    def per_row(v):  # a row tensor (or 0-d) as [..., 1]
+        v = v.unsqueeze(0) if unbatched and ctx.reduction == 0 else v
+        return v.expand(rows).unsqueeze(-1)
+
+    G = per_row(g) * sc
+    zero = torch.zeros_like(X)
+    GG = cl(gg) if gg is not None else zero
+    HH = cl(hh) if hh is not None else zero
+    A = per_row(a) if a is not None else torch.zeros_like(U)
+    B = cl(b) if b is not None else zero
+    E = cl(e) if e is not None and ctx.prob else zero
+    S = (GG * p).sum(-1, keepdim=True)
+    Pb = (B * p).sum(-1, keepdim=True)
+    Bg = (B * p * (GG - S)).sum(-1, keepdim=True)
+    Ew = (E * W).sum(-1, keepdim=True)
+    Hw = (HH * W).sum(-1, keepdim=True)
+    d_gg = A * sc * (U * p - u) + G * U * p * (B - Pb) + k * G * (Ew * p - E * W)
+    d_hh = -k * W * (A * sc * logp + G * (B - Pb))
+    d_g = sc * (U * Bg - k * ((B * HH * W).sum(-1, keepdim=True) - Pb * Hw)
+                + k * (E * W * (S - GG)).sum(-1, keepdim=True)).squeeze(-1)
+    d_g = d_g.sum() if ctx.reduction != 0 else (d_g.squeeze(0) if unbatched else d_g)
+    d_x = (A * sc * (U * p * (GG - S) - k * (HH * W - p * Hw)) + G * U * (p * B * (GG - S) - p * Bg - Pb * p * (GG - S))
+           + k * G * Hw * p * (B - Pb) + k * G * Ew * p * (GG - S))
+    d_q = k * W * (A * sc * (S - GG) + G * Bg)
+    return (back(d_gg) if need[0] else None, back(d_hh) if need[1] and ctx.prob else None,
+            d_g if need[2] else None, back(d_x) if need[3] else None, back(d_q) if need[4] and ctx.prob else None,
+            None, None, None, None, None, None)

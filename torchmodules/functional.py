@@ -7,7 +7,7 @@ import torch
 
 from ._ops import ops
 
-__all__ = ["linear", "relu", "duplicate", "add", "maximum", "amax", "log_softmax"]
+__all__ = ["linear", "relu", "duplicate", "add", "maximum", "amax", "log_softmax", "cross_entropy"]
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -60,3 +60,24 @@ def log_softmax(input: torch.Tensor, dim: Optional[int] = None, dtype: Optional[
     if dtype is not None:
         input = input.to(dtype)
     return ops.log_softmax_forward(input, dim)
+
+
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                  size_average: Optional[bool] = None, ignore_index: int = -100, reduce: Optional[bool] = None,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross entropy of logits `input` (N, C, d1, ...), (N, C) or (C,) against class indices
+    (int64, the input's shape without dim C) or class probabilities (the input's shape), as
+    torch.nn.functional.cross_entropy (same signature and semantics). Fused: the forward keeps
+    one log-sum-exp per row for the backward, no (N, C) log-probabilities. `weight` is not
+    differentiable (as torch's for class indices)."""
+    if size_average is not None or reduce is not None:
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"torchmodules.cross_entropy: {reduction} is not a valid value for reduction")
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("torchmodules.cross_entropy: weight is not differentiable; pass weight.detach()")
+    return ops.cross_entropy_forward(input, target, weight, _REDUCTIONS[reduction], ignore_index,
+                                     float(label_smoothing))[0]

@@ -6,7 +6,7 @@ from torch import nn
 
 from . import functional as F
 
-__all__ = ["Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax"]
+__all__ = ["Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax", "CrossEntropyLoss"]
 
 
 class Linear(nn.Linear):
@@ -56,3 +56,12 @@ class LogSoftmax(nn.LogSoftmax):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(input, self.dim)
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """Cross entropy of logits against class indices or probabilities, as
+    torch.nn.CrossEntropyLoss (weight, ignore_index, reduction, label_smoothing), fused."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)

@@ -1,0 +1,484 @@
+// CrossEntropy, fused with its log-softmax (formulas with the schemas in csrc/ops.cpp).
+// Per row r of C classes, u the weighted target (u_c = (1-eps) w_t [c == t] + (eps/C) w_c for a
+// class index t, w_c ((1-eps) q_c + eps/C) for probabilities q), U = sum_c u_c:
+//   Forward:  one online pass over x keeps m = max x_c, s = sum exp(x_c - m) (rescaled by
+//             exp(m - m') when m grows to m'), and, where u has more than one nonzero entry,
+//             a = sum u_c (m - x_c) (grown by (m' - m) sum u) and up = sum u_c. Then
+//             lse = m + log s,  loss_r = w_t ((m - x_t) + log s)            (class index, eps = 0)
+//                                      = (1-eps) w_t ((m - x_t) + log s) + (eps/C) (a + up log s)
+//                                      = a + up log s                         (probabilities).
+//             Rows are reduced in a fixed order (fixed chunks, then the chunks in order).
+//   Backward: dx_c = G (U p_c - u_c), p_c = exp(x_c - lse), G = g_r / den (mean) or g_r;
+//             dq_c = -(1-eps) G w_c (x_c - lse).
+//   Double backward: see csrc/ops.cpp.
+// Edge values follow torch: -inf logits add 0 to s and +inf to a, so 0 * inf gives NaN where
+// torch's log_softmax * target does; an all -inf row gives NaN. Ignored rows give exactly 0, loss
+// and gradient, without reading their logits: where their logits are not finite (all -inf, NaN) torch's
+// gradient is NaN there instead (its log_softmax backward multiplies 0 by exp(NaN)).
+// A class index outside [0, C) that is not ignore_index raises an IndexError naming it: the
+// forward's kernels count them into `bad` (on CUDA a device int64 pair) and the glue reads it
+// back (one sync on CUDA; skipped while a CUDA graph is captured, where the rows are NaN).
+// The backward kernels write NaN rows for such targets rather than reading out of bounds.
+#include "ops.h"
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+namespace torchmodules {
+
+// ---- glue --------------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* kOp = "cross_entropy";
+
+// The input's shape without its class dim (dim 1; dim 0 of an unbatched (C,) input).
+std::vector<int64_t> ce_row_shape(const at::Tensor& input) {
+  std::vector<int64_t> s(input.sizes().begin(), input.sizes().end());
+  s.erase(s.begin() + (input.dim() == 1 ? 0 : 1));
+  return s;
+}
+
+at::ScalarType ce_acc_dtype(const at::Tensor& input) {
+  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+CeParams ce_params(const char* op, const at::Tensor& input, const at::Tensor& target, const at::Tensor& weight,
+                   int64_t reduction, int64_t ignore_index, double smoothing) {
+  check_floating(op, "input", input);
+  TORCH_CHECK_VALUE(input.dim() >= 1, "torchmodules.", op, ": input must have a class dim, got shape ",
+                    input.sizes());
+  check_same_device(op, "input", input, "target", target);
+  const int64_t cdim = input.dim() == 1 ? 0 : 1;
+  CeParams p;
+  p.outer = cdim == 0 ? 1 : input.size(0);
+  p.classes = input.size(cdim);
+  p.inner = 1;
+  for (int64_t d = cdim + 1; d < input.dim(); ++d) p.inner *= input.size(d);
+  TORCH_CHECK_VALUE(p.classes > 0, "torchmodules.", op, ": input of shape ", input.sizes(), " has no classes");
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "torchmodules.", op, ": reduction must be 0 (none), "
+                    "1 (mean) or 2 (sum), got ", reduction);
+  TORCH_CHECK_VALUE(smoothing <= 1.0, "torchmodules.", op, ": label_smoothing must be between 0.0 and 1.0, got ",
+                    smoothing);
+  p.reduction = reduction;
+  p.ignore_index = ignore_index;
+  p.smoothing = smoothing > 0.0 ? smoothing : 0.0;  // torch smooths only for eps > 0
+  p.prob = input.sizes() == target.sizes();        // torch's rule: same shape = probabilities
+  if (p.prob) {
+    TORCH_CHECK_TYPE(target.is_floating_point(), "torchmodules.", op, ": a target of the input's shape ",
+                     target.sizes(), " holds class probabilities and must be floating, got ", target.scalar_type());
+    check_same_dtype_device(op, "input", input, "target", target);
+    TORCH_CHECK_VALUE(ignore_index < 0, "torchmodules.", op, ": ignore_index (", ignore_index,
+                      ") is not supported for class-probability targets");
+  } else {
+    TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "torchmodules.", op,
+                     ": target must be int64 class indices (or probabilities of the input's shape ", input.sizes(),
+                     "), got ", target.scalar_type(), " with shape ", target.sizes());
+    TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(ce_row_shape(input)), "torchmodules.", op,
+                      ": target of shape ", target.sizes(), " does not match input of shape ", input.sizes(),
+                      " (class indices need shape ", at::IntArrayRef(ce_row_shape(input)), ")");
+  }
+  if (weight.defined()) {
+    check_same_dtype_device(op, "input", input, "weight", weight);
+    TORCH_CHECK_VALUE(weight.dim() == 1 && weight.size(0) == p.classes, "torchmodules.", op, ": weight of shape ",
+                      weight.sizes(), " must have one entry per class, [", p.classes, "]");
+  }
+  return p;
+}
+
+// The saved lse and total_weight of a backward, and grad_loss, as the forward made them.
+void ce_check_saved(const char* op, const at::Tensor& input, const at::Tensor& grad_loss, const at::Tensor& lse,
+                    const at::Tensor& total_weight, const CeParams& p) {
+  check_same_dtype_device(op, "input", input, "grad_loss", grad_loss);
+  const std::vector<int64_t> rows = ce_row_shape(input);
+  TORCH_CHECK_VALUE(p.reduction == 0 ? grad_loss.sizes() == at::IntArrayRef(rows) : grad_loss.dim() == 0,
+                    "torchmodules.", op, ": grad_loss of shape ", grad_loss.sizes(), " does not match the loss of ",
+                    "input ", input.sizes(), " with reduction ", p.reduction);
+  TORCH_CHECK_TYPE(lse.scalar_type() == ce_acc_dtype(input) && total_weight.scalar_type() == ce_acc_dtype(input),
+                   "torchmodules.", op, ": lse and total_weight must be ", ce_acc_dtype(input), ", got ",
+                   lse.scalar_type(), " and ", total_weight.scalar_type());
+  check_same_device(op, "input", input, "lse", lse);
+  check_same_device(op, "input", input, "total_weight", total_weight);
+  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef(rows) && total_weight.numel() == 2, "torchmodules.", op,
+                    ": lse of shape ", lse.sizes(), " and total_weight of shape ", total_weight.sizes(),
+                    " are not those of input ", input.sizes());
+}
+
+// One device-to-host copy of bad = [count, 1 + row] (a sync on CUDA), and an IndexError naming
+// a target out of range if there is one.
+void ce_raise_bad_targets(const at::Tensor& bad, const at::Tensor& target, const CeParams& p) {
+  const at::Tensor b = bad.cpu();
+  const int64_t count = b.data_ptr<int64_t>()[0];
+  if (count == 0) return;
+  const int64_t row = b.data_ptr<int64_t>()[1] - 1;
+  const int64_t value = target.reshape({-1})[row].item<int64_t>();
+  TORCH_CHECK_INDEX(false, "torchmodules.", kOp, ": target ", value, " is out of bounds for ", p.classes,
+                    " classes (at flat index ", row, "; ", count, " target(s) out of range, ignore_index is ",
+                    p.ignore_index, ")");
+}
+
+at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+at::Tensor contig(const at::Tensor& t) { return t.defined() ? t.contiguous() : t; }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(const at::Tensor& input, const at::Tensor& target,
+                                                                     const std::optional<at::Tensor>& weight,
+                                                                     int64_t reduction, int64_t ignore_index,
+                                                                     double label_smoothing) {
+  const at::Tensor w = opt(weight);
+  const CeParams p = ce_params(kOp, input, target, w, reduction, ignore_index, label_smoothing);
+  const at::Tensor xc = input.contiguous(), tc = target.contiguous(), wc = contig(w);
+  const std::vector<int64_t> rows = ce_row_shape(input);
+  const auto acc = input.options().dtype(ce_acc_dtype(input));
+  at::Tensor loss = new_output(reduction == 0 ? at::IntArrayRef(rows) : at::IntArrayRef(), input.options());
+  at::Tensor lse = new_output(rows, acc), total_weight = new_output({2}, acc);
+  at::Tensor bad = p.prob ? at::Tensor() : at::zeros({2}, target.options());
+  TM_LAUNCH(cross_entropy_forward, input, loss, lse, total_weight, bad, xc, tc, wc, p);
+  if (bad.defined() && !(input.is_cuda() && cuda_stream_capturing(input))) ce_raise_bad_targets(bad, tc, p);
+  return {loss, lse, total_weight};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& input,
+                                                          const at::Tensor& target,
+                                                          const std::optional<at::Tensor>& weight,
+                                                          const at::Tensor& lse, const at::Tensor& total_weight,
+                                                          int64_t reduction, int64_t ignore_index,
+                                                          double label_smoothing, bool target_grad) {
+  const char* op = "cross_entropy_backward";
+  const at::Tensor w = opt(weight);
+  const CeParams p = ce_params(op, input, target, w, reduction, ignore_index, label_smoothing);
+  ce_check_saved(op, input, grad_loss, lse, total_weight, p);
+  TORCH_CHECK_VALUE(!target_grad || p.prob, "torchmodules.", op, ": class indices have no gradient");
+  const at::Tensor gc = grad_loss.contiguous(), xc = input.contiguous(), tc = target.contiguous(), wc = contig(w),
+                   lc = lse.contiguous(), twc = total_weight.contiguous();
+  at::Tensor dx = new_output(input.sizes(), input.options());
+  at::Tensor dq = target_grad ? new_output(target.sizes(), target.options()) : at::Tensor();
+  if (input.numel() > 0) TM_LAUNCH(cross_entropy_backward, input, dx, dq, gc, xc, tc, wc, lc, twc, p);
+  return {dx, target_grad ? dq : new_output({0}, input.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_double_backward(
+    const std::optional<at::Tensor>& gg_input, const std::optional<at::Tensor>& gg_target, const at::Tensor& grad_loss,
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+    const at::Tensor& total_weight, int64_t reduction, int64_t ignore_index, double label_smoothing) {
+  const char* op = "cross_entropy_double_backward";
+  const at::Tensor w = opt(weight), gg = opt(gg_input), hh = opt(gg_target);
+  const CeParams p = ce_params(op, input, target, w, reduction, ignore_index, label_smoothing);
+  ce_check_saved(op, input, grad_loss, lse, total_weight, p);
+  if (gg.defined()) {
+    check_same_dtype_device(op, "input", input, "gg_input", gg);
+    TORCH_CHECK_VALUE(gg.sizes() == input.sizes(), "torchmodules.", op, ": gg_input of shape ", gg.sizes(),
+                      " does not match input ", input.sizes());
+  }
+  if (hh.defined()) {
+    TORCH_CHECK_VALUE(p.prob, "torchmodules.", op, ": gg_target given for class indices");
+    check_same_dtype_device(op, "input", input, "gg_target", hh);
+    TORCH_CHECK_VALUE(hh.sizes() == input.sizes(), "torchmodules.", op, ": gg_target of shape ", hh.sizes(),
+                      " does not match input ", input.sizes());
+  }
+  const at::Tensor ggc = contig(gg), hhc = contig(hh), gc = grad_loss.contiguous(), xc = input.contiguous(),
+                   tc = target.contiguous(), wc = contig(w), lc = lse.contiguous(), twc = total_weight.contiguous();
+  at::Tensor d_g = new_output(grad_loss.sizes(), grad_loss.options());
+  at::Tensor d_x = new_output(input.sizes(), input.options());
+  at::Tensor d_q = p.prob ? new_output(target.sizes(), target.options()) : at::Tensor();
+  TM_LAUNCH(cross_entropy_double_backward, input, d_g, d_x, d_q, ggc, hhc, gc, xc, tc, wc, lc, twc, p);
+  return {d_g, d_x, p.prob ? d_q : new_output({0}, input.options())};
+}
+
+// ---- CPU kernels ---------------------------------------------------------------------------
+// A row at stride `inner`; rows run in parallel. Sums over rows go in fixed chunks of kChunk
+// rows, then the chunks in order, so the result does not depend on the thread count.
+
+namespace {
+
+constexpr int64_t kChunk = 1024;
+
+inline float tm_exp(float v) { return std::exp(v); }
+inline double tm_exp(double v) { return std::exp(v); }
+inline float tm_log(float v) { return std::log(v); }
+inline double tm_log(double v) { return std::log(v); }
+
+template <typename A>
+A nan_v() { return std::numeric_limits<A>::quiet_NaN(); }
+
+// The online pass: m = max x, s = sum exp(x - m), and with kU: up = sum u, a = sum u (m - x).
+template <typename A>
+struct Online {
+  A m = -INFINITY, s = 0, a = 0, up = 0;
+  template <bool kU>
+  void add(A v, A u) {
+    if (v > m) {  // m -> v: s exp(m - v), a + (v - m) up (nothing to rescale while m = -inf)
+      if (m != -INFINITY) {
+        s *= tm_exp(m - v);
+        if (kU) a += (v - m) * up;
+      }
+      m = v;
+    }
+    s += v == -INFINITY ? A(0) : tm_exp(v - m);
+    if (kU) {
+      up += u;
+      a += u * (v == -INFINITY ? A(INFINITY) : m - v);
+    }
+  }
+};
+
+// The row's pointers and scalars every kernel starts from.
+struct CeRow {
+  int64_t base;  // element 0 of the row
+  int64_t D;     // stride between its classes
+};
+inline CeRow ce_row(const CeParams& p, int64_t r) {
+  const int64_t o = r / p.inner, i = r % p.inner;
+  return {o * p.classes * p.inner + i, p.inner};
+}
+
+// Fixed-order sum of v[0..n) (with f(k) the k-th term): chunks of kChunk in parallel, then in order.
+template <typename A, typename F>
+A fixed_sum(int64_t n, const F& f) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<A> part(chunks, A(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      A s = 0;
+      for (int64_t k = c * kChunk, e = std::min(n, k + kChunk); k < e; ++k) s += f(k);
+      part[c] = s;
+    }
+  });
+  A s = 0;
+  for (const A v : part) s += v;
+  return s;
+}
+
+template <typename T>
+void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const T* x, const void* tgt,
+                       const T* w, const CeParams& P) {
+  using A = acc_t<T>;
+  const int64_t C = P.classes, R = P.rows();
+  const A eps = A(P.smoothing), keep = A(1) - eps, epsc = eps / A(C);
+  const bool smooth = P.smoothing > 0, rows_out = P.reduction == 0;
+  const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
+  const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
+  std::vector<A> buf(rows_out ? 0 : R);
+  std::atomic<int64_t> bad_n{0}, bad_last{0};
+  at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const CeRow row = ce_row(P, r);
+      const T* xr = x + row.base;
+      A L, l;
+      if (P.prob) {
+        const T* qr = q + row.base;
+        Online<A> st;
+        for (int64_t c = 0; c < C; ++c)
+          st.template add<true>(A(xr[c * row.D]), (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc));
+        const A ls = tm_log(st.s);
+        L = st.a + st.up * ls;
+        l = st.m + ls;
+      } else {
+        const int64_t tr = t[r];
+        if (tr == P.ignore_index) {
+          L = 0, l = 0;
+        } else if (tr < 0 || tr >= C) {
+          bad_n.fetch_add(1);
+          for (int64_t cur = bad_last.load(); cur < r + 1 && !bad_last.compare_exchange_weak(cur, r + 1);) {
+          }
+          L = nan_v<A>(), l = nan_v<A>();
+        } else {
+          Online<A> st;
+          if (smooth) {
+            for (int64_t c = 0; c < C; ++c) st.template add<true>(A(xr[c * row.D]), w ? A(w[c]) : A(1));
+          } else {
+            for (int64_t c = 0; c < C; ++c) st.template add<false>(A(xr[c * row.D]), A(0));
+          }
+          const A ls = tm_log(st.s);
+          const A nll = (w ? A(w[tr]) : A(1)) * ((st.m - A(xr[tr * row.D])) + ls);
+          L = smooth ? keep * nll + epsc * (st.a + st.up * ls) : nll;
+          l = st.m + ls;
+        }
+      }
+      lse[r] = l;
+      if (rows_out) loss[r] = static_cast<T>(L);
+      else buf[r] = L;
+    }
+  });
+  if (bad) bad[0] = bad_n.load(), bad[1] = bad_last.load();
+  // den = sum of w_t over kept rows (class indices; out-of-range ones add 0) or the row count.
+  const A den = P.prob ? A(R) : fixed_sum<A>(R, [&](int64_t r) {
+    const int64_t tr = t[r];
+    return tr == P.ignore_index || tr < 0 || tr >= C ? A(0) : w ? A(w[tr]) : A(1);
+  });
+  tw[0] = den;
+  tw[1] = w ? fixed_sum<A>(C, [&](int64_t c) { return A(w[c]); }) : A(C);
+  if (!rows_out) {
+    const A s = fixed_sum<A>(R, [&](int64_t r) { return buf[r]; });
+    loss[0] = static_cast<T>(P.reduction == 1 ? s / den : s);
+  }
+}
+
+// dx = G (U p - u), dq = -(1-eps) G w (x - lse).
+template <typename T>
+void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, const T* w, const acc_t<T>* lse,
+                        const acc_t<T>* tw, const CeParams& P) {
+  using A = acc_t<T>;
+  const int64_t C = P.classes, R = P.rows();
+  const A eps = A(P.smoothing), keep = A(1) - eps, epsc = eps / A(C);
+  const bool smooth = P.smoothing > 0;
+  const A sc = P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
+  const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
+  const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
+  at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const CeRow row = ce_row(P, r);
+      const T* xr = x + row.base;
+      T* dxr = dx + row.base;
+      const A G = A(g[P.reduction == 0 ? r : 0]) * sc, l = lse[r];
+      if (P.prob) {
+        const T* qr = q + row.base;
+        A U = 0;
+        for (int64_t c = 0; c < C; ++c) U += (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc);
+        for (int64_t c = 0; c < C; ++c) {
+          const A wc = w ? A(w[c]) : A(1), xv = A(xr[c * row.D]);
+          const A u = wc * (keep * A(qr[c * row.D]) + epsc);
+          dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(xv - l) - u));
+          if (dq) dq[row.base + c * row.D] = static_cast<T>(-keep * G * wc * (xv - l));
+        }
+        continue;
+      }
+      const int64_t tr = t[r];
+      if (tr == P.ignore_index || tr < 0 || tr >= C) {
+        const T fill = static_cast<T>(tr == P.ignore_index ? A(0) : nan_v<A>());
+        for (int64_t c = 0; c < C; ++c) dxr[c * row.D] = fill;
+        continue;
+      }
+      const A wt = w ? A(w[tr]) : A(1);
+      const A U = keep * wt + (smooth ? epsc * wsum : A(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const A u = (c == tr ? keep * wt : A(0)) + (smooth ? epsc * (w ? A(w[c]) : A(1)) : A(0));
+        dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(A(xr[c * row.D]) - l) - u));
+      }
+    }
+  });
+}
+
+// With S = sum gg p, per row: d_g = sc (U S - sum gg u - (1-eps) sum hh w (x - lse)),
+// d_x = G U p (gg - S) - (1-eps) G (hh w - p sum hh w),  d_q = (1-eps) G w (S - gg).
+template <typename T>
+void ce_double_backward_kernel(T* d_g, T* d_x, T* d_q, const T* gg, const T* hh, const T* g, const T* x,
+                               const void* tgt, const T* w, const acc_t<T>* lse, const acc_t<T>* tw,
+                               const CeParams& P) {
+  using A = acc_t<T>;
+  const int64_t C = P.classes, R = P.rows();
+  const A eps = A(P.smoothing), keep = A(1) - eps, epsc = eps / A(C);
+  const bool smooth = P.smoothing > 0, rows_out = P.reduction == 0;
+  const A sc = P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
+  const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
+  const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
+  std::vector<A> buf(rows_out ? 0 : R);
+  at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const CeRow row = ce_row(P, r);
+      const T* xr = x + row.base;
+      T* dxr = d_x + row.base;
+      const A G = A(g[rows_out ? r : 0]) * sc, l = lse[r];
+      auto ggv = [&](int64_t c) { return gg ? A(gg[row.base + c * row.D]) : A(0); };
+      A dg;
+      if (P.prob) {
+        const T* qr = q + row.base;
+        A S = 0, Sgu = 0, U = 0, Hw = 0, Hl = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const A wc = w ? A(w[c]) : A(1), xv = A(xr[c * row.D]), u = wc * (keep * A(qr[c * row.D]) + epsc);
+          const A h = hh ? A(hh[row.base + c * row.D]) : A(0);
+          S += ggv(c) * tm_exp(xv - l);
+          Sgu += ggv(c) * u;
+          U += u;
+          Hw += h * wc;
+          Hl += h * wc * (xv - l);
+        }
+        dg = sc * (U * S - Sgu - keep * Hl);
+        for (int64_t c = 0; c < C; ++c) {
+          const A wc = w ? A(w[c]) : A(1), p = tm_exp(A(xr[c * row.D]) - l);
+          const A h = hh ? A(hh[row.base + c * row.D]) : A(0);
+          dxr[c * row.D] = static_cast<T>(G * U * p * (ggv(c) - S) - keep * G * (h * wc - p * Hw));
+          d_q[row.base + c * row.D] = static_cast<T>(keep * G * wc * (S - ggv(c)));
+        }
+      } else {
+        const int64_t tr = t[r];
+        if (tr == P.ignore_index || tr < 0 || tr >= C) {
+          const A fill = tr == P.ignore_index ? A(0) : nan_v<A>();
+          for (int64_t c = 0; c < C; ++c) dxr[c * row.D] = static_cast<T>(fill);
+          dg = fill;
+        } else {
+          const A wt = w ? A(w[tr]) : A(1);
+          const A U = keep * wt + (smooth ? epsc * wsum : A(0));
+          A S = 0, Sgw = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            S += ggv(c) * tm_exp(A(xr[c * row.D]) - l);
+            if (smooth) Sgw += ggv(c) * (w ? A(w[c]) : A(1));
+          }
+          dg = sc * (U * S - (keep * wt * ggv(tr) + epsc * Sgw));
+          for (int64_t c = 0; c < C; ++c)
+            dxr[c * row.D] = static_cast<T>(G * U * tm_exp(A(xr[c * row.D]) - l) * (ggv(c) - S));
+        }
+      }
+      if (rows_out) d_g[r] = static_cast<T>(dg);
+      else buf[r] = dg;
+    }
+  });
+  if (!rows_out) d_g[0] = static_cast<T>(fixed_sum<A>(R, [&](int64_t r) { return buf[r]; }));
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+template <typename T>
+T* mut_ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+}  // namespace
+
+void cross_entropy_forward_cpu(at::Tensor& loss, at::Tensor& lse, at::Tensor& total_weight, at::Tensor& bad,
+                               const at::Tensor& x, const at::Tensor& target, const at::Tensor& weight,
+                               const CeParams& p) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "cross_entropy_forward_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    ce_forward_kernel<scalar_t>(loss.data_ptr<scalar_t>(), lse.data_ptr<A>(), total_weight.data_ptr<A>(),
+                                mut_ptr_or_null<int64_t>(bad), x.data_ptr<scalar_t>(),
+                                target.data_ptr(), ptr_or_null<scalar_t>(weight), p);
+  });
+}
+
+void cross_entropy_backward_cpu(at::Tensor& dx, at::Tensor& dq, const at::Tensor& g, const at::Tensor& x,
+                                const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
+                                const at::Tensor& total_weight, const CeParams& p) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "cross_entropy_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    ce_backward_kernel<scalar_t>(dx.data_ptr<scalar_t>(), mut_ptr_or_null<scalar_t>(dq), g.data_ptr<scalar_t>(),
+                                 x.data_ptr<scalar_t>(), target.data_ptr(),
+                                 ptr_or_null<scalar_t>(weight), lse.data_ptr<A>(), total_weight.data_ptr<A>(), p);
+  });
+}
+
+void cross_entropy_double_backward_cpu(at::Tensor& d_g, at::Tensor& d_x, at::Tensor& d_q, const at::Tensor& gg,
+                                       const at::Tensor& hh, const at::Tensor& g, const at::Tensor& x,
+                                       const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
+                                       const at::Tensor& total_weight, const CeParams& p) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "cross_entropy_double_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    ce_double_backward_kernel<scalar_t>(d_g.data_ptr<scalar_t>(), d_x.data_ptr<scalar_t>(),
+                                        mut_ptr_or_null<scalar_t>(d_q), ptr_or_null<scalar_t>(gg),
+                                        ptr_or_null<scalar_t>(hh), g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                        target.data_ptr(), ptr_or_null<scalar_t>(weight),
+                                        lse.data_ptr<A>(), total_weight.data_ptr<A>(), p);
+  });
+}
+
+TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+  m.impl("cross_entropy_forward", &cross_entropy_forward);
+  m.impl("cross_entropy_backward", &cross_entropy_backward);
+  m.impl("cross_entropy_double_backward", &cross_entropy_double_backward);
+}
+
+}  // namespace torchmodules

@@ -1,0 +1,168 @@
+"""CrossEntropy beyond the op table: the module is a drop-in torch.nn.CrossEntropyLoss, the
+forward keeps no (N, C) tensor for the backward, the third derivative (torch ops over our
+kernels) is right, torch's legacy arguments work, torch.compile sees no graph break, and on
+CUDA the big-vocabulary shapes match torch and repeat bit for bit."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchmodules as tm
+import torchmodules.functional as TF
+from helpers import DEVICES
+
+ops = torch.ops.torchmodules
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kw", [{}, dict(reduction="sum", ignore_index=1), dict(reduction="none", label_smoothing=0.2),
+                                dict(label_smoothing=0.1, ignore_index=0)], ids=str)
+def test_module_is_drop_in(kw, device):
+    w = torch.rand(6, dtype=F64, device=device) + 0.5
+    ours, ref = tm.CrossEntropyLoss(weight=w, **kw), nn.CrossEntropyLoss(weight=w, **kw)
+    assert isinstance(ours, nn.CrossEntropyLoss) and repr(ours) == repr(ref)
+    assert list(ours.state_dict()) == list(ref.state_dict()) == ["weight"]
+    x = torch.randn(9, 6, 4, dtype=F64, device=device, requires_grad=True)
+    t = torch.randint(0, 6, (9, 4), device=device)
+    a, b = ours(x, t), ref(x, t)
+    torch.testing.assert_close(a, b)
+    ga, = torch.autograd.grad(a.sum(), x)
+    gb, = torch.autograd.grad(b.sum(), x)
+    torch.testing.assert_close(ga, gb)
+    q = torch.softmax(torch.randn(9, 6, 4, dtype=F64, device=device), 1)
+    if kw.get("ignore_index", -100) < 0:
+        torch.testing.assert_close(ours(x, q), ref(x, q))
+
+
+@pytest.mark.parametrize("prob", [False, True], ids=["class", "prob"])
+def test_forward_saves_no_class_sized_tensor(prob):
+    """Saved for the backward: the input itself and per-row values, nothing else of size N * C."""
+    n, c = 64, 1000
+    x = torch.randn(n, c, requires_grad=True)
+    t = torch.softmax(torch.randn(n, c), 1) if prob else torch.randint(0, c, (n,))
+    saved = []
+
+    def pack(v):
+        saved.append(v)
+        return v
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda v: v):
+        TF.cross_entropy(x, t, label_smoothing=0.1)
+    big = [v for v in saved if v.numel() >= n * c and v.data_ptr() not in (x.data_ptr(), t.data_ptr())]
+    assert not big, f"saved (N, C) tensors: {[tuple(v.shape) for v in big]}"
+    assert sum(v.numel() for v in saved if v.data_ptr() not in (x.data_ptr(), t.data_ptr())) <= n + 2
+
+
+@pytest.mark.parametrize("kw", [dict(reduction="mean"), dict(reduction="none", label_smoothing=0.3),
+                                dict(reduction="sum", label_smoothing=0.2, weight=True)], ids=str)
+@pytest.mark.parametrize("prob", [False, True], ids=["class", "prob"])
+def test_third_order(prob, kw):
+    """gradcheck of the double backward op (lse recomputed from x, so its x-derivative is the
+    total one) checks the torch-composed third derivative."""
+    kw = dict(kw)
+    red = {"none": 0, "mean": 1, "sum": 2}[kw.pop("reduction")]
+    eps = kw.pop("label_smoothing", 0.0)
+    w = torch.rand(5, dtype=F64) + 0.5 if kw.pop("weight", False) else None
+    x = torch.randn(4, 5, 3, dtype=F64, requires_grad=True)
+    t = torch.softmax(torch.randn(4, 5, 3, dtype=F64), 1).requires_grad_() if prob else torch.randint(0, 5, (4, 3))
+    if not prob:
+        t[0, 1] = -100
+    g = torch.randn((4, 3) if red == 0 else (), dtype=F64, requires_grad=True)
+    gg = torch.randn(4, 5, 3, dtype=F64, requires_grad=True)
+    hh = torch.randn(4, 5, 3, dtype=F64, requires_grad=True)
+
+    def f(gg, g, x, *rest):
+        _, lse, tw = ops.cross_entropy_forward(x, rest[0] if prob else t, w, red, -100, eps)
+        if prob:
+            return ops.cross_entropy_double_backward(gg, rest[1], g, x, rest[0], w, lse, tw, red, -100, eps)
+        return ops.cross_entropy_double_backward(gg, None, g, x, t, w, lse, tw, red, -100, eps)[:2]
+
+    args = (gg, g, x, t, hh) if prob else (gg, g, x)
+    assert torch.autograd.gradcheck(f, args, atol=1e-6, rtol=1e-5)
+
+
+def test_legacy_reduction_arguments():
+    x, t = torch.randn(5, 4, dtype=F64), torch.randint(0, 4, (5,))
+    with pytest.warns(UserWarning):
+        a = TF.cross_entropy(x, t, size_average=False)
+    with pytest.warns(UserWarning):
+        b = F.cross_entropy(x, t, size_average=False)
+    torch.testing.assert_close(a, b)
+
+
+def test_weight_under_no_grad_is_fine():
+    x, t, w = torch.randn(5, 4), torch.randint(0, 4, (5,)), torch.rand(4, requires_grad=True)
+    with torch.no_grad():
+        torch.testing.assert_close(TF.cross_entropy(x, t, w), F.cross_entropy(x, t, w))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_loss_matches_eager(backend, device):
+    torch._dynamo.reset()
+    lin = tm.Linear(8, 11).to(device)
+    loss_fn = tm.CrossEntropyLoss(label_smoothing=0.1, ignore_index=2)
+
+    def step(fn, x, t):
+        lin.zero_grad()
+        loss = fn(x, t)
+        loss.backward()
+        return loss.detach(), lin.weight.grad.clone()
+
+    def fwd(x, t):
+        return loss_fn(lin(x), t)
+
+    x, t = torch.randn(13, 8, device=device), torch.randint(0, 11, (13,), device=device)
+    explain = torch._dynamo.explain(fwd)(x, t)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    eager = step(fwd, x, t)
+    compiled = step(torch.compile(fwd, backend=backend, fullgraph=True), x, t)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("shape", [(256, 32768), (32, 128256), (40, 32771)], ids=str)
+@pytest.mark.parametrize("kw", [{}, dict(label_smoothing=0.1, weight=True)], ids=str)
+def test_cuda_big_vocab_matches_torch(shape, kw):
+    """The benchmark's row lengths in bfloat16 (16-byte vectors; one odd length): loss and
+    gradient against torch in float32 on the same rounded logits."""
+    kw = dict(kw)
+    n, c = shape
+    w = (torch.randint(1, 17, (c,), device="cuda") / 8) if kw.pop("weight", False) else None
+    x = (torch.randn(n, c, device="cuda") * 3).bfloat16().requires_grad_()
+    t = torch.randint(0, c, (n,), device="cuda")
+    t[::7] = -100
+    ours = TF.cross_entropy(x, t, weight=None if w is None else w.bfloat16(), **kw)
+    g, = torch.autograd.grad(ours, x)
+    x32 = x.detach().float().requires_grad_()
+    ref = F.cross_entropy(x32, t, weight=w, **kw)
+    g32, = torch.autograd.grad(ref, x32)
+    torch.testing.assert_close(ours.float(), ref, rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(g.float(), g32, rtol=2e-2, atol=1e-6 + 1e-2 * g32.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_is_deterministic():
+    x = torch.randn(300, 5000, device="cuda", requires_grad=True)
+    t = torch.randint(0, 5000, (300,), device="cuda")
+    runs = []
+    for _ in range(3):
+        loss = TF.cross_entropy(x, t, label_smoothing=0.1)
+        runs.append((loss.detach(), torch.autograd.grad(loss, x)[0]))
+    assert all(torch.equal(a, runs[0][0]) and torch.equal(b, runs[0][1]) for a, b in runs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_capture():
+    """Inside a CUDA graph the bad-target readback (a sync) is skipped; the loss replays right."""
+    x = torch.randn(64, 100, device="cuda")
+    t = torch.randint(0, 100, (64,), device="cuda")
+    TF.cross_entropy(x, t)  # warm-up
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = TF.cross_entropy(x, t)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.testing.assert_close(out, F.cross_entropy(x, t))
