@@ -136,11 +136,12 @@ def run_case(op, case, dtype, device, time_ms, ceil):
     fns = {}
     for impl in ("ours", "torch"):
         try:
-            fns[impl] = pass_fns(getattr(case, impl), case.inputs)
+            fns[impl] = ({p: pair[impl == "torch"] for p, pair in case.passes.items()} if case.passes
+                         else pass_fns(getattr(case, impl), case.inputs))
         except Exception as e:
             fns[impl] = e
     records = []
-    for p in PASSES:
+    for p in (case.passes or PASSES):
         paired = None  # CPU: ours and torch timed in alternation
         if device == "cpu" and not any(isinstance(f, Exception) for f in fns.values()):
             try:
@@ -156,13 +157,13 @@ def run_case(op, case, dtype, device, time_ms, ceil):
                     raise fns[impl]
                 ms = paired[impl] if paired else time_ms(fns[impl][p])
                 if case.unit == "flop":
-                    rate = case.work[p] / ms / 1e9  # TFLOP/s
+                    rate = case.work[p] / ms / 1e9 if p in case.work else None  # TFLOP/s
                     peak = ceil.get(f"mm_TFLOPs_{dtype}")
                 else:
-                    rate = case.work[p] / ms / 1e6  # GB/s
+                    rate = case.work[p] / ms / 1e6 if p in case.work else None  # GB/s
                     peak = ceil["copy_GBps"]
-                pct = 100 * rate / peak if peak else None
-                if p == "fwd+bwd":
+                pct = 100 * rate / peak if peak and rate else None
+                if p in ("fwd+bwd", "step", "train step"):
                     mem = peak_mem_mb(fns[impl][p], device)
             except Exception as e:  # record and go on
                 msg = f"{impl}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -256,7 +257,9 @@ def write_png(path, records):
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_title(op)
-        ax.set_xlabel({"linear": "M*N*K", "log_softmax": "row length", "amax": "row length"}.get(op, "elements"))
+        ax.set_xlabel({"linear": "M*N*K", "log_softmax": "row length", "amax": "row length", "nll_loss": "classes",
+                       "cross_entropy": "classes", "mse_loss": "columns", "sgd": "parameters",
+                       "train_step": "batch"}.get(op, "elements"))
         ax.set_ylabel("speedup (torch / ours)")
         ax.legend(fontsize=6)
     fig.tight_layout()

@@ -29,6 +29,8 @@ class Case:
     torch: Callable                  # same, with torch ops
     work: Dict[str, float] = field(default_factory=dict)  # pass -> bytes (or FLOPs if unit == "flop")
     unit: str = "byte"
+    # Passes other than forward/backward/fwd+bwd: pass -> (ours, torch) callables of no argument.
+    passes: Dict[str, tuple] = field(default_factory=dict)
 
 
 def _leaf(shape, dtype, device, positive=False):
@@ -77,6 +79,71 @@ def _linear(size, dtype, device):
                 TF.linear, torch.nn.functional.linear, _passes(2 * m * n * k, 4 * m * n * k), unit="flop")
 
 
+def _loss(kind):
+    """A loss of (N, C) logits (or predictions) against targets; size = (N, C)."""
+    def setup(size, dtype, device):
+        n, c = size
+        e = torch.tensor([], dtype=dtype).element_size()
+        x = _leaf((n, c), dtype, device)
+        if kind == "mse_loss":
+            t = torch.randn(n, c, dtype=dtype, device=device)
+            ours, twin = (lambda a: TF.mse_loss(a, t)), (lambda a: torch.nn.functional.mse_loss(a, t))
+            fwd, bwd = 2 * n * c * e, 3 * n * c * e          # (x, t) -> loss;  (x, t) -> dx
+        else:
+            t = torch.randint(0, c, (n,), device=device)
+            fn = "cross_entropy" if kind == "cross_entropy" else "nll_loss"
+            ours = lambda a: getattr(TF, fn)(a, t)  # noqa: E731
+            twin = lambda a: getattr(torch.nn.functional, fn)(a, t)  # noqa: E731
+            # cross_entropy reads the logits forward and backward and writes dlogits; nll_loss
+            # reads one element per row forward and writes the whole (N, C) gradient backward.
+            fwd = n * c * e if kind == "cross_entropy" else n * (e + 8)
+            bwd = 2 * n * c * e if kind == "cross_entropy" else n * c * e
+        return Case(f"{n}x{c}", c, [x], ours, twin, _passes(fwd, bwd))
+    return setup
+
+
+def _sgd(n, dtype, device):
+    """One momentum SGD step over n parameters in 16 tensors: reads p, g, buf, writes p, buf."""
+    import torchmodules as tm
+    e = torch.tensor([], dtype=dtype).element_size()
+    sizes = [n // 16] * 16
+    steps = {}
+    for name, cls in (("ours", tm.optim.SGD), ("torch", torch.optim.SGD)):
+        params = [torch.randn(k, dtype=dtype, device=device, requires_grad=True) for k in sizes]
+        for q in params:
+            q.grad = torch.randn_like(q)
+        opt = cls(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+        opt.step()  # creates the momentum buffers
+        steps[name] = opt.step
+    return Case(f"{n}", n, [], None, None, {"step": 5 * n * e}, passes={"step": (steps["ours"], steps["torch"])})
+
+
+def _train_step(batch, dtype, device):
+    """One SGD step of the main job's digits network (examples/train.py) on a batch."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "train.py")
+    spec = importlib.util.spec_from_file_location("tm_train", path)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    x = torch.rand(batch, 64, dtype=dtype, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    steps = {}
+    torch.manual_seed(0)
+    twin = train.Net(train.TORCH, 64, 128, 10).to(device, dtype)
+    for name, lib in (("ours", train.OURS), ("torch", train.TORCH)):
+        model = train.Net(lib, 64, 128, 10).to(device, dtype)
+        model.load_state_dict(twin.state_dict())
+        opt, loss_fn = lib.SGD(model.parameters(), lr=0.01, momentum=0.9), lib.NLLLoss()
+
+        def step(model=model, opt=opt, loss_fn=loss_fn):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        steps[name] = step
+    return Case(f"batch {batch}", batch, [], None, None, passes={"train step": (steps["ours"], steps["torch"])})
+
+
 # op name -> setup(size, dtype, device) -> Case
 SETUPS = {
     "relu": _elementwise(1, 1, 1, TF.relu, torch.relu),
@@ -86,6 +153,11 @@ SETUPS = {
     "log_softmax": _rowwise("log_softmax"),
     "amax": _rowwise("amax"),
     "linear": _linear,
+    "nll_loss": _loss("nll_loss"),
+    "cross_entropy": _loss("cross_entropy"),
+    "mse_loss": _loss("mse_loss"),
+    "sgd": _sgd,
+    "train_step": _train_step,
 }
 
 
@@ -97,6 +169,14 @@ def sizes(op: str, device: str, quick: bool) -> Sequence:
             return [(2048, 2048, 2048), (4096, 4096, 4096)] if quick else \
                    [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192)]
         return [(256, 256, 256), (512, 512, 512)] if quick else [(256,) * 3, (512,) * 3, (1024,) * 3]
+    if op in ("nll_loss", "cross_entropy", "mse_loss"):
+        if gpu:
+            return [(8192, 32768), (4096, 128256)] if op == "cross_entropy" else [(8192, 32768)]
+        return [(4096, 10), (1024, 1024), (128, 32768)]
+    if op == "sgd":
+        return [2 ** 20, 2 ** 24] if gpu else [2 ** 16, 2 ** 20]
+    if op == "train_step":
+        return [32, 1024]
     if op in ("log_softmax", "amax"):
         total = (2 ** 26 if gpu else 2 ** 22) if quick else (2 ** 28 if gpu else 2 ** 24)
         return [(total // L * L, L) for L in (10, 1024, 32768, 131072)]  # fixed total, varied rows
