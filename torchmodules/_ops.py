@@ -313,3 +313,10 @@ def _(ctx, a, b):
     d_dy = -(b * gg * p).sum(d, keepdim=True).expand_as(dy)
     d_y = -p * gg * (a.sum(d, keepdim=True) + b * s_dy)
     return d_gg, d_dy, d_y, None
+
+
+# ---- SGD step: in place on params (and momentum buffers), not differentiable --------------
+
+@_fake("sgd_step")
+def _(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step):
+    return None
