@@ -143,5 +143,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList bufs, at::TensorList gra
 }
 
 TORCH_LIBRARY_IMPL(torchmodules, CPU, m) { m.impl("sgd_step", &sgd_step); }
+// A sparse tensor in the lists dispatches here: the glue rejects it with a clear message.
+TORCH_LIBRARY_IMPL(torchmodules, SparseCPU, m) { m.impl("sgd_step", &sgd_step); }
 
 }  // namespace torchmodules

@@ -128,5 +128,6 @@ void sgd_step_cuda(at::TensorList params, at::TensorList bufs, at::TensorList gr
 }
 
 TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) { m.impl("sgd_step", &sgd_step); }
+TORCH_LIBRARY_IMPL(torchmodules, SparseCUDA, m) { m.impl("sgd_step", &sgd_step); }  // rejects sparse, clearly
 
 }  // namespace torchmodules
