@@ -256,7 +256,8 @@ def test_lr_scheduler(name, device):
 
     groups = [([0], {}), ([1], dict(lr=0.05))]
     kw = dict(groups=groups, sched=SCHEDULERS[name], between=between, lr=0.1, momentum=0.9, weight_decay=1e-3)
-    runs = (_run(SGD, masters, grads, dtypes, device, **kw), _run(torch.optim.SGD, masters, grads, dtypes, device, **kw),
+    runs = (_run(SGD, masters, grads, dtypes, device, **kw),
+            _run(torch.optim.SGD, masters, grads, dtypes, device, **kw),
             _run(torch.optim.SGD, masters, grads, dtypes, "cpu", ref=True, **kw))
     _compare(*runs, dtypes)
     ours, theirs = seen[SGD], seen[torch.optim.SGD]
@@ -497,7 +498,8 @@ BAD_OP = [
                                             [torch.zeros(3), torch.zeros(2, dtype=F64)], [], 0.1, 0.0, 0.0, 0.0,
                                             False, False, False), TypeError, ["sgd_step", "params[1]", "Double"]),
     ("int_param", lambda: sgd_step([torch.zeros(3, dtype=torch.int64)], [torch.zeros(3, dtype=torch.int64)], [],
-                                   0.1, 0.0, 0.0, 0.0, False, False, False), TypeError, ["sgd_step", "params[0]", "Long"]),
+                                   0.1, 0.0, 0.0, 0.0, False, False, False),
+     TypeError, ["sgd_step", "params[0]", "Long"]),
     ("overlapping_param", lambda: sgd_step([torch.zeros(1).expand(4)], [torch.zeros(4)], [], 0.1, 0.0, 0.0, 0.0,
                                            False, False, False), ValueError, ["sgd_step", "params[0]", "sharing"]),
     ("sparse_grad", lambda: sgd_step([torch.zeros(3)], [torch.zeros(3).to_sparse()], [], 0.1, 0.0, 0.0, 0.0, False,
