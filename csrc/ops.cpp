@@ -61,6 +61,15 @@ TORCH_LIBRARY(torchmodules, m) {
   m.def("cross_entropy_double_backward(Tensor? gg_input, Tensor? gg_target, Tensor grad_loss, Tensor input, "
         "Tensor target, Tensor? weight, Tensor lse, Tensor total_weight, int reduction, int ignore_index, "
         "float label_smoothing) -> (Tensor, Tensor, Tensor)");
+
+  // SGD step (torch.optim.SGD), in place on every tensor of the lists, one kernel launch for
+  // many tensors. Not differentiable. With b the momentum buffer (m = momentum, d = dampening):
+  //   g = (maximize ? -grad : grad) + weight_decay p
+  //   if m != 0:  b = first_step ? g : m b + (1 - d) g;   g = nesterov ? g + m b : b
+  //   p = p - lr g
+  // momentum_buffers: one per param when m != 0 (only written on the first step), else empty.
+  m.def("sgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, float momentum, "
+        "float dampening, float weight_decay, bool nesterov, bool maximize, bool first_step) -> ()");
 }
 
 // An importable module, so `import torchmodules._C` loads the library above.

@@ -9,6 +9,7 @@
 namespace torchmodules {
 
 struct SumToPlan;  // below
+struct SgdHyper;   // below
 
 #ifdef TORCHMODULES_CUDA
 #define TM_LAUNCH(name, on, ...) ((on).is_cuda() ? name##_cuda(__VA_ARGS__) : name##_cpu(__VA_ARGS__))
@@ -53,6 +54,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_double_backward(
     const std::optional<at::Tensor>& gg_input, const std::optional<at::Tensor>& gg_target, const at::Tensor& grad_loss,
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight, const at::Tensor& lse,
     const at::Tensor& total_weight, int64_t reduction, int64_t ignore_index, double label_smoothing);
+void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
+              double momentum, double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step);
 
 // ---- launchers ---------------------------------------------------------------------------
 // Linear, all 2-D contiguous, same dtype; bias undefined or [N].
@@ -126,6 +129,9 @@ bool cuda_stream_capturing(const at::Tensor& on);
 #else
 inline bool cuda_stream_capturing(const at::Tensor&) { return false; }
 #endif
+// SGD: params[k], bufs[k] (empty list without momentum) and grads[k] share one dtype, device,
+// numel >= 1 and a dense layout (same strides), so each is a flat array of numel elements.
+TM_DECLARE_LAUNCHER(sgd_step, at::TensorList params, at::TensorList bufs, at::TensorList grads, const SgdHyper& h);
 
 // ---- the plan of a sum down to a broadcast source's shape (Add's backward) --------------
 // An index space split in two: kept dims (one per output element, row-major) and reduced
@@ -147,5 +153,49 @@ struct Indexer {
 struct SumToPlan {
   Indexer kept, reduced;
 };
+
+// ---- SGD: the hyperparameters and the update of one element, shared by CPU and CUDA ---------
+struct SgdHyper {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov, maximize, first_step;
+};
+// Which momentum update a launch does: none, b = g (first step), b = m b + (1 - d) g.
+enum SgdMomentum : int { kSgdPlain = 0, kSgdFirst = 1, kSgdMomentum = 2 };
+// The hyperparameters in the accumulation type A; sign = -1 to maximize.
+template <typename A>
+struct SgdCoef {
+  A lr, momentum, damp1, weight_decay, sign;
+};
+template <typename A>
+SgdCoef<A> sgd_coef(const SgdHyper& h) {
+  return {A(h.lr), A(h.momentum), A(1.0 - h.dampening), A(h.weight_decay), A(h.maximize ? -1 : 1)};
+}
+// g = sign grad + wd p;  b = g (first) or m b + (1 - d) g;  g = nesterov ? g + m b : b;  p = p - lr g.
+template <int kMom, bool kWd, bool kNesterov, typename A>
+TM_HD void sgd_update(A& p, A& b, A g, const SgdCoef<A>& c) {
+  g = c.sign * g;  // exact
+  if constexpr (kWd) g = g + c.weight_decay * p;
+  if constexpr (kMom == kSgdFirst) b = g;
+  if constexpr (kMom == kSgdMomentum) b = c.momentum * b + c.damp1 * g;
+  if constexpr (kMom != kSgdPlain) g = kNesterov ? g + c.momentum * b : b;
+  p = p - c.lr * g;
+}
+// Calls f(integral_constant kMom, kWd, kNesterov) for the options of h: each launcher is
+// instantiated once per combination, so the element loops carry no branches.
+template <typename F>
+void sgd_dispatch(const SgdHyper& h, F&& f) {
+  using std::integral_constant;
+  auto nest = [&](auto mom, auto wd) {
+    if (h.nesterov && decltype(mom)::value != kSgdPlain) f(mom, wd, integral_constant<bool, true>{});
+    else f(mom, wd, integral_constant<bool, false>{});
+  };
+  auto decay = [&](auto mom) {
+    if (h.weight_decay != 0) nest(mom, integral_constant<bool, true>{});
+    else nest(mom, integral_constant<bool, false>{});
+  };
+  if (h.momentum == 0) decay(integral_constant<int, kSgdPlain>{});
+  else if (h.first_step) decay(integral_constant<int, kSgdFirst>{});
+  else decay(integral_constant<int, kSgdMomentum>{});
+}
 
 }  // namespace torchmodules

@@ -99,12 +99,19 @@ def test_opcheck(op, case, device):
             torch.library.opcheck(func, _fresh(args), _fresh(kwargs))
 
 
+# Non-differentiable ops that no case of the table calls, each opchecked in its own tests.
+OPCHECKED_ELSEWHERE = {
+    "sgd_step",  # tests/test_optim.py::test_opcheck_sgd_step
+}
+
+
 def test_every_op_is_opchecked():
-    """The forward, backward and double-backward calls of the cases cover the whole op table."""
+    """The forward, backward and double-backward calls of the cases (and OPCHECKED_ELSEWHERE)
+    cover the whole op table."""
     seen = set()
     for op in OPS:
         for case in op.cases:
             if case.smooth:
                 seen |= {f._schema.name.split("::")[1] for f, _, _ in _recorded_calls(op, case, torch.float64, "cpu")}
     table = {s.name.split("::")[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("torchmodules::")}
-    assert table <= seen, f"never opchecked: {table - seen}"
+    assert table <= seen | OPCHECKED_ELSEWHERE, f"never opchecked: {table - seen - OPCHECKED_ELSEWHERE}"

@@ -3,7 +3,9 @@ backward kernels (C++ for the CPU, CUDA for the GPU), as drop-in torch.nn module
 from . import functional
 from ._ops import ops
 from .modules import Add, Duplicate, Linear, LogSoftmax, Maximum, ReLU
+from . import optim
 from .modules import CrossEntropyLoss
 
-__all__ = ["functional", "ops", "Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax", "CrossEntropyLoss"]
+__all__ = ["functional", "ops", "optim", "Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax",
+           "CrossEntropyLoss"]
 __version__ = "0.1.0"

@@ -462,3 +462,8 @@ def _(ctx, a, b, e):
     return (back(d_gg) if need[0] else None, back(d_hh) if need[1] and ctx.prob else None,
             d_g if need[2] else None, back(d_x) if need[3] else None, back(d_q) if need[4] and ctx.prob else None,
             None, None, None, None, None, None)
+# ---- SGD step: in place on params (and momentum buffers), not differentiable --------------
+
+@_fake("sgd_step")
+def _(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step):
+    return None

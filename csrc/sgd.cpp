@@ -1,0 +1,149 @@
+// SGD step (torch.optim.SGD's update), fused over many tensors: one op call, one pass over
+// each tensor's elements, in place.  With b the momentum buffer, m = momentum, d = dampening:
+//   g = (maximize ? -grad : grad) + weight_decay p
+//   if m != 0:  b = first_step ? g : m b + (1 - d) g;   g = nesterov ? g + m b : b
+//   p = p - lr g
+// Half types compute in float and round once, on the stores of p and b.
+#include <ATen/MemoryOverlap.h>
+
+#include <algorithm>
+
+#include "ops.h"
+
+namespace torchmodules {
+
+// ---- glue --------------------------------------------------------------------------------
+
+namespace {
+
+std::string item(const char* list, size_t k) { return std::string(list) + "[" + std::to_string(k) + "]"; }
+
+// t (grads[k] or momentum_buffers[k]) must match params[k] in dtype, device, shape and layout kind.
+void check_like_param(const at::Tensor& p, size_t k, const char* list, const at::Tensor& t) {
+  const std::string pn = item("params", k), tn = item(list, k);
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, "torchmodules.sgd_step: sparse ", list,
+                    " are not supported, got ", tn, " with layout ", t.layout());
+  check_same_dtype_device("sgd_step", pn.c_str(), p, tn.c_str(), t);
+  TORCH_CHECK_VALUE(t.sizes() == p.sizes(), "torchmodules.sgd_step: ", tn, " has shape ", t.sizes(), " but ", pn,
+                    " has shape ", p.sizes());
+}
+
+}  // namespace
+
+void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
+              double momentum, double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step) {
+  const size_t n = params.size();
+  const bool use_buf = momentum != 0;
+  TORCH_CHECK_VALUE(grads.size() == n, "torchmodules.sgd_step: got ", n, " params but ", grads.size(), " grads");
+  TORCH_CHECK_VALUE(momentum_buffers.size() == (use_buf ? n : 0), "torchmodules.sgd_step: got ", n,
+                    " params and ", momentum_buffers.size(), " momentum_buffers; momentum ", momentum,
+                    use_buf ? " needs one buffer per param" : " needs none");
+  if (n == 0) return;
+  for (size_t k = 0; k < n; ++k) {
+    const at::Tensor& p = params[k];
+    const std::string pn = item("params", k);
+    TORCH_CHECK_VALUE(p.layout() == at::kStrided, "torchmodules.sgd_step: sparse params are not supported, got ", pn,
+                      " with layout ", p.layout());
+    check_floating("sgd_step", pn.c_str(), p);
+    check_same_dtype_device("sgd_step", "params[0]", params[0], pn.c_str(), p);
+    TORCH_CHECK_VALUE(at::has_internal_overlap(p) != at::MemOverlap::Yes, "torchmodules.sgd_step: ", pn,
+                      " (shape ", p.sizes(), ", strides ", p.strides(),
+                      ") has elements sharing memory, so it cannot be updated in place");
+    check_like_param(p, k, "grads", grads[k]);
+    if (use_buf) {
+      check_like_param(p, k, "momentum_buffers", momentum_buffers[k]);
+      TORCH_CHECK_VALUE(at::has_internal_overlap(momentum_buffers[k]) != at::MemOverlap::Yes,
+                        "torchmodules.sgd_step: ", item("momentum_buffers", k),
+                        " has elements sharing memory, so it cannot be updated in place");
+    }
+  }
+
+  // The kernels see flat arrays: each param as it is when its elements fill a dense block
+  // (any strides), else a contiguous copy written back after. Grads and buffers take the
+  // param's layout (copies where theirs differs; a buffer copy is written back).
+  std::vector<at::Tensor> ps, bs, gs;
+  std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (destination, updated copy)
+  for (size_t k = 0; k < n; ++k) {
+    const at::Tensor& p = params[k];
+    if (p.numel() == 0) continue;
+    const at::Tensor pw = p.is_non_overlapping_and_dense() ? p : p.contiguous();
+    if (!pw.is_same(p)) write_back.emplace_back(p, pw);
+    const auto like_pw = [&](const at::Tensor& t, bool read) {
+      if (t.strides() == pw.strides()) return t;
+      at::Tensor c = at::empty_like(pw);  // preserves pw's (dense) strides
+      if (read) c.copy_(t);
+      return c;
+    };
+    const at::Tensor gw = like_pw(grads[k], true);
+    ps.push_back(pw);
+    gs.push_back(gw);
+    if (use_buf) {
+      const at::Tensor& b = momentum_buffers[k];
+      const at::Tensor bw = like_pw(b, !first_step);  // the first step only writes it
+      if (!bw.is_same(b)) write_back.emplace_back(b, bw);
+      bs.push_back(bw);
+    }
+  }
+  if (ps.empty()) return;
+  const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step};
+  TM_LAUNCH(sgd_step, ps[0], ps, bs, gs, h);
+  for (auto& [dst, src] : write_back) dst.copy_(src);
+}
+
+// ---- CPU kernel ----------------------------------------------------------------------------
+
+namespace {
+
+// The update of elements [0, len) of one tensor. Branch-free (the options are template
+// arguments) and on restrict pointers, so the compiler vectorises it for float and double.
+template <typename T, int kMom, bool kWd, bool kNesterov>
+void sgd_span(T* __restrict__ p, T* __restrict__ b, const T* __restrict__ g, int64_t len,
+              const SgdCoef<acc_t<T>>& c) {
+  using A = acc_t<T>;
+  for (int64_t i = 0; i < len; ++i) {
+    A pv = static_cast<A>(p[i]), bv = A(0);
+    if constexpr (kMom == kSgdMomentum) bv = static_cast<A>(b[i]);
+    sgd_update<kMom, kWd, kNesterov>(pv, bv, static_cast<A>(g[i]), c);
+    p[i] = static_cast<T>(pv);
+    if constexpr (kMom != kSgdPlain) b[i] = static_cast<T>(bv);
+  }
+}
+
+}  // namespace
+
+// All tensors laid end to end form one index space [0, total); at::parallel_for splits it
+// into ranges of about kGrain elements, and each range walks the tensors it overlaps (many
+// small tensors share a range, a large tensor spans several).
+void sgd_step_cpu(at::TensorList params, at::TensorList bufs, at::TensorList grads, const SgdHyper& h) {
+  const size_t n = params.size();
+  std::vector<int64_t> start(n + 1, 0);  // start[k]: first index of tensor k
+  for (size_t k = 0; k < n; ++k) start[k + 1] = start[k] + params[k].numel();
+  TM_DISPATCH_FLOATING(params[0].scalar_type(), "sgd_step_cpu", [&] {
+    std::vector<scalar_t*> pp(n), pb(n, nullptr);
+    std::vector<const scalar_t*> pg(n);
+    for (size_t k = 0; k < n; ++k) {
+      pp[k] = params[k].data_ptr<scalar_t>();
+      pg[k] = grads[k].data_ptr<scalar_t>();
+      if (!bufs.empty()) pb[k] = bufs[k].data_ptr<scalar_t>();
+    }
+    const auto c = sgd_coef<acc_t<scalar_t>>(h);
+    sgd_dispatch(h, [&](auto mom, auto wd, auto nest) {
+      at::parallel_for(0, start[n], kGrain, [&](int64_t i0, int64_t i1) {
+        // the tensor holding index i0
+        size_t k = std::upper_bound(start.begin(), start.end(), i0) - start.begin() - 1;
+        for (int64_t i = i0; i < i1; ++k) {
+          const int64_t e = std::min(i1, start[k + 1]), off = i - start[k];
+          sgd_span<scalar_t, decltype(mom)::value, decltype(wd)::value, decltype(nest)::value>(
+              pp[k] + off, pb[k] ? pb[k] + off : nullptr, pg[k] + off, e - i, c);
+          i = e;
+        }
+      });
+    });
+  });
+}
+
+TORCH_LIBRARY_IMPL(torchmodules, CPU, m) { m.impl("sgd_step", &sgd_step); }
+// A sparse tensor in the lists dispatches here: the glue rejects it with a clear message.
+TORCH_LIBRARY_IMPL(torchmodules, SparseCPU, m) { m.impl("sgd_step", &sgd_step); }
+
+}  // namespace torchmodules
