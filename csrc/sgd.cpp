@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "ops.h"
+#include "simd.h"
 
 namespace torchmodules {
 
@@ -95,9 +96,10 @@ void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList moment
 namespace {
 
 // The update of elements [0, len) of one tensor. Branch-free (the options are template
-// arguments) and on restrict pointers, so the compiler vectorises it for float and double.
+// arguments) and on restrict pointers, so the compiler vectorises it for float and double,
+// per ISA (simd.h).
 template <typename T, int kMom, bool kWd, bool kNesterov>
-void sgd_span(T* __restrict__ p, T* __restrict__ b, const T* __restrict__ g, int64_t len,
+TM_SIMD void sgd_span(T* __restrict__ p, T* __restrict__ b, const T* __restrict__ g, int64_t len,
               const SgdCoef<acc_t<T>>& c) {
   using A = acc_t<T>;
   for (int64_t i = 0; i < len; ++i) {
