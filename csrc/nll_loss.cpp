@@ -43,7 +43,7 @@ NllShape nll_checks(const char* op, at::IntArrayRef in, const at::Tensor& like, 
     std::vector<int64_t> want{in[0]};
     for (size_t k = 2; k < in.size(); ++k) want.push_back(in[k]);
     TORCH_CHECK_VALUE(ok, "torchmodules.", op, ": target of shape ", target.sizes(), " does not match input of shape ",
-                      in, " (expected target shape ", want, ")");
+                      in, " (expected target shape ", at::IntArrayRef(want), ")");
     s = NllShape{in[0], in[1], 1, want};
     for (size_t k = 2; k < in.size(); ++k) s.D *= in[k];
   }
