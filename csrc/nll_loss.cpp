@@ -129,10 +129,16 @@ static int64_t first_bad_target(const I* tgt, int64_t n, const NllArgs& a) {
 
 // l_i = -w[t_i] x[n, t_i, d] for kept i (none: y_i = l_i, 0 where ignored);
 // mean and sum: the blocked sums of l_i and of w[t_i] over the kept i, y = sum l [/ W].
-template <typename T, typename I>
+// kD1: D == 1 (x is [N, C]), so i = n and no division is needed.
+template <typename T, typename I, bool kD1>
 static void nll_forward_kernel(T* y, acc_t<T>* total_weight, const T* x, const I* tgt, const T* w, const NllArgs& a) {
   using A = acc_t<T>;
   const int64_t n = a.N * a.D;
+  auto at_target = [&](int64_t i, int64_t t) -> A {  // x[n, t, d] for i = n * D + d
+    if (kD1) return static_cast<A>(x[i * a.C + t]);
+    const int64_t nn = i / a.D, d = i - nn * a.D;
+    return static_cast<A>(x[(nn * a.C + t) * a.D + d]);
+  };
   if (a.reduction == kNone) {
     at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
       for (int64_t i = s; i < e; ++i) {
@@ -141,9 +147,8 @@ static void nll_forward_kernel(T* y, acc_t<T>* total_weight, const T* x, const I
           y[i] = static_cast<T>(A(0));
           continue;
         }
-        const int64_t nn = i / a.D, d = i - nn * a.D;
         const A wv = w ? static_cast<A>(w[t]) : A(1);
-        y[i] = static_cast<T>(-static_cast<A>(x[(nn * a.C + t) * a.D + d]) * wv);
+        y[i] = static_cast<T>(-at_target(i, t) * wv);
       }
     });
     *total_weight = A(0);
@@ -153,9 +158,8 @@ static void nll_forward_kernel(T* y, acc_t<T>* total_weight, const T* x, const I
     lane_sum<2, A>(i0, i1, acc, [&](int64_t i, std::array<A, 2>& v) {
       const int64_t t = static_cast<int64_t>(tgt[i]);
       if (t == a.ignore_index) return;
-      const int64_t nn = i / a.D, d = i - nn * a.D;
       const A wv = w ? static_cast<A>(w[t]) : A(1);
-      v[0] += -static_cast<A>(x[(nn * a.C + t) * a.D + d]) * wv;
+      v[0] += -at_target(i, t) * wv;
       v[1] += wv;
     });
   });
@@ -202,9 +206,10 @@ void nll_loss_forward_cpu(at::Tensor& out, at::Tensor& total_weight, NllBad& bad
         bad.value = static_cast<int64_t>(tgt[bad.index]);
         return;
       }
-      nll_forward_kernel<scalar_t, I>(out.data_ptr<scalar_t>(), total_weight.data_ptr<acc_t<scalar_t>>(),
-                                      x.data_ptr<scalar_t>(), tgt,
-                                      weight.defined() ? weight.data_ptr<scalar_t>() : nullptr, a);
+      auto* pw = weight.defined() ? weight.data_ptr<scalar_t>() : nullptr;
+      auto* ptw = total_weight.data_ptr<acc_t<scalar_t>>();
+      if (a.D == 1) nll_forward_kernel<scalar_t, I, true>(out.data_ptr<scalar_t>(), ptw, x.data_ptr<scalar_t>(), tgt, pw, a);
+      else nll_forward_kernel<scalar_t, I, false>(out.data_ptr<scalar_t>(), ptw, x.data_ptr<scalar_t>(), tgt, pw, a);
     });
   });
 }

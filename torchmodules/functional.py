@@ -95,7 +95,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: Optional[b
              reduce: Optional[bool] = None, reduction: str = "mean") -> torch.Tensor:
     """(input - target)^2, as torch.nn.functional.mse_loss: none, mean or sum. Shapes that
     differ are broadcast with torch's warning; each gradient is summed back to its input."""
-    if target.size() != input.size():
+    if target.size() != input.size() and not torch.compiler.is_compiling():  # (dynamo cannot trace warn)
         warnings.warn(f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
                       "This will likely lead to incorrect results due to broadcasting. "
                       "Please ensure they have the same size.", stacklevel=2)
