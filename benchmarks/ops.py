@@ -77,6 +77,24 @@ def _linear(size, dtype, device):
                 TF.linear, torch.nn.functional.linear, _passes(2 * m * n * k, 4 * m * n * k), unit="flop")
 
 
+def _mse_loss(n, dtype, device):
+    """mean (x - t)^2 over n elements, both differentiable: x, t -> y;  (g, x, t) -> dx, dt."""
+    e = torch.tensor([], dtype=dtype).element_size()
+    return Case(f"{n}", n, [_leaf((n,), dtype, device), _leaf((n,), dtype, device)],
+                TF.mse_loss, torch.nn.functional.mse_loss, _passes(2 * n * e, 4 * n * e))
+
+
+def _nll_loss(n, dtype, device, classes=1024):
+    """mean -x[i, t_i] over (n // C, C) log-probabilities: the forward reads one x and one int64
+    target per row; the backward writes all of dx (reading the targets)."""
+    rows = max(n // classes, 1)
+    e = torch.tensor([], dtype=dtype).element_size()
+    t = torch.randint(0, classes, (rows,), device=device)
+    return Case(f"{rows}x{classes}", rows * classes, [_leaf((rows, classes), dtype, device)],
+                lambda a: TF.nll_loss(a, t), lambda a: torch.nn.functional.nll_loss(a, t),
+                _passes(rows * (e + 8), rows * classes * e + rows * 8))
+
+
 # op name -> setup(size, dtype, device) -> Case
 SETUPS = {
     "relu": _elementwise(1, 1, 1, TF.relu, torch.relu),
@@ -86,6 +104,8 @@ SETUPS = {
     "log_softmax": _rowwise("log_softmax"),
     "amax": _rowwise("amax"),
     "linear": _linear,
+    "mse_loss": _mse_loss,
+    "nll_loss": _nll_loss,
 }
 
 
