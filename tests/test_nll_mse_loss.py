@@ -187,3 +187,27 @@ def test_compiled_losses_have_no_graph_break():
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(*args), model(*args))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_sums_are_deterministic_and_match_cpu():
+    """Fixed-order sums: bitwise the same run after run; close to the CPU result."""
+    gen = torch.Generator().manual_seed(9)
+    x, y = torch.randn(3_000_017, generator=gen), torch.randn(3_000_017, generator=gen)
+    logp = torch.randn(1_000_003, 3, generator=gen)
+    t = torch.randint(-1, 3, (1_000_003,), generator=gen)
+    w = torch.rand(3, generator=gen)
+
+    def run(dev):
+        xs, ys = x.to(dev).requires_grad_(True), y.to(dev)
+        lp = logp.to(dev).requires_grad_(True)
+        outs = [TF.mse_loss(xs, ys), TF.mse_loss(xs, ys, reduction="sum"),
+                TF.nll_loss(lp, t.to(dev), w.to(dev), ignore_index=-1)]
+        grads = torch.autograd.grad(outs[0] + outs[2], (xs, lp))
+        return [o.detach().cpu() for o in outs] + [g.cpu() for g in grads]
+
+    first = run("cuda")
+    for _ in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(run("cuda"), first))
+    for a, b in zip(first, run("cpu")):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
