@@ -30,8 +30,9 @@ struct Div32 {
 };
 
 template <class F>
-void with_div(int64_t d, int64_t n, const F& f) {  // d >= 1; indices below n
-  if (n <= INT32_MAX && d <= INT32_MAX) f(Div32{make_fastdiv((uint32_t)d)});
+void with_div(int64_t d, int64_t n, const F& f) {  // indices below n
+  if (d <= 0) f(Div64{1});  // then n = 0: nothing is divided (and make_fastdiv(0) would divide by 0)
+  else if (n <= INT32_MAX && d <= INT32_MAX) f(Div32{make_fastdiv((uint32_t)d)});
   else f(Div64{d});
 }
 
