@@ -70,6 +70,27 @@ TORCH_LIBRARY(torchmodules, m) {
   // momentum_buffers: one per param when m != 0 (only written on the first step), else empty.
   m.def("sgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, float momentum, "
         "float dampening, float weight_decay, bool nesterov, bool maximize, bool first_step) -> ()");
+  // NLLLoss over x [N, C, d1, ...] (or [C]) and class indices t [N, d1, ...] (or []), i = (n, d):
+  //   l_i = -w[t_i] x[n, t_i, d] (w = 1 without weight), l_i = 0 where t_i == ignore_index.
+  //   y = l (none), sum_i l_i (sum), sum_i l_i / W (mean), W = sum of w[t_i] over the kept i
+  //   (all ignored: 0/0 = NaN, as torch). The forward returns W too (float for the half types).
+  //   dx[n, c, d] = -w[c] g_i [c == t_i] over the kept i, g_i = dy_i (none), dy (sum), dy / W (mean).
+  //   dx is linear in dy and free of x: d/d(dy) of <gg, dx> = nll_loss_forward(gg)[0] (same W).
+  //   reduction: 0 none, 1 mean, 2 sum (as torch's at::Reduction).
+  m.def("nll_loss_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index) "
+        "-> (Tensor, Tensor)");
+  m.def("nll_loss_backward(Tensor grad_y, Tensor target, Tensor? weight, Tensor total_weight, SymInt[] input_size, "
+        "int reduction, int ignore_index) -> Tensor");
+
+  // MSELoss over x and t broadcast to n elements: e = (x - t)^2,  y = e (none), sum e (sum), sum e / n (mean).
+  //   dx = c (x - t) dy, c = 2 (none, sum) or 2 / n (mean), dy one value for mean and sum;
+  //   dt = -dx = mse_loss_backward(dy, t, x). Each is summed down to its input's shape (add_backward).
+  // Its double backward, for gg = d/d(dx):
+  //   d/d(dy) = c (x - t) gg (summed for mean and sum),  d/dx = c dy gg,  d/dt = -c dy gg.
+  m.def("mse_loss_forward(Tensor input, Tensor target, int reduction) -> Tensor");
+  m.def("mse_loss_backward(Tensor grad_y, Tensor input, Tensor target, int reduction) -> Tensor");
+  m.def("mse_loss_double_backward(Tensor gg, Tensor grad_y, Tensor input, Tensor target, int reduction) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 // An importable module, so `import torchmodules._C` loads the library above.

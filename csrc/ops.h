@@ -56,6 +56,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_double_backward(
     const at::Tensor& total_weight, int64_t reduction, int64_t ignore_index, double label_smoothing);
 void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
               double momentum, double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step);
+std::tuple<at::Tensor, at::Tensor> nll_loss_forward(const at::Tensor& input, const at::Tensor& target,
+                                                    const std::optional<at::Tensor>& weight, int64_t reduction,
+                                                    int64_t ignore_index);
+at::Tensor nll_loss_backward(const at::Tensor& grad_y, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                             const at::Tensor& total_weight, c10::SymIntArrayRef input_size, int64_t reduction,
+                             int64_t ignore_index);
+at::Tensor mse_loss_forward(const at::Tensor& input, const at::Tensor& target, int64_t reduction);
+at::Tensor mse_loss_backward(const at::Tensor& grad_y, const at::Tensor& input, const at::Tensor& target,
+                             int64_t reduction);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mse_loss_double_backward(const at::Tensor& gg, const at::Tensor& grad_y,
+                                                                        const at::Tensor& input,
+                                                                        const at::Tensor& target, int64_t reduction);
 
 // ---- launchers ---------------------------------------------------------------------------
 // Linear, all 2-D contiguous, same dtype; bias undefined or [N].
@@ -132,6 +144,32 @@ inline bool cuda_stream_capturing(const at::Tensor&) { return false; }
 // SGD: params[k], bufs[k] (empty list without momentum) and grads[k] share one dtype, device,
 // numel >= 1 and a dense layout (same strides), so each is a flat array of numel elements.
 TM_DECLARE_LAUNCHER(sgd_step, at::TensorList params, at::TensorList bufs, at::TensorList grads, const SgdHyper& h);
+// NLLLoss: x [N, C, D] and target [N, D] (int64 or uint8) contiguous, weight undefined or [C]
+// contiguous; out [N, D] (none) or [] and total_weight [] (float for the half types). Targets are
+// not checked beforehand: a launcher reports the first one outside [0, C) (and not ignore_index)
+// in `bad` (index -1: none) and never reads or writes out of bounds for it.
+struct NllArgs {
+  int64_t N, C, D, reduction, ignore_index;
+};
+struct NllBad {
+  int64_t index = -1, value = 0;  // flat index into target, and the target there
+};
+TM_DECLARE_LAUNCHER(nll_loss_forward, at::Tensor& out, at::Tensor& total_weight, NllBad& bad, const at::Tensor& x,
+                    const at::Tensor& target, const at::Tensor& weight, const NllArgs& a);
+// dx [N, C, D]; dy [N, D] (none) or []; total_weight [] as the forward gave it.
+TM_DECLARE_LAUNCHER(nll_loss_backward, at::Tensor& dx, NllBad& bad, const at::Tensor& dy, const at::Tensor& target,
+                    const at::Tensor& weight, const at::Tensor& total_weight, const NllArgs& a);
+
+// MSELoss: x and t any strides, read through bc (index into the broadcast shape -> offsets);
+// n = numel of the broadcast shape; dy and gg contiguous, n elements (none) or one (mean, sum);
+// y, dx, d_x, d_t of n elements (y, d_dy: one for mean and sum).
+TM_DECLARE_LAUNCHER(mse_loss_forward, at::Tensor& y, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc,
+                    int64_t n, int64_t reduction);
+TM_DECLARE_LAUNCHER(mse_loss_backward, at::Tensor& dx, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t,
+                    const Broadcast2& bc, int64_t n, int64_t reduction);
+TM_DECLARE_LAUNCHER(mse_loss_double_backward, at::Tensor& d_dy, at::Tensor& d_x, at::Tensor& d_t, const at::Tensor& gg,
+                    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc, int64_t n,
+                    int64_t reduction);
 
 // ---- the plan of a sum down to a broadcast source's shape (Add's backward) --------------
 // An index space split in two: kept dims (one per output element, row-major) and reduced

@@ -4,6 +4,7 @@ A case builds float64 CPU master inputs; the tests cast them to the dtype and de
 test and feed the same rounded values, in float64, to torch's reference.
 """
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List
 
@@ -187,6 +188,45 @@ _CE_CASES = [
     Case("prob_neg_inf", _ce_neg_inf(prob=True, reduction="none"), smooth=False),  # inf, as torch
 ]
 
+# ---- losses ------------------------------------------------------------------------------
+
+F = torch.nn.functional
+
+
+def classes(*shape, C, ignored=0.0, ignore_index=-100):
+    """Random class indices in [0, C), a share `ignored` of them set to ignore_index."""
+    t = torch.randint(0, max(C, 1), shape)
+    if ignored:
+        t[torch.rand(shape) < ignored] = ignore_index
+    return t
+
+
+def class_weights(C, zero=False):
+    """Class weights as plain floats (multiples of 1/8 in (0, 2]: exact in every dtype). Not a
+    tensor, so the tests do not make it a leaf requiring grad (torch's nll_loss refuses one)."""
+    return tuple(0.0 for _ in range(C)) if zero else tuple((torch.randint(1, 17, (C,)) / 8).tolist())
+
+
+def _weight(w, like):
+    return None if w is None else torch.tensor(w, dtype=like.dtype, device=like.device)
+
+
+def _nll(fn):
+    return lambda x, t, w, red, ig: fn(x, t, _weight(w, x), ignore_index=ig, reduction=red)
+
+
+def _quiet(fn):
+    """fn with the broadcast warning of mse_loss silenced (test_nll_mse_loss checks it)."""
+    def run(*args):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return fn(*args)
+    return run
+
+
+def _mse(fn):
+    return _quiet(lambda x, t, red: fn(x, t, reduction=red))
+
 
 OPS = [
     OpSpec("linear", TF.linear, torch.nn.functional.linear, [
@@ -283,6 +323,71 @@ OPS = [
     OpSpec("cross_entropy", lambda x, t, w8, kw: TF.cross_entropy(x, t, weight=_ce_weight(w8, x), **kw),
            lambda x, t, w8, kw: torch.nn.functional.cross_entropy(x, t, weight=_ce_weight(w8, x), **kw),
            _CE_CASES),
+    OpSpec("nll_loss", _nll(TF.nll_loss), _nll(F.nll_loss), [
+        Case("2d_mean", lambda: [randn(5, 7), classes(5, C=7), None, "mean", -100]),
+        Case("2d_sum", lambda: [randn(6, 3), classes(6, C=3), None, "sum", -100]),
+        Case("2d_none", lambda: [randn(6, 5), classes(6, C=5), None, "none", -100]),
+        Case("1x1", lambda: [randn(1, 1), classes(1, C=1), None, "mean", -100]),
+        Case("weight_mean_ignored", lambda: [randn(9, 6), classes(9, C=6, ignored=0.3), class_weights(6), "mean",
+                                             -100]),
+        Case("weight_sum", lambda: [randn(8, 4), classes(8, C=4), class_weights(4), "sum", -100]),
+        Case("weight_none_ignored", lambda: [randn(8, 4), classes(8, C=4, ignored=0.3), class_weights(4), "none",
+                                             -100]),
+        Case("ignore_index_in_range", lambda: [randn(12, 3), classes(12, C=3), class_weights(3), "mean", 1]),
+        Case("ignore_index_neg1", lambda: [randn(7, 5), classes(7, C=5, ignored=0.4, ignore_index=-1), None, "mean",
+                                           -1]),
+        Case("all_ignored_mean", lambda: [randn(4, 3), torch.full((4,), -100), None, "mean", -100], smooth=False),
+        Case("all_ignored_sum", lambda: [randn(4, 3), torch.full((4,), -100), class_weights(3), "sum", -100]),
+        Case("all_ignored_none", lambda: [randn(4, 3), torch.full((4,), -100), None, "none", -100]),
+        Case("zero_weights_mean", lambda: [randn(5, 3), classes(5, C=3), class_weights(3, zero=True), "mean", -100],
+             smooth=False),  # W = 0: NaN loss and NaN gradients, as torch
+        Case("unbatched_mean", lambda: [randn(7), classes(C=7), class_weights(7), "mean", -100]),
+        Case("unbatched_none", lambda: [randn(7), classes(C=7), None, "none", -100]),
+        Case("unbatched_ignored_mean", lambda: [randn(5), torch.tensor(-100), None, "mean", -100], smooth=False),
+        Case("3d_none", lambda: [randn(3, 4, 6), classes(3, 6, C=4, ignored=0.2), None, "none", -100]),
+        Case("4d_mean_weight", lambda: [randn(2, 5, 3, 4), classes(2, 3, 4, C=5, ignored=0.2), class_weights(5),
+                                        "mean", -100]),
+        Case("4d_sum", lambda: [randn(2, 3, 4, 5), classes(2, 4, 5, C=3), None, "sum", -100]),
+        Case("5d_mean", lambda: [randn(2, 3, 2, 3, 2), classes(2, 2, 3, 2, C=3), None, "mean", -100]),
+        Case("empty_batch_mean", lambda: [randn(0, 4), classes(0, C=4), None, "mean", -100], smooth=False),  # NaN
+        Case("empty_batch_sum", lambda: [randn(0, 4), classes(0, C=4), class_weights(4), "sum", -100]),
+        Case("empty_batch_none", lambda: [randn(0, 4), classes(0, C=4), None, "none", -100]),
+        Case("empty_spatial_mean", lambda: [randn(2, 3, 0), classes(2, 0, C=3), None, "mean", -100], smooth=False),
+        Case("noncontig", lambda: [strided(randn(6, 9)), classes(12, C=9)[::2], class_weights(9), "mean", -100]),
+        Case("noncontig_3d", lambda: [randn(2, 6, 4).transpose(1, 2), classes(2, 6, C=4), None, "none", -100]),
+        Case("noncontig_4d", lambda: [strided(randn(2, 4, 5, 3)), classes(2, 5, 3, C=4), None, "mean", -100]),
+        Case("uint8_target", lambda: [randn(6, 5), classes(6, C=5).to(torch.uint8), class_weights(5), "sum", -100]),
+        Case("many_classes", lambda: [randn(3, 1025), classes(3, C=1025), None, "mean", -100]),
+        Case("long_batch", lambda: [randn(5000, 3), classes(5000, C=3, ignored=0.1), class_weights(3), "mean",
+                                    -100]),  # more than one block of the sums
+        Case("big", lambda: [randn(6, 5) * 1e4, classes(6, C=5), None, "mean", -100], scale=1e4,
+             smooth=False),  # too big for gradcheck's finite differences
+        Case("special", lambda: [special(6, 5), classes(6, C=5, ignored=0.3), None, "none", -100], smooth=False),
+    ]),
+    OpSpec("mse_loss", _mse(TF.mse_loss), _mse(F.mse_loss), [
+        Case("mean", lambda: [randn(5, 7), randn(5, 7), "mean"]),
+        Case("sum", lambda: [randn(3, 129), randn(3, 129), "sum"], scale=4),
+        Case("none", lambda: [randn(4, 33), randn(4, 33), "none"]),
+        Case("1", lambda: [randn(1), randn(1), "mean"]),
+        Case("0d", lambda: [randn(), randn(), "sum"]),
+        Case("bcast_target_row", lambda: [randn(37, 129), randn(129), "mean"]),
+        Case("bcast_input", lambda: [randn(5, 1), randn(5, 6), "sum"]),
+        Case("bcast_both_none", lambda: [randn(4, 1, 3), randn(5, 1), "none"]),
+        Case("empty_mean", lambda: [randn(0, 3), randn(0, 3), "mean"], smooth=False),  # 0/0: NaN, as torch
+        Case("empty_sum", lambda: [randn(0, 3), randn(0, 3), "sum"]),
+        Case("empty_none", lambda: [randn(2, 0), randn(2, 0), "none"]),
+        Case("noncontig", lambda: [strided(randn(6, 10)), randn(6, 10).t().contiguous().t(), "mean"]),
+        Case("expanded", lambda: [expanded((4, 9)), randn(4, 9), "sum"]),
+        Case("long", lambda: [randn(5000), randn(5000), "mean"]),  # more than one block of the sums
+        Case("long_sum", lambda: [randn(3, 3001), randn(3, 3001), "sum"], scale=32),
+        Case("big_offset", lambda: [randn(64) + 1e4, randn(64) + 1e4, "mean"], scale=10),
+        Case("big", lambda: [randn(50) * 1e2, randn(50) * 1e2, "mean"], scale=1e4,
+             smooth=False),  # too big for gradcheck's finite differences
+        # inf, -inf, NaN (not +-1e4: its square overflows float16, for torch too)
+        Case("special", lambda: [special(7, 9, kinds=("inf", "-inf", "nan")), special(7, 9, kinds=("inf", "nan")),
+                                 "none"], smooth=False),
+        Case("special_sum", lambda: [special(7, 9, kinds=("inf",)), randn(7, 9), "sum"], smooth=False),
+    ]),
 ]
 
 OPS_BY_NAME = {op.name: op for op in OPS}

@@ -4,8 +4,8 @@ from . import functional
 from ._ops import ops
 from .modules import Add, Duplicate, Linear, LogSoftmax, Maximum, ReLU
 from . import optim
-from .modules import CrossEntropyLoss
+from .modules import CrossEntropyLoss, MSELoss, NLLLoss
 
 __all__ = ["functional", "ops", "optim", "Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax",
-           "CrossEntropyLoss"]
+           "NLLLoss", "CrossEntropyLoss", "MSELoss"]
 __version__ = "0.1.0"

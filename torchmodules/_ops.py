@@ -467,3 +467,106 @@ def _(ctx, a, b, e):
 @_fake("sgd_step")
 def _(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step):
     return None
+# ---- NLLLoss: y = -w[t] x[.., t, ..] (none / mean over W / sum); forward also returns W --------
+
+def _nll_loss_shape(input_shape, target, reduction):
+    return list(target.shape) if reduction == 0 and len(input_shape) > 1 else []
+
+
+def _acc_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@_fake("nll_loss_forward")
+def _(input, target, weight, reduction, ignore_index):
+    torch._check(input.dim() >= 1, lambda: f"torchmodules.nll_loss: input of shape {list(input.shape)}")
+    return (input.new_empty(_nll_loss_shape(input.shape, target, reduction)),
+            input.new_empty((), dtype=_acc_dtype(input.dtype)))
+
+
+@_fake("nll_loss_backward")
+def _(grad_y, target, weight, total_weight, input_size, reduction, ignore_index):
+    return grad_y.new_empty(input_size)
+
+
+def _save_nll(ctx, inputs, output):
+    if len(inputs) == 5:   # forward(x, target, weight, reduction, ignore_index): keep W, not x
+        x, target, weight, ctx.reduction, ctx.ignore_index = inputs
+        ctx.input_size = list(x.shape)
+        ctx.save_for_backward(target, weight, output[1])
+    else:                  # backward(dy, target, weight, W, input_size, reduction, ignore_index)
+        _, target, weight, total_weight, _, ctx.reduction, ctx.ignore_index = inputs
+        ctx.save_for_backward(target, weight)
+
+
+@_grad("nll_loss_forward", _save_nll)
+def _(ctx, dy, _dw):
+    target, weight, total_weight = ctx.saved_tensors
+    dx = ops.nll_loss_backward(dy, target, weight, total_weight, ctx.input_size, ctx.reduction, ctx.ignore_index)
+    return dx, None, None, None, None
+
+
+# dx is linear in dy and free of x: d/d(dy) <gg, dx> is the forward applied to gg (for mean
+# the forward's W, recomputed from target and weight, equals the W the backward was given).
+@_grad("nll_loss_backward", _save_nll)
+def _(ctx, gg):
+    target, weight = ctx.saved_tensors
+    d_dy = ops.nll_loss_forward(gg, target, weight, ctx.reduction, ctx.ignore_index)[0]
+    return d_dy, None, None, None, None, None, None
+
+
+# ---- MSELoss: y = (x - t)^2 (none / mean / sum), x and t broadcast ---------------------------
+
+def _mse_shape(a, b, reduction):
+    return list(torch.broadcast_shapes(a.shape, b.shape)) if reduction == 0 else []
+
+
+@_fake("mse_loss_forward")
+def _(input, target, reduction):
+    return input.new_empty(_mse_shape(input, target, reduction))
+
+
+@_fake("mse_loss_backward")
+def _(grad_y, input, target, reduction):
+    return input.new_empty(torch.broadcast_shapes(input.shape, target.shape))
+
+
+@_fake("mse_loss_double_backward")
+def _(gg, grad_y, input, target, reduction):
+    shape = torch.broadcast_shapes(input.shape, target.shape)
+    return grad_y.new_empty(grad_y.shape), input.new_empty(shape), input.new_empty(shape)
+
+
+def _save_mse(ctx, inputs, output):
+    ctx.reduction = inputs[-1]
+    ctx.save_for_backward(*inputs[:-1])
+
+
+@_grad("mse_loss_forward", _save_mse)
+def _(ctx, dy):
+    x, t = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    return (sum_to(ops.mse_loss_backward(dy, x, t, ctx.reduction), x.shape) if need[0] else None,
+            sum_to(ops.mse_loss_backward(dy, t, x, ctx.reduction), t.shape) if need[1] else None,  # dt = -dx
+            None)
+
+
+# dx = c (x - t) dy:  d/d(dy) = c (x - t) gg [summed],  d/dx = c dy gg,  d/dt = -c dy gg.
+@_grad("mse_loss_backward", _save_mse)
+def _(ctx, gg):
+    dy, x, t = ctx.saved_tensors
+    d_dy, d_x, d_t = ops.mse_loss_double_backward(gg, dy, x, t, ctx.reduction)
+    return d_dy, sum_to(d_x, x.shape), sum_to(d_t, t.shape), None
+
+
+# Third order, from our own ops. For (A, B, C) = (c R[u (x - t)], c dy u, -c dy u), u = gg, and
+# upstream (p, q, r):  d/du = c p (x - t) + c dy (q - r) = bwd(p, x, t) + bwd(dy, q, r),
+#   d/d(dy) = c R[u (q - r)] = D(u, ., q, r)[0],  d/dx = c p u = D(u, p, x, t)[1],  d/dt = D(u, p, x, t)[2].
+@_grad("mse_loss_double_backward", _save_mse)
+def _(ctx, p, q, r):
+    u, dy, x, t = ctx.saved_tensors
+    red = ctx.reduction
+    d_u = ops.add_forward(ops.mse_loss_backward(p, x, t, red), ops.mse_loss_backward(dy, q, r, red))
+    d_dy = ops.mse_loss_double_backward(u, dy, q, r, red)[0]
+    _, d_x, d_t = ops.mse_loss_double_backward(u, p, x, t, red)
+    return d_u, d_dy, sum_to(d_x, x.shape), sum_to(d_t, t.shape), None

@@ -7,7 +7,8 @@ import torch
 
 from ._ops import ops
 
-__all__ = ["linear", "relu", "duplicate", "add", "maximum", "amax", "log_softmax", "cross_entropy"]
+__all__ = ["linear", "relu", "duplicate", "add", "maximum", "amax", "log_softmax", "nll_loss", "cross_entropy",
+           "mse_loss"]
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -81,3 +82,42 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
         raise RuntimeError("torchmodules.cross_entropy: weight is not differentiable; pass weight.detach()")
     return ops.cross_entropy_forward(input, target, weight, _REDUCTIONS[reduction], ignore_index,
                                      float(label_smoothing))[0]
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # torch's at::Reduction numbers
+
+
+def _reduction_enum(op: str, size_average, reduce, reduction: str) -> int:
+    """torch's reduction argument (with its legacy size_average / reduce) as the op's int."""
+    if size_average is not None or reduce is not None:  # deprecated, with torch's warning
+        from torch.nn import _reduction
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"torchmodules.{op}: {reduction} is not a valid value for reduction "
+                         f"(one of 'none', 'mean', 'sum')")
+    return _REDUCTIONS[reduction]
+
+
+def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+             size_average: Optional[bool] = None, ignore_index: int = -100, reduce: Optional[bool] = None,
+             reduction: str = "mean") -> torch.Tensor:
+    """Negative log likelihood, as torch.nn.functional.nll_loss (same arguments, same order):
+    -weight[t] input[n, t] per element, 0 where t == ignore_index; mean divides by the summed
+    weight of the kept targets (NaN when none is kept). input (C), (N, C) or (N, C, d1, ...);
+    target (), (N) or (N, d1, ...) of int64 (or uint8) class indices. A class index out of
+    range raises an IndexError, on the GPU too (there at the cost of one synchronisation)."""
+    red = _reduction_enum("nll_loss", size_average, reduce, reduction)
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("torchmodules.nll_loss: not differentiable with respect to argument 'weight' "
+                           "(as torch's nll_loss); this input cannot have requires_grad True.")
+    return ops.nll_loss_forward(input, target, weight, red, ignore_index)[0]
+
+
+def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: Optional[bool] = None,
+             reduce: Optional[bool] = None, reduction: str = "mean") -> torch.Tensor:
+    """(input - target)^2, as torch.nn.functional.mse_loss: none, mean or sum. Shapes that
+    differ are broadcast with torch's warning; each gradient is summed back to its input."""
+    if target.size() != input.size() and not torch.compiler.is_compiling():  # (dynamo cannot trace warn)
+        warnings.warn(f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+                      "This will likely lead to incorrect results due to broadcasting. "
+                      "Please ensure they have the same size.", stacklevel=2)
+    red = _reduction_enum("mse_loss", size_average, reduce, reduction)
+    return ops.mse_loss_forward(input, target, red)

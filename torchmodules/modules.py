@@ -6,7 +6,7 @@ from torch import nn
 
 from . import functional as F
 
-__all__ = ["Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax", "CrossEntropyLoss"]
+__all__ = ["Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax", "NLLLoss", "CrossEntropyLoss", "MSELoss"]
 
 
 class Linear(nn.Linear):
@@ -65,3 +65,15 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing)
+class NLLLoss(nn.NLLLoss):
+    """Negative log likelihood, as torch.nn.NLLLoss (same arguments, weight buffer and state_dict)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+class MSELoss(nn.MSELoss):
+    """Mean squared error, as torch.nn.MSELoss (same arguments)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(input, target, reduction=self.reduction)

@@ -1,0 +1,202 @@
+// MSELoss.  x and t broadcast together (as torch) to n elements, e_i = (x_i - t_i)^2.
+//   Forward:  y = e (none), sum_i e_i (sum), sum_i e_i / n (mean; n = 0 gives 0/0 = NaN, as torch).
+//   Backward: dx_i = c (x_i - t_i) dy_i, c = 2 (none, sum) or 2 / n (mean), one dy for mean and
+//             sum; dt = -dx is the same op with x and t swapped. Both have the broadcast shape
+//             and are summed down to their input's shape by add_backward.
+//   Double backward, for gg = d/d(dx):
+//             d_dy = c (x - t) gg (summed for mean and sum),  d_x = c dy gg,  d_t = -c dy gg.
+// Sums are deterministic and blocked (loss_reduce.h); the half types compute in float.
+#include "loss_reduce.h"
+#include "ops.h"
+
+namespace torchmodules {
+
+// ---- glue --------------------------------------------------------------------------------
+
+namespace {
+std::vector<int64_t> mse_shape(const char* op, const at::Tensor& x, const at::Tensor& t, int64_t reduction) {
+  check_floating(op, "input", x);
+  check_floating(op, "target", t);
+  check_same_dtype_device(op, "input", x, "target", t);
+  check_reduction(op, reduction);
+  return broadcast_shape(op, x.sizes(), t.sizes());
+}
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+// dy (or gg) must be one value for mean and sum, the broadcast shape for none.
+void check_grad(const char* op, const char* name, const at::Tensor& g, const at::Tensor& x,
+                const std::vector<int64_t>& shape, int64_t reduction) {
+  check_floating(op, name, g);
+  check_same_dtype_device(op, "input", x, name, g);
+  const bool ok = reduction == kNone ? g.sizes() == at::IntArrayRef(shape) : g.dim() == 0;
+  TORCH_CHECK_VALUE(ok, "torchmodules.", op, ": ", name, " has shape ", g.sizes(), ", expected ",
+                    reduction == kNone ? at::IntArrayRef(shape) : at::IntArrayRef(), " for reduction ", reduction);
+}
+}  // namespace
+
+at::Tensor mse_loss_forward(const at::Tensor& x, const at::Tensor& t, int64_t reduction) {
+  const std::vector<int64_t> shape = mse_shape("mse_loss", x, t, reduction);
+  const int64_t n = numel_of(shape);
+  at::Tensor y = new_output(reduction == kNone ? at::IntArrayRef(shape) : at::IntArrayRef(), x.options());
+  if (y.numel() > 0) {  // mean and sum write their one value even for n = 0
+    const Broadcast2 bc = make_broadcast2("mse_loss", shape, x, t);  // reads x and t in place, any strides
+    TM_LAUNCH(mse_loss_forward, x, y, x, t, bc, n, reduction);
+  }
+  return y;
+}
+
+at::Tensor mse_loss_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& t, int64_t reduction) {
+  const char* op = "mse_loss_backward";
+  const std::vector<int64_t> shape = mse_shape(op, x, t, reduction);
+  check_grad(op, "grad_y", grad_y, x, shape, reduction);
+  const at::Tensor dyc = grad_y.contiguous();
+  at::Tensor dx = new_output(shape, x.options());
+  if (dx.numel() > 0) {
+    const Broadcast2 bc = make_broadcast2(op, shape, x, t);
+    TM_LAUNCH(mse_loss_backward, x, dx, dyc, x, t, bc, dx.numel(), reduction);
+  }
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mse_loss_double_backward(const at::Tensor& gg, const at::Tensor& grad_y,
+                                                                        const at::Tensor& x, const at::Tensor& t,
+                                                                        int64_t reduction) {
+  const char* op = "mse_loss_double_backward";
+  const std::vector<int64_t> shape = mse_shape(op, x, t, reduction);
+  check_grad(op, "grad_y", grad_y, x, shape, reduction);
+  check_grad(op, "gg", gg, x, shape, kNone);  // gg = d/d(dx) has dx's (the broadcast) shape
+  const at::Tensor ggc = gg.contiguous(), dyc = grad_y.contiguous();
+  at::Tensor d_dy = new_output(grad_y.sizes(), x.options());
+  at::Tensor d_x = new_output(shape, x.options()), d_t = new_output(shape, x.options());
+  if (d_dy.numel() > 0) {  // mean and sum write d_dy even for n = 0
+    const Broadcast2 bc = make_broadcast2(op, shape, x, t);
+    TM_LAUNCH(mse_loss_double_backward, x, d_dy, d_x, d_t, ggc, dyc, x, t, bc, d_x.numel(), reduction);
+  }
+  return {d_dy, d_x, d_t};
+}
+
+// ---- CPU kernels ---------------------------------------------------------------------------
+
+namespace {
+// x_i - t_i in acc_t, x and t read through the broadcast offsets (directly when both are flat).
+template <typename T>
+struct Diff {
+  const T* x;
+  const T* t;
+  const Broadcast2& bc;
+  bool flat;
+  acc_t<T> operator()(int64_t i) const {
+    using A = acc_t<T>;
+    if (flat) return static_cast<A>(x[i]) - static_cast<A>(t[i]);
+    int64_t ox, ot;
+    bc.offsets(i, ox, ot);
+    return static_cast<A>(x[ox]) - static_cast<A>(t[ot]);
+  }
+};
+
+template <typename T>
+Diff<T> make_diff(const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc) {
+  const bool flat = bc.ndim == 1 && bc.stride_a[0] == 1 && bc.stride_b[0] == 1;
+  return Diff<T>{x.data_ptr<T>(), t.data_ptr<T>(), bc, flat};
+}
+
+template <typename A>
+A mse_scale(int64_t reduction, int64_t n) {  // c = 2 / n (mean) or 2
+  return reduction == kMean ? A(2) / A(n) : A(2);
+}
+}  // namespace
+
+// y_i = (x_i - t_i)^2 (none), or y = sum_i (x_i - t_i)^2 [/ n].
+template <typename T>
+static void mse_forward_kernel(T* y, const Diff<T>& diff, int64_t n, int64_t reduction) {
+  using A = acc_t<T>;
+  if (reduction == kNone) {
+    at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) {
+        const A d = diff(i);
+        y[i] = static_cast<T>(d * d);
+      }
+    });
+    return;
+  }
+  const auto s = blocked_sum<1, A>(n, [&](int64_t i0, int64_t i1, std::array<A, 1>& acc) {
+    lane_sum<1, A>(i0, i1, acc, [&](int64_t i, std::array<A, 1>& a) {
+      const A d = diff(i);
+      a[0] += d * d;
+    });
+  });
+  y[0] = static_cast<T>(reduction == kMean ? s[0] / A(n) : s[0]);
+}
+
+// dx_i = c (x_i - t_i) dy_i (dy_i = dy for mean and sum).
+template <typename T>
+static void mse_backward_kernel(T* dx, const T* dy, const Diff<T>& diff, int64_t n, int64_t reduction) {
+  using A = acc_t<T>;
+  const A c = mse_scale<A>(reduction, n);
+  const bool per = reduction == kNone;
+  at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) dx[i] = static_cast<T>(c * diff(i) * static_cast<A>(dy[per ? i : 0]));
+  });
+}
+
+// d_dy = c (x - t) gg (none: per element; mean, sum: summed), d_x = c dy gg, d_t = -d_x.
+template <typename T>
+static void mse_double_backward_kernel(T* d_dy, T* d_x, T* d_t, const T* gg, const T* dy, const Diff<T>& diff,
+                                       int64_t n, int64_t reduction) {
+  using A = acc_t<T>;
+  const A c = mse_scale<A>(reduction, n);
+  const bool per = reduction == kNone;
+  at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) {
+      const A g = static_cast<A>(gg[i]);
+      const A v = c * static_cast<A>(dy[per ? i : 0]) * g;
+      d_x[i] = static_cast<T>(v);
+      d_t[i] = static_cast<T>(-v);
+      if (per) d_dy[i] = static_cast<T>(c * diff(i) * g);
+    }
+  });
+  if (per) return;
+  // Each term scaled before the sum, so n = 0 gives 0 (not inf * 0).
+  const auto s = blocked_sum<1, A>(n, [&](int64_t i0, int64_t i1, std::array<A, 1>& acc) {
+    lane_sum<1, A>(i0, i1, acc, [&](int64_t i, std::array<A, 1>& a) { a[0] += c * diff(i) * static_cast<A>(gg[i]); });
+  });
+  d_dy[0] = static_cast<T>(s[0]);
+}
+
+void mse_loss_forward_cpu(at::Tensor& y, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc, int64_t n,
+                          int64_t reduction) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "mse_loss_forward_cpu", [&] {
+    mse_forward_kernel<scalar_t>(y.data_ptr<scalar_t>(), make_diff<scalar_t>(x, t, bc), n, reduction);
+  });
+}
+
+void mse_loss_backward_cpu(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t,
+                           const Broadcast2& bc, int64_t n, int64_t reduction) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "mse_loss_backward_cpu", [&] {
+    mse_backward_kernel<scalar_t>(dx.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), make_diff<scalar_t>(x, t, bc), n,
+                                  reduction);
+  });
+}
+
+void mse_loss_double_backward_cpu(at::Tensor& d_dy, at::Tensor& d_x, at::Tensor& d_t, const at::Tensor& gg,
+                                  const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc,
+                                  int64_t n, int64_t reduction) {
+  TM_DISPATCH_FLOATING(x.scalar_type(), "mse_loss_double_backward_cpu", [&] {
+    mse_double_backward_kernel<scalar_t>(d_dy.data_ptr<scalar_t>(), d_x.data_ptr<scalar_t>(),
+                                         d_t.data_ptr<scalar_t>(), gg.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
+                                         make_diff<scalar_t>(x, t, bc), n, reduction);
+  });
+}
+
+TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+  m.impl("mse_loss_forward", &mse_loss_forward);
+  m.impl("mse_loss_backward", &mse_loss_backward);
+  m.impl("mse_loss_double_backward", &mse_loss_double_backward);
+}
+
+}  // namespace torchmodules

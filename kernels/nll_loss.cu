@@ -1,0 +1,224 @@
+// NLLLoss on CUDA (csrc/nll_loss.cpp has the glue and the CPU twin). x [N, C, D], target
+// [N, D], i = n * D + d:
+//   Forward:  l_i = -w[t_i] x[n, t_i, d] (0 where t_i == ignore_index); y = l (none), or the
+//             fixed-order sums of l_i and of W = sum w[t_i] (loss_reduce.cuh), y = sum l [/ W].
+//   Backward: dx[n, c, d] = w[c] * -g_i at c = t_i, 0 elsewhere; g_i = dy_i, dy or dy / W.
+// Bad targets (outside [0, C), not ignore_index): the forward kernels record the smallest such
+// i in a device word (an integer atomicMin: the same i whatever the timing) and put NaN in its
+// place; after the kernels the launcher copies that word and the target there back to the host,
+// one synchronisation per forward, and the glue raises an IndexError naming the target. While a
+// CUDA graph is being captured no copy is possible: the NaN in the loss is the only sign then.
+// The backward never reads or writes out of bounds for a bad target either (it writes NaN).
+// Half types compute in float, float64 in double.
+#include "elementwise.cuh"
+#include "loss_reduce.cuh"
+#include "loss_reduce.h"
+
+namespace torchmodules {
+namespace {
+
+constexpr unsigned long long kNoBad = ~0ull;  // the device word before any bad target is seen
+
+// i / d by a 64-bit division, or by multiplication when every index is below 2^31.
+struct Div64 {
+  int64_t d;
+  __device__ __forceinline__ int64_t div(int64_t i) const { return i / d; }
+};
+struct Div32 {
+  FastDiv f;
+  __device__ __forceinline__ int64_t div(int64_t i) const { return (int64_t)f.div((uint32_t)i); }
+};
+
+template <class F>
+void with_div(int64_t d, int64_t n, const F& f) {  // indices below n
+  if (d <= 0) f(Div64{1});  // then n = 0: nothing is divided (and make_fastdiv(0) would divide by 0)
+  else if (n <= INT32_MAX && d <= INT32_MAX) f(Div32{make_fastdiv((uint32_t)d)});
+  else f(Div64{d});
+}
+
+template <class A>
+__device__ __forceinline__ A quiet_nan() {
+  return A(NAN);
+}
+
+__device__ __forceinline__ bool is_bad(int64_t t, const NllArgs& a) {
+  return t != a.ignore_index && (t < 0 || t >= a.C);
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+// none: y_i = -w[t_i] x[n, t_i, d], 0 where ignored, NaN (and recorded) where bad.
+template <class T, class I, class Div>
+__global__ void __launch_bounds__(kThreads)
+    nll_forward_none(T* __restrict__ y, const T* __restrict__ x, const I* __restrict__ tgt, const T* __restrict__ w,
+                     NllArgs a, Div dd, unsigned long long* bad) {
+  using A = dacc_t<T>;
+  const int64_t n = a.N * a.D;
+  for (int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x; i < n; i += (int64_t)gridDim.x * kThreads) {
+    const int64_t t = (int64_t)tgt[i];
+    A v = A(0);
+    if (is_bad(t, a)) {
+      atomicMin(bad, (unsigned long long)i);
+      v = quiet_nan<A>();
+    } else if (t != a.ignore_index) {
+      const int64_t nn = dd.div(i), d = i - nn * a.D;
+      v = -to_float(x[(nn * a.C + t) * a.D + d]) * (w ? to_float(w[t]) : A(1));
+    }
+    y[i] = from_acc<T>(v);
+  }
+}
+
+// mean, sum: acc[0] += l_i, acc[1] += w[t_i] over the kept i; y = acc[0] [/ acc[1]], W = acc[1].
+template <class T, class I, class Div>
+struct NllSum {
+  using A = dacc_t<T>;
+  static constexpr int K = 2;
+  T* y;
+  A* total_weight;
+  const T* x;
+  const I* tgt;
+  const T* w;
+  NllArgs a;
+  Div dd;
+  unsigned long long* bad;
+
+  __device__ void add(A (&acc)[2], int64_t i) const {
+    const int64_t t = (int64_t)tgt[i];
+    if (t == a.ignore_index) return;
+    if (t < 0 || t >= a.C) {
+      atomicMin(bad, (unsigned long long)i);
+      acc[0] += quiet_nan<A>();
+      return;
+    }
+    const int64_t nn = dd.div(i), d = i - nn * a.D;
+    const A wv = w ? to_float(w[t]) : A(1);
+    acc[0] += -to_float(x[(nn * a.C + t) * a.D + d]) * wv;
+    acc[1] += wv;
+  }
+  __device__ void finish(const A (&s)[2]) const {
+    *total_weight = s[1];
+    y[0] = from_acc<T>(a.reduction == kMean ? s[0] / s[1] : s[0]);
+  }
+};
+
+// After the forward kernels: status[1] = the target at the recorded index (if any);
+// total_weight = 0 for none (its sums did not run).
+template <class I, class A>
+__global__ void nll_forward_status(unsigned long long* status, const I* __restrict__ tgt, A* total_weight) {
+  if (status[0] != kNoBad) status[1] = (unsigned long long)(int64_t)tgt[status[0]];
+  if (total_weight) *total_weight = A(0);
+}
+
+// ---- backward --------------------------------------------------------------------------------
+
+// dx[j], j = (n * C + c) * D + d: w[c] * -g_i at c = t_i (i = n * D + d), else 0; NaN over the
+// column of a bad target (the forward raised for it).
+template <class T, class I, class DivD, class DivC>
+__global__ void __launch_bounds__(kThreads)
+    nll_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const I* __restrict__ tgt,
+                        const T* __restrict__ w, const dacc_t<T>* __restrict__ total_weight, NllArgs a, DivD dd,
+                        DivC dc) {
+  using A = dacc_t<T>;
+  const int64_t total = a.N * a.C * a.D;
+  A g1 = A(0);  // the one g of mean and sum
+  if (a.reduction != kNone) g1 = a.reduction == kMean ? to_float(dy[0]) / *total_weight : to_float(dy[0]);
+  for (int64_t j = (int64_t)blockIdx.x * kThreads + threadIdx.x; j < total; j += (int64_t)gridDim.x * kThreads) {
+    const int64_t nc = dd.div(j), d = j - nc * a.D;
+    const int64_t nn = dc.div(nc), c = nc - nn * a.C;
+    const int64_t i = nn * a.D + d, t = (int64_t)tgt[i];
+    A v = A(0);
+    if (t == a.ignore_index) {
+      v = A(0);
+    } else if (t < 0 || t >= a.C) {
+      v = quiet_nan<A>();
+    } else if (t == c) {
+      const A g = a.reduction == kNone ? to_float(dy[i]) : g1;
+      v = (w ? to_float(w[t]) : A(1)) * -g;
+    }
+    dx[j] = from_acc<T>(v);
+  }
+}
+
+template <class F>
+void dispatch_target(const at::Tensor& target, const F& f) {  // f(I{}), I the index type
+  if (target.scalar_type() == at::kByte) f(uint8_t{});
+  else f(int64_t{});
+}
+
+}  // namespace
+
+// ---- launchers -------------------------------------------------------------------------------
+
+void nll_loss_forward_cuda(at::Tensor& out, at::Tensor& total_weight, NllBad& bad, const at::Tensor& x,
+                           const at::Tensor& target, const at::Tensor& weight, const NllArgs& a) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t n = a.N * a.D;
+  // status[0]: the smallest bad i (kNoBad: none), status[1]: the target there.
+  const at::Tensor status = at::empty({2}, x.options().dtype(at::kLong));
+  auto* st = reinterpret_cast<unsigned long long*>(status.data_ptr());
+  C10_CUDA_CHECK(cudaMemsetAsync(st, 0xFF, 2 * sizeof(unsigned long long), stream));
+  TM_DISPATCH_FLOATING(x.scalar_type(), "nll_loss_forward_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    using A = dacc_t<T>;
+    dispatch_target(target, [&](auto tag) {
+      using I = decltype(tag);
+      const I* tgt = target.data_ptr<I>();
+      const T* pw = weight.defined() ? dptr<scalar_t>(weight) : nullptr;
+      A* ptw = total_weight.data_ptr<A>();
+      with_div(a.D, n, [&](const auto& dd) {
+        using Div = std::decay_t<decltype(dd)>;
+        if (a.reduction == kNone) {
+          if (n > 0)
+            tm_launch(x, dim3(unsigned(tm_blocks(n, kThreads))), dim3(kThreads), 0, nll_forward_none<T, I, Div>,
+                      dptr<scalar_t>(out), dptr<scalar_t>(x), tgt, pw, a, dd, st);
+        } else {
+          const NllSum<T, I, Div> p{dptr<scalar_t>(out), ptw, dptr<scalar_t>(x), tgt, pw, a, dd, st};
+          run_loss_sum(x, p, n);
+        }
+      });
+      tm_launch(x, dim3(1), dim3(1), 0, nll_forward_status<I, A>, st, tgt, a.reduction == kNone ? ptw : nullptr);
+    });
+  });
+  // The one synchronisation: is there a bad target? (Impossible while a graph is captured.)
+  if (cuda_stream_capturing(x)) return;
+  int64_t host[2];
+  C10_CUDA_CHECK(cudaMemcpyAsync(host, st, sizeof(host), cudaMemcpyDeviceToHost, stream));
+  C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if ((unsigned long long)host[0] != kNoBad) {
+    bad.index = host[0];
+    bad.value = host[1];
+  }
+}
+
+void nll_loss_backward_cuda(at::Tensor& dx, NllBad&, const at::Tensor& dy, const at::Tensor& target,
+                            const at::Tensor& weight, const at::Tensor& total_weight, const NllArgs& a) {
+  const int64_t total = a.N * a.C * a.D;
+  if (total == 0) return;
+  TM_DISPATCH_FLOATING(dx.scalar_type(), "nll_loss_backward_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    using A = dacc_t<T>;
+    dispatch_target(target, [&](auto tag) {
+      using I = decltype(tag);
+      const I* tgt = target.data_ptr<I>();
+      const T* pw = weight.defined() ? dptr<scalar_t>(weight) : nullptr;
+      const A* ptw = total_weight.data_ptr<A>();
+      with_div(a.D, total, [&](const auto& dd) {
+        with_div(a.C, total, [&](const auto& dc) {
+          using DivD = std::decay_t<decltype(dd)>;
+          using DivC = std::decay_t<decltype(dc)>;
+          tm_launch(dy, dim3(unsigned(tm_blocks(total, kThreads))), dim3(kThreads), 0,
+                    nll_backward_kernel<T, I, DivD, DivC>, dptr<scalar_t>(dx), dptr<scalar_t>(dy), tgt, pw, ptw, a,
+                    dd, dc);
+        });
+      });
+    });
+  });
+}
+
+TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
+  m.impl("nll_loss_forward", &nll_loss_forward);
+  m.impl("nll_loss_backward", &nll_loss_backward);
+}
+
+}  // namespace torchmodules
