@@ -20,10 +20,6 @@
 namespace torchmodules {
 namespace {
 
-__device__ __forceinline__ float ce_exp(float v) { return expf(v); }
-__device__ __forceinline__ double ce_exp(double v) { return exp(v); }
-__device__ __forceinline__ float ce_log(float v) { return logf(v); }
-__device__ __forceinline__ double ce_log(double v) { return log(v); }
 template <class A> __device__ __forceinline__ A ce_inf() { return A(INFINITY); }
 template <class A> __device__ __forceinline__ A ce_nan() { return A(NAN); }
 
@@ -110,13 +106,13 @@ struct CeForward {
     for (int j = 0; j < W; ++j) cm = c.x[j] > cm ? c.x[j] : cm;
     if (cm > st.m) {
       if (st.m != ninf<A>()) {  // nothing to rescale while m = -inf
-        st.s *= ce_exp(st.m - cm);
+        st.s *= dexp(st.m - cm);
         if constexpr (kTrack) st.a += (cm - st.m) * st.up;
       }
       st.m = cm;
     }
 #pragma unroll
-    for (int j = 0; j < W; ++j) st.s += c.x[j] == ninf<A>() ? A(0) : ce_exp(c.x[j] - st.m);
+    for (int j = 0; j < W; ++j) st.s += c.x[j] == ninf<A>() ? A(0) : dexp(c.x[j] - st.m);
     if constexpr (kTrack) {
 #pragma unroll
       for (int j = 0; j < W; ++j)
@@ -132,7 +128,7 @@ struct CeForward {
     State r;
     r.m = m;
     r.skip = a.skip;
-    r.s = (a.m == m ? a.s : a.s * ce_exp(a.m - m)) + (b.m == m ? b.s : b.s * ce_exp(b.m - m));
+    r.s = (a.m == m ? a.s : a.s * dexp(a.m - m)) + (b.m == m ? b.s : b.s * dexp(b.m - m));
     if constexpr (kTrack) {
       r.a = (a.m == m || a.m == ninf<A>() ? a.a : a.a + (m - a.m) * a.up) +
             (b.m == m || b.m == ninf<A>() ? b.a : b.a + (m - b.m) * b.up);
@@ -146,7 +142,7 @@ struct CeForward {
   // lse = m + log s; loss = a + up log s (probabilities), w_t ((m - x_t) + log s) (class index),
   // (1-eps) w_t ((m - x_t) + log s) + (eps/C) (a + up log s) (smoothed); ignored rows 0.
   __device__ void store_row(const State& st, int64_t r) const {
-    const A ls = ce_log(st.s);
+    const A ls = dlog(st.s);
     A L, l = st.m + ls;
     if constexpr (M == kProb) {
       L = st.a + st.up * ls;
@@ -241,7 +237,7 @@ struct CeBackwardClass {
   }
   __device__ A at(const Row& r, int64_t c, A xv, A wc) const {
     const A u = (c == r.t ? r.kw : A(0)) + (kSmoothM ? g.epsc * wc : A(0));
-    return r.G * (r.U * ce_exp(xv - r.l) - u);
+    return r.G * (r.U * dexp(xv - r.l) - u);
   }
 };
 
@@ -374,7 +370,7 @@ struct CeBackwardProb {
   template <int W, class Sg> __device__ void store(const State& st, const Cache<W>& c, const Sg& s, int64_t k) const {
     A o[W];
 #pragma unroll
-    for (int j = 0; j < W; ++j) o[j] = st.G * (st.U * ce_exp(c.x[j] - st.l) - c.u[j]);
+    for (int j = 0; j < W; ++j) o[j] = st.G * (st.U * dexp(c.x[j] - st.l) - c.u[j]);
     store_chunk<W>(dx, s, k, o);
     if (dq) {
 #pragma unroll
@@ -417,7 +413,7 @@ struct CeDoubleClass {
   template <int W, class Sg> __device__ void load(Cache<W>& c, const State& st, const Sg& s, int64_t k) const {
     load_chunk<W>(c.p, g.x, s, k, ninf<A>());
 #pragma unroll
-    for (int j = 0; j < W; ++j) c.p[j] = ce_exp(c.p[j] - st.l);
+    for (int j = 0; j < W; ++j) c.p[j] = dexp(c.p[j] - st.l);
     if (gg) {
       load_chunk<W>(c.gg, gg, s, k, A(0));
     } else {
@@ -514,7 +510,7 @@ struct CeDoubleProb {
       if (!hh) c.h[j] = A(0);
       if (!g.w) c.w[j] = A(1);
       c.lp[j] = in ? c.lp[j] - st.l : A(0);
-      c.p[j] = in ? ce_exp(c.lp[j]) : A(0);
+      c.p[j] = in ? dexp(c.lp[j]) : A(0);
       c.w[j] = in ? c.w[j] : A(0);
       c.u[j] = c.w[j] * (g.keep * q[j] + g.epsc);
     }

@@ -10,10 +10,6 @@
 namespace torchmodules {
 namespace {
 
-__device__ __forceinline__ float dexp(float v) { return expf(v); }
-__device__ __forceinline__ double dexp(double v) { return exp(v); }
-__device__ __forceinline__ float dlog(float v) { return logf(v); }
-__device__ __forceinline__ double dlog(double v) { return log(v); }
 
 // ---- the three ops -------------------------------------------------------------------------
 

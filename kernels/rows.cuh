@@ -17,6 +17,12 @@
 namespace torchmodules {
 namespace {
 
+// exp and log in the accumulation type (float for the half types, double for double).
+__device__ __forceinline__ float dexp(float v) { return expf(v); }
+__device__ __forceinline__ double dexp(double v) { return exp(v); }
+__device__ __forceinline__ float dlog(float v) { return logf(v); }
+__device__ __forceinline__ double dlog(double v) { return log(v); }
+
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kWarpBlock = 128;   // threads per block of rows_warp
 constexpr int kMaxBlock = 1024;   // threads per block of rows_block / rows_stream, at most
