@@ -20,6 +20,7 @@
 // back (one sync on CUDA; skipped while a CUDA graph is captured, where the rows are NaN).
 // The backward kernels write NaN rows for such targets rather than reading out of bounds.
 #include "ops.h"
+#include "simd.h"
 
 #include <atomic>
 #include <cmath>
@@ -224,6 +225,38 @@ struct Online {
   }
 };
 
+// The same for a contiguous row, vectorised (simd.h): online a block at a time, with the
+// block's max m_b and m' = max(m, m_b):  s = s exp(m - m') + sum_block exp(x - m').
+// -inf logits add 0; NaN makes s NaN.
+template <typename T>
+TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m_out, acc_t<T>* s_out) {
+  using A = acc_t<T>;
+  constexpr int64_t kBlock = 2048;  // stays in L1 between its two loops
+  A m = -INFINITY, s = 0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    A mb = -INFINITY;
+#pragma omp simd reduction(max : mb)
+    for (int64_t k = b; k < e; ++k) mb = std::max(mb, static_cast<A>(x[k]));
+    const A m2 = std::max(m, mb);
+    if (m2 == -INFINITY) continue;  // only -inf so far: s stays 0
+    A sb = 0;
+#pragma omp simd reduction(+ : sb)
+    for (int64_t k = b; k < e; ++k) sb += fast_exp(static_cast<A>(x[k]) - m2);
+    s = s * fast_exp(m - m2) + sb;
+    m = m2;
+  }
+  *m_out = m;
+  *s_out = s;
+}
+
+// dx_c = G U exp(x_c - lse) on a contiguous row (the class-index backward, less u at the target).
+template <typename T>
+TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, int64_t n, acc_t<T> GU,
+                                       acc_t<T> lse) {
+  for (int64_t c = 0; c < n; ++c) dx[c] = static_cast<T>(GU * fast_exp(static_cast<acc_t<T>>(x[c]) - lse));
+}
+
 // The row's pointers and scalars every kernel starts from.
 struct CeRow {
   int64_t base;  // element 0 of the row
@@ -288,6 +321,8 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
           Online<A> st;
           if (smooth) {
             for (int64_t c = 0; c < C; ++c) st.template add<true>(A(xr[c * row.D]), w ? A(w[c]) : A(1));
+          } else if (row.D == 1) {
+            online_lse_contiguous(xr, C, &st.m, &st.s);
           } else {
             for (int64_t c = 0; c < C; ++c) st.template add<false>(A(xr[c * row.D]), A(0));
           }
@@ -353,6 +388,11 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
       }
       const A wt = w ? A(w[tr]) : A(1);
       const A U = keep * wt + (smooth ? epsc * wsum : A(0));
+      if (!smooth && row.D == 1) {  // u is keep * wt at the target, 0 elsewhere
+        softmax_scaled_contiguous(dxr, xr, C, G * U, l);
+        dxr[tr] = static_cast<T>(G * (U * fast_exp(A(xr[tr]) - l) - keep * wt));
+        continue;
+      }
       for (int64_t c = 0; c < C; ++c) {
         const A u = (c == tr ? keep * wt : A(0)) + (smooth ? epsc * (w ? A(w[c]) : A(1)) : A(0));
         dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(A(xr[c * row.D]) - l) - u));
