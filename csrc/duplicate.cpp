@@ -1,6 +1,7 @@
 // Duplicate.  Forward: y_1 = ... = y_n = x.   Backward: dx = dy_1 + ... + dy_n.
 // The lecture's fan-out: gradients of every copy are summed, in one n-way pass.
 #include "ops.h"
+#include "simd.h"
 
 namespace torchmodules {
 
@@ -41,21 +42,35 @@ static void duplicate_forward_kernel(const std::vector<T*>& ys, const T* x, int6
   });
 }
 
-// dx[i] = sum_k g_k[i], accumulated in acc_t<T>.
+// dx[i] = sum_k g_k[i] for b <= i < e, accumulated in acc_t<T>; compiled per ISA (simd.h).
+// Two gradients (the usual fan-out) in one pass; more through a stack buffer of partial sums.
+template <typename T>
+TM_SIMD static void duplicate_backward_range(T* __restrict dx, const T* const* gs, size_t n, int64_t b, int64_t e) {
+  using A = acc_t<T>;
+  if (n == 2) {
+    const T* __restrict g0 = gs[0];
+    const T* __restrict g1 = gs[1];
+    for (int64_t i = b; i < e; ++i) dx[i] = static_cast<T>(static_cast<A>(g0[i]) + static_cast<A>(g1[i]));
+    return;
+  }
+  constexpr int64_t kChunk = 1024;
+  A acc[kChunk];
+  for (int64_t c = b; c < e; c += kChunk) {
+    const int64_t len = std::min(kChunk, e - c);
+    const T* __restrict g0 = gs[0] + c;
+    for (int64_t i = 0; i < len; ++i) acc[i] = static_cast<A>(g0[i]);
+    for (size_t k = 1; k < n; ++k) {
+      const T* __restrict gk = gs[k] + c;
+      for (int64_t i = 0; i < len; ++i) acc[i] += static_cast<A>(gk[i]);
+    }
+    for (int64_t i = 0; i < len; ++i) dx[c + i] = static_cast<T>(acc[i]);
+  }
+}
+
 template <typename T>
 static void duplicate_backward_kernel(T* dx, const std::vector<const T*>& gs, int64_t numel) {
-  using A = acc_t<T>;
-  at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
-    constexpr int64_t kChunk = 1024;  // a stack buffer of partial sums keeps the loop vectorizable
-    A acc[kChunk];
-    for (int64_t c = b; c < e; c += kChunk) {
-      const int64_t len = std::min(kChunk, e - c);
-      for (int64_t i = 0; i < len; ++i) acc[i] = static_cast<A>(gs[0][c + i]);
-      for (size_t k = 1; k < gs.size(); ++k)
-        for (int64_t i = 0; i < len; ++i) acc[i] += static_cast<A>(gs[k][c + i]);
-      for (int64_t i = 0; i < len; ++i) dx[c + i] = static_cast<T>(acc[i]);
-    }
-  });
+  at::parallel_for(0, numel, kGrain,
+                   [&](int64_t b, int64_t e) { duplicate_backward_range(dx, gs.data(), gs.size(), b, e); });
 }
 
 void duplicate_forward_cpu(std::vector<at::Tensor>& ys, const at::Tensor& x) {
