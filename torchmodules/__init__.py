@@ -4,8 +4,9 @@ from . import functional
 from ._ops import ops
 from .modules import Add, Duplicate, Linear, LogSoftmax, Maximum, ReLU
 from . import optim
+from .replace import replace_modules, restore_modules
 from .modules import CrossEntropyLoss, MSELoss, NLLLoss
 
 __all__ = ["functional", "ops", "optim", "Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax",
-           "NLLLoss", "CrossEntropyLoss", "MSELoss"]
+           "NLLLoss", "CrossEntropyLoss", "MSELoss", "replace_modules", "restore_modules"]
 __version__ = "0.1.0"
