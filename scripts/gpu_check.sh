@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# All GPU work in one go (GPU time comes in short slots): build for the card, CUDA tests,
-# compute-sanitizer over every kernel, the quick benchmark if there is one; logs and a
-# summary go to the output folder.  Usage: scripts/gpu_check.sh OUTDIR   (TM_COMMIT=<sha>)
-# TM_STAGES picks stages (default "build tests sanitizer bench"): with ~1100 CUDA tests the
-# whole script runs past one 600 s device call, so run "build tests sanitizer" in one call and
-# "build bench" in the next (the build is incremental: seconds when nothing changed).
+# All GPU work in one go (GPU time comes in short slots): build for the card; then at once the
+# CUDA tests (TM_SHARDS pytest processes) and compute-sanitizer over every kernel; then, alone
+# on the GPU so its times mean something, the main job (examples/train.py) and the quick
+# benchmark. Usage: scripts/gpu_check.sh OUTDIR   (TM_COMMIT=<sha>; TM_STAGES picks stages,
+# default "build tests sanitizer train bench"). OUTDIR gets at most 8 files: summary.md,
+# log.txt (build, train, bench output), tests.log, sanitizer.log, bench.{md,json,png},
+# digits_loss.png.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 SUM="$OUT/summary.md"
+LOG="$OUT/log.txt"
+TMP=$(mktemp -d)
 cd "$(dirname "$0")/.."
-step() { echo "== $1 ($(date +%T))"; }   # the folder keeps at most 8 files: no step log
+step() { echo "== $1 ($(date +%T))" | tee -a "$LOG"; }
 {
   echo "# GPU check"
   echo "- commit: ${TM_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
@@ -20,38 +23,61 @@ step() { echo "== $1 ($(date +%T))"; }   # the folder keeps at most 8 files: no 
   echo "- date: $(date -u +%F)"
 } > "$SUM"
 
-STAGES=" ${TM_STAGES:-build tests sanitizer bench} "
+STAGES=" ${TM_STAGES:-build tests sanitizer train bench} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
+T0=$SECONDS
 
+if want build; then
 step "1. build (sm_90)"
-if ! TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 $PY setup.py build_ext --inplace --build-temp build/gpu > "$OUT/build.log" 2>&1; then
-  echo "- build: FAILED (see build.log)" >> "$SUM"; tail -30 "$OUT/build.log"; exit 1
+if ! TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 $PY setup.py build_ext --inplace --build-temp build/gpu > "$TMP/build.log" 2>&1; then
+  echo "- build: FAILED (see log.txt)" >> "$SUM"; cat "$TMP/build.log" >> "$LOG"; tail -30 "$TMP/build.log"; exit 1
 fi
-echo "- build: ok" >> "$SUM"
+echo "- build: ok ($((SECONDS - T0)) s)" >> "$SUM"; tail -5 "$TMP/build.log" >> "$LOG"
+fi
 
+# 2 and 3 share the GPU: correctness only, nothing timed.
 if want tests; then
-step "2. CUDA tests"
-timeout ${TM_TEST_TIMEOUT:-300} $PY -m pytest tests -q -rfE -p no:cacheprovider \
-  -k "cuda or devices or deterministic or 2_31 or tf32" > "$OUT/tests.log" 2>&1
-echo "- CUDA tests (exit $?): $(tail -1 "$OUT/tests.log")" >> "$SUM"
-grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40 | sed 's/^/  - /' >> "$SUM"
+  step "2. CUDA tests (${TM_SHARDS:-6} processes)"
+  T1=$SECONDS
+  N=${TM_SHARDS:-6}
+  for ((i = 0; i < N; i++)); do
+    TM_SHARD=$i/$N timeout ${TM_TEST_TIMEOUT:-300} $PY -m pytest tests -q -rfE -p no:cacheprovider \
+      -k "cuda or devices or deterministic or 2_31 or tf32" > "$TMP/tests.$i.log" 2>&1 &
+  done
 fi
-
 if want sanitizer; then
-step "3. compute-sanitizer"
-for tool in memcheck racecheck; do
-  dts=float32,bfloat16,float64; [ $tool = racecheck ] && dts=float32
-  TM_SAN_DTYPES=$dts timeout ${TM_SAN_TIMEOUT:-150} compute-sanitizer --tool $tool --print-limit 20 \
-    $PY scripts/sanitize_ops.py > "$OUT/sanitizer.tmp" 2>&1
-  echo "- sanitizer $tool (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitize_ops:' "$OUT/sanitizer.tmp" | tr '\n' ' ')" >> "$SUM"
-  { echo "==== $tool"; cat "$OUT/sanitizer.tmp"; } >> "$OUT/sanitizer.log"; rm -f "$OUT/sanitizer.tmp"
-done
+  step "3. compute-sanitizer"
+  for tool in memcheck racecheck; do
+    dts=float32,bfloat16,float64; [ $tool = racecheck ] && dts=float32
+    TM_SAN_DTYPES=$dts timeout ${TM_SAN_TIMEOUT:-200} compute-sanitizer --tool $tool --print-limit 20 \
+      $PY scripts/sanitize_ops.py > "$TMP/san.$tool" 2>&1
+    echo "- sanitizer $tool (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitize_ops:' "$TMP/san.$tool" | tr '\n' ' ')" >> "$SUM"
+    { echo "==== $tool"; cat "$TMP/san.$tool"; } >> "$OUT/sanitizer.log"
+  done
+fi
+if want tests; then
+  wait
+  for ((i = 0; i < N; i++)); do
+    { echo "==== shard $i/$N"; cat "$TMP/tests.$i.log"; } >> "$OUT/tests.log"
+    echo "- CUDA tests shard $i/$N: $(tail -1 "$TMP/tests.$i.log")" >> "$SUM"
+    grep -E "^(FAILED|ERROR)" "$TMP/tests.$i.log" | head -20 | sed 's/^/  - /' >> "$SUM"
+  done
+  echo "- CUDA tests wall: $((SECONDS - T1)) s" >> "$SUM"
 fi
 
-if want bench && [ -f benchmarks/bench.py ] && [ "${TM_BENCH:-1}" = 1 ]; then
-  step "4. quick benchmark"
-  timeout ${TM_BENCH_TIMEOUT:-180} $PY benchmarks/bench.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1
+if want train; then
+  step "4. main job on cuda (examples/train.py)"
+  timeout ${TM_TRAIN_TIMEOUT:-90} $PY examples/train.py --out "$OUT" > "$TMP/train.log" 2>&1
+  echo "- train.py (exit $?): $(grep -E '^summary' "$TMP/train.log")" >> "$SUM"
+  cat "$TMP/train.log" >> "$LOG"
+fi
+
+if want bench && [ -f benchmarks/bench.py ]; then
+  step "5. quick benchmark"
+  timeout ${TM_BENCH_TIMEOUT:-180} $PY benchmarks/bench.py --quick --out "$OUT" > "$TMP/bench.log" 2>&1
   echo "- benchmark (exit $?): see bench.md" >> "$SUM"
+  tr '\r' '\n' < "$TMP/bench.log" | tail -200 >> "$LOG"
 fi
 step "done"
+echo "- script wall: $((SECONDS - T0)) s" >> "$SUM"
 cat "$SUM"

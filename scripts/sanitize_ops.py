@@ -27,5 +27,16 @@ for op in OPS:
                 if used:
                     torch.autograd.grad(used, leaves + gouts, [torch.randn_like(g) for g in used], allow_unused=True)
             done += 1
+# The fused SGD step: many tensors of odd sizes in one launch, every option path.
+from torchmodules.optim import SGD  # noqa: E402
+for dtype in DTYPES:
+    for kw in (dict(), dict(momentum=0.9, nesterov=True, weight_decay=1e-4), dict(momentum=0.5, dampening=0.1, maximize=True)):
+        params = [torch.randn(n, device="cuda", dtype=dtype, requires_grad=True) for n in (1, 7, 33, 1000, 4099)]
+        opt = SGD(params, lr=0.1, **kw)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        done += 1
 torch.cuda.synchronize()
-print(f"sanitize_ops: ran {done} op x case x dtype combinations forward, backward and double backward")
+print(f"sanitize_ops: ran {done} op x case x dtype combinations forward, backward and double backward, and SGD steps")
