@@ -112,15 +112,7 @@ def _save_mask(ctx, inputs, output):
     ctx.which = inputs[2] if len(inputs) > 2 else None
 
 
-@_grad("relu_forward", _save_mask)
-def _(ctx, dy, _dmask):
-    return ops.relu_backward(dy, ctx.saved_tensors[0])
-
-
-# dx = m * dy is linear in dy: its backward is itself.
-@_grad("relu_backward", _save_mask)
-def _(ctx, gg):
-    return ops.relu_backward(gg, ctx.saved_tensors[0]), None
+# relu_forward, relu_backward: autograd in csrc/autograd.cpp.
 
 
 # ---- Duplicate: y_k = x; dx = sum_k dy_k ------------------------------------------------------
