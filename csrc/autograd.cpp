@@ -6,6 +6,58 @@ namespace {
 
 using at::Tensor;
 
+// ---- Linear: y = x W^T + b;  dx = dy W,  dW = dy^T x,  db = dy summed to [out] ---------------
+
+TM_OP(linear_forward_op, "linear_forward", Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&))
+TM_OP(linear_backward_input_op, "linear_backward_input", Tensor(const Tensor&, const Tensor&))
+TM_OP(linear_backward_weight_op, "linear_backward_weight", Tensor(const Tensor&, const Tensor&))
+TM_OP(add_backward_op, "add_backward", Tensor(const Tensor&, c10::SymIntArrayRef))
+
+// grad summed down to `shape` (the gradient of a broadcast), by our add_backward kernel.
+Tensor sum_down(const Tensor& grad, c10::SymIntArrayRef shape) {
+  return grad.sym_sizes() == shape ? grad : add_backward_op().call(grad, shape);
+}
+
+struct LinearForward : torch::autograd::Function<LinearForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["bias"] = b.has_value() && b->defined();
+    return below(linear_forward_op(), x, w, b);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list dy) {
+    const Tensor x = saved(ctx, 0), w = saved(ctx, 1);
+    return {ctx->needs_input_grad(0) ? linear_backward_input_op().call(dy[0], w) : Tensor(),
+            ctx->needs_input_grad(1) ? linear_backward_weight_op().call(dy[0], x) : Tensor(),
+            // (needs_input_grad counts tensor arguments only: index 2 exists when there is a bias)
+            ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2) ? sum_down(dy[0], w.sym_sizes().slice(0, 1))
+                                                                         : Tensor()};
+  }
+};
+
+// dx = dy W:  d/d(dy) = gg W^T,  d/dW = dy^T gg.
+struct LinearBackwardInput : torch::autograd::Function<LinearBackwardInput> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& w) {
+    ctx->save_for_backward({dy, w});
+    return below(linear_backward_input_op(), dy, w);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list gg) {
+    return {ctx->needs_input_grad(0) ? linear_forward_op().call(gg[0], saved(ctx, 1), std::nullopt) : Tensor(),
+            ctx->needs_input_grad(1) ? linear_backward_weight_op().call(saved(ctx, 0), gg[0]) : Tensor()};
+  }
+};
+
+// dW = dy^T x:  d/d(dy) = x gg^T,  d/dx = dy gg.
+struct LinearBackwardWeight : torch::autograd::Function<LinearBackwardWeight> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& x) {
+    ctx->save_for_backward({dy, x});
+    return below(linear_backward_weight_op(), dy, x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list gg) {
+    return {ctx->needs_input_grad(0) ? linear_forward_op().call(saved(ctx, 1), gg[0], std::nullopt) : Tensor(),
+            ctx->needs_input_grad(1) ? linear_backward_input_op().call(saved(ctx, 0), gg[0]) : Tensor()};
+  }
+};
+
 // ---- ReLU: y = max(x, 0) with a 1-bit mask;  dx = mask ? dy : 0 ----------------------------
 
 TM_OP(relu_forward_op, "relu_forward", std::tuple<Tensor, Tensor>(const Tensor&))
@@ -25,26 +77,128 @@ struct ReluForward : torch::autograd::Function<ReluForward> {
 
 // dx = mask * dy is linear in dy: its backward is itself.
 struct ReluBackward : torch::autograd::Function<ReluBackward> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& dy, const Tensor& mask) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& mask) {
     ctx->save_for_backward({mask});
-    return {below(relu_backward_op(), dy, mask)};
+    return below(relu_backward_op(), dy, mask);
   }
   static variable_list backward(AutogradContext* ctx, variable_list gg) {
     return {relu_backward_op().call(gg[0], saved(ctx, 0)), Tensor()};
   }
 };
 
-std::tuple<Tensor, Tensor> relu_forward_ad(const Tensor& x) {
-  auto out = ReluForward::apply(x);
-  return {out[0], out[1]};
-}
-Tensor relu_backward_ad(const Tensor& dy, const Tensor& mask) { return ReluBackward::apply(dy, mask)[0]; }
+// ---- Duplicate: y_k = x;  dx = sum_k dy_k ---------------------------------------------------
+
+TM_OP(duplicate_forward_op, "duplicate_forward", std::vector<Tensor>(const Tensor&, int64_t))
+TM_OP(duplicate_backward_op, "duplicate_backward", Tensor(at::TensorList))
+
+struct DuplicateForward : torch::autograd::Function<DuplicateForward> {
+  static variable_list forward(AutogradContext*, const Tensor& x, int64_t n) {
+    return below(duplicate_forward_op(), x, n);
+  }
+  static variable_list backward(AutogradContext*, variable_list dys) {
+    return {duplicate_backward_op().call(dys), Tensor()};
+  }
+};
+
+// dx = sum_k dy_k:  d/d(dy_k) = gg for every k.
+struct DuplicateBackward : torch::autograd::Function<DuplicateBackward> {
+  static Tensor forward(AutogradContext* ctx, at::TensorList dys) {
+    ctx->saved_data["n"] = static_cast<int64_t>(dys.size());
+    return below(duplicate_backward_op(), dys);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list gg) {
+    return variable_list(ctx->saved_data["n"].toInt(), gg[0]);
+  }
+};
+
+// ---- Add: y = a + b (broadcast);  da = dy summed to a's shape, likewise db -----------------
+
+TM_OP(add_forward_op, "add_forward", Tensor(const Tensor&, const Tensor&))
+
+struct AddForward : torch::autograd::Function<AddForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& a, const Tensor& b) {
+    ctx->saved_data["a"] = a.sym_sizes();
+    ctx->saved_data["b"] = b.sym_sizes();
+    return below(add_forward_op(), a, b);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list dy) {
+    return {ctx->needs_input_grad(0) ? sum_down(dy[0], ctx->saved_data["a"].toSymIntVector()) : Tensor(),
+            ctx->needs_input_grad(1) ? sum_down(dy[0], ctx->saved_data["b"].toSymIntVector()) : Tensor()};
+  }
+};
+
+// add_backward sums over broadcast dims: its backward broadcasts back (a view).
+struct AddBackward : torch::autograd::Function<AddBackward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& dy, c10::SymIntArrayRef size) {
+    ctx->saved_data["shape"] = dy.sym_sizes();
+    return below(add_backward_op(), dy, size);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list gg) {
+    return {gg[0].expand_symint(ctx->saved_data["shape"].toSymIntVector()), Tensor()};
+  }
+};
+
+// ---- Maximum: y = max(a, b) (broadcast), a 2-bit code per element -------------------------
+// da = dy * share(code, 0), db = dy * share(code, 1), each summed to its input's shape.
+
+TM_OP(maximum_forward_op, "maximum_forward", std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&))
+TM_OP(maximum_backward_op, "maximum_backward", Tensor(const Tensor&, const Tensor&, int64_t))
+
+struct MaximumForward : torch::autograd::Function<MaximumForward> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& b) {
+    auto [y, mask] = below(maximum_forward_op(), a, b);
+    ctx->saved_data["a"] = a.sym_sizes();
+    ctx->saved_data["b"] = b.sym_sizes();
+    ctx->save_for_backward({mask});
+    ctx->mark_non_differentiable({mask});
+    return {y, mask};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list dy) {
+    const Tensor mask = saved(ctx, 0);
+    variable_list out(2);
+    for (int64_t k = 0; k < 2; ++k)
+      if (ctx->needs_input_grad(k))
+        out[k] = sum_down(maximum_backward_op().call(dy[0], mask, k), ctx->saved_data[k ? "b" : "a"].toSymIntVector());
+    return out;
+  }
+};
+
+// d = dy * share is linear in dy: its backward is itself.
+struct MaximumBackward : torch::autograd::Function<MaximumBackward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& mask, int64_t which) {
+    ctx->save_for_backward({mask});
+    ctx->saved_data["which"] = which;
+    return below(maximum_backward_op(), dy, mask, which);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list gg) {
+    return {maximum_backward_op().call(gg[0], saved(ctx, 0), ctx->saved_data["which"].toInt()), Tensor(), Tensor()};
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchmodules, Autograd, m) {
-  m.impl("relu_forward", &relu_forward_ad);
-  m.impl("relu_backward", &relu_backward_ad);
+  m.impl("linear_forward", [](const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+    return LinearForward::apply(x, w, b);
+  });
+  m.impl("linear_backward_input", [](const Tensor& dy, const Tensor& w) { return LinearBackwardInput::apply(dy, w); });
+  m.impl("linear_backward_weight", [](const Tensor& dy, const Tensor& x) { return LinearBackwardWeight::apply(dy, x); });
+  m.impl("relu_forward", [](const Tensor& x) {
+    auto out = ReluForward::apply(x);
+    return std::make_tuple(out[0], out[1]);
+  });
+  m.impl("relu_backward", [](const Tensor& dy, const Tensor& mask) { return ReluBackward::apply(dy, mask); });
+  m.impl("duplicate_forward", [](const Tensor& x, int64_t n) { return DuplicateForward::apply(x, n); });
+  m.impl("duplicate_backward", [](at::TensorList dys) { return DuplicateBackward::apply(dys); });
+  m.impl("add_forward", [](const Tensor& a, const Tensor& b) { return AddForward::apply(a, b); });
+  m.impl("add_backward", [](const Tensor& dy, c10::SymIntArrayRef size) { return AddBackward::apply(dy, size); });
+  m.impl("maximum_forward", [](const Tensor& a, const Tensor& b) {
+    auto out = MaximumForward::apply(a, b);
+    return std::make_tuple(out[0], out[1]);
+  });
+  m.impl("maximum_backward", [](const Tensor& dy, const Tensor& mask, int64_t which) {
+    return MaximumBackward::apply(dy, mask, which);
+  });
 }
 
 }  // namespace torchmodules

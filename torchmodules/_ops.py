@@ -62,37 +62,7 @@ def _(grad_y, x):
     return grad_y.new_empty((grad_y.shape[-1], x.shape[-1]))
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*[t for t in inputs if isinstance(t, torch.Tensor)])
-    ctx.has_bias = len(inputs) > 2 and inputs[2] is not None
-
-
-@_grad("linear_forward", _save_inputs)
-def _(ctx, dy):
-    x, w = ctx.saved_tensors[:2]
-    need = ctx.needs_input_grad
-    dx = ops.linear_backward_input(dy, w) if need[0] else None
-    dw = ops.linear_backward_weight(dy, x) if need[1] else None
-    db = sum_to(dy, (w.shape[0],)) if ctx.has_bias and need[2] else None
-    return dx, dw, db
-
-
-# dx = dy W:  d/d(dy) = gg W^T,  d/dW = dy^T gg
-@_grad("linear_backward_input", _save_inputs)
-def _(ctx, gg):
-    dy, w = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    return (ops.linear_forward(gg, w, None) if need[0] else None,
-            ops.linear_backward_weight(dy, gg) if need[1] else None)
-
-
-# dW = dy^T x:  d/d(dy) = x gg^T,  d/dx = dy gg
-@_grad("linear_backward_weight", _save_inputs)
-def _(ctx, gg):
-    dy, x = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    return (ops.linear_forward(x, gg, None) if need[0] else None,
-            ops.linear_backward_input(dy, gg) if need[1] else None)
+# linear_forward, linear_backward_input, linear_backward_weight: autograd in csrc/autograd.cpp.
 
 
 # ---- ReLU: y = max(x, 0), one saved bit per element ------------------------------------------
@@ -105,11 +75,6 @@ def _(x):
 @_fake("relu_backward")
 def _(grad_y, mask):
     return grad_y.new_empty(grad_y.shape)
-
-
-def _save_mask(ctx, inputs, output):
-    ctx.save_for_backward(output[1] if isinstance(output, (tuple, list)) else inputs[1])
-    ctx.which = inputs[2] if len(inputs) > 2 else None
 
 
 # relu_forward, relu_backward: autograd in csrc/autograd.cpp.
@@ -127,18 +92,7 @@ def _(grads):
     return grads[0].new_empty(grads[0].shape)
 
 
-def _save_count(ctx, inputs, output):
-    ctx.n = inputs[1] if len(inputs) > 1 else len(inputs[0])
-
-
-@_grad("duplicate_forward", _save_count)
-def _(ctx, dys):
-    return ops.duplicate_backward(list(dys)), None
-
-
-@_grad("duplicate_backward", _save_count)
-def _(ctx, gg):
-    return [gg] * ctx.n
+# duplicate_forward, duplicate_backward: autograd in csrc/autograd.cpp.
 
 
 # ---- Add: y = a + b (broadcast) -------------------------------------------------------------
@@ -153,21 +107,7 @@ def _(grad_y, size):
     return grad_y.new_empty(size)
 
 
-def _save_shapes(ctx, inputs, output):
-    ctx.shapes = [tuple(t.shape) for t in inputs[:2]]
-    if isinstance(output, (tuple, list)):
-        ctx.save_for_backward(output[1])
-
-
-@_grad("add_forward", _save_shapes)
-def _(ctx, dy):
-    return sum_to(dy, ctx.shapes[0]), sum_to(dy, ctx.shapes[1])
-
-
-# add_backward sums over broadcast dims: its backward broadcasts back (a view).
-@_grad("add_backward", lambda ctx, inputs, output: setattr(ctx, "shape", tuple(inputs[0].shape)))
-def _(ctx, gg):
-    return gg.expand(ctx.shape), None
+# add_forward, add_backward: autograd in csrc/autograd.cpp.
 
 
 # ---- Maximum: y = max(a, b) (broadcast), a 2-bit code per element ---------------------------
@@ -184,18 +124,7 @@ def _(grad_y, mask, which):
     return grad_y.new_empty(grad_y.shape)
 
 
-@_grad("maximum_forward", _save_shapes)
-def _(ctx, dy, _dmask):
-    need = ctx.needs_input_grad
-    (mask,) = ctx.saved_tensors
-    return (sum_to(ops.maximum_backward(dy, mask, 0), ctx.shapes[0]) if need[0] else None,
-            sum_to(ops.maximum_backward(dy, mask, 1), ctx.shapes[1]) if need[1] else None)
-
-
-# d = dy * share is linear in dy: its backward is itself.
-@_grad("maximum_backward", _save_mask)
-def _(ctx, gg):
-    return ops.maximum_backward(gg, ctx.saved_tensors[0], ctx.which), None, None
+# maximum_forward, maximum_backward: autograd in csrc/autograd.cpp.
 
 
 # ---- amax: y = max over dims ---------------------------------------------------------------
