@@ -24,6 +24,15 @@ step() { echo "== $1 ($(date +%T))" | tee -a "$LOG"; }
   echo "- date: $(date -u +%F)"
 } > "$SUM"
 
+# Does torch's own IndexError survive on this install? (One torch 2.11 install segfaulted on
+# IndexErrors raised from C++; exit 139 here says it is torch's, not ours.)
+$PY -c 'import torch
+try:
+    torch.rand(10)[10]
+except IndexError:
+    print("ok")' > /dev/null 2>&1
+echo "- torch's own IndexError (torch.rand(10)[10]): exit $? (0: raised normally, 139: segfault)" >> "$SUM"
+
 STAGES=" ${TM_STAGES:-build tests sanitizer train bench} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 T0=$SECONDS
