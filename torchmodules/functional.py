@@ -1,5 +1,5 @@
 """Functional API, drop-in for torch.nn.functional / torch: each call is one of our ops
-(autograd, fakes and backward kernels in torchmodules/_ops.py)."""
+(fakes in torchmodules/_ops.py, autograd in csrc/autograd*.cpp)."""
 import warnings
 from typing import Optional, Sequence, Tuple, Union
 
@@ -63,9 +63,6 @@ def log_softmax(input: torch.Tensor, dim: Optional[int] = None, dtype: Optional[
     return ops.log_softmax_forward(input, dim)
 
 
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
-
-
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
                   size_average: Optional[bool] = None, ignore_index: int = -100, reduce: Optional[bool] = None,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
@@ -74,14 +71,12 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
     torch.nn.functional.cross_entropy (same signature and semantics). Fused: the forward keeps
     one log-sum-exp per row for the backward, no (N, C) log-probabilities. `weight` is not
     differentiable (as torch's for class indices)."""
-    if size_average is not None or reduce is not None:
-        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"torchmodules.cross_entropy: {reduction} is not a valid value for reduction")
+    red = _reduction_enum("cross_entropy", size_average, reduce, reduction)
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("torchmodules.cross_entropy: weight is not differentiable; pass weight.detach()")
-    return ops.cross_entropy_forward(input, target, weight, _REDUCTIONS[reduction], ignore_index,
-                                     float(label_smoothing))[0]
+    return ops.cross_entropy_forward(input, target, weight, red, ignore_index, float(label_smoothing))[0]
+
+
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # torch's at::Reduction numbers
 
 
