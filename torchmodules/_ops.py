@@ -150,32 +150,7 @@ def _(gg, x, y, dim, keepdim):
     return x.new_empty(_amax_shape(x, dim, keepdim))
 
 
-def _save_amax(ctx, inputs, output):
-    if len(inputs) == 3:   # amax_forward(x, dim, keepdim)
-        x, ctx.dim, ctx.keepdim = inputs
-        ctx.save_for_backward(x, output)
-    else:                  # amax_backward / amax_double_backward(g, x, y, dim, keepdim)
-        _, x, y, ctx.dim, ctx.keepdim = inputs
-        ctx.save_for_backward(x, y)
-
-
-@_grad("amax_forward", _save_amax)
-def _(ctx, dy):
-    x, y = ctx.saved_tensors
-    return ops.amax_backward(dy, x, y, ctx.dim, ctx.keepdim), None, None
-
-
-# dx = (dy / c) [x == y] is linear in dy; x and y only select (zero gradient almost everywhere).
-@_grad("amax_backward", _save_amax)
-def _(ctx, gg):
-    x, y = ctx.saved_tensors
-    return ops.amax_double_backward(gg, x, y, ctx.dim, ctx.keepdim), None, None, None, None
-
-
-@_grad("amax_double_backward", _save_amax)
-def _(ctx, ggg):
-    x, y = ctx.saved_tensors
-    return ops.amax_backward(ggg, x, y, ctx.dim, ctx.keepdim), None, None, None, None
+# amax_forward, amax_backward, amax_double_backward: autograd in csrc/autograd_rows.cpp.
 
 
 # ---- LogSoftmax ----------------------------------------------------------------------------
@@ -195,46 +170,7 @@ def _(gg, grad_y, y, dim):
     return y.new_empty(y.shape), y.new_empty(y.shape)
 
 
-def _save_softmax(ctx, inputs, output):
-    ctx.dim = inputs[-1]
-    if len(inputs) == 2:   # forward(x, dim): keep y
-        ctx.save_for_backward(output)
-    else:                  # backward(dy, y, dim): keep dy, y
-        ctx.save_for_backward(inputs[0], inputs[1])
-
-
-def _save_softmax_double(ctx, inputs, output):
-    ctx.dim = inputs[-1]
-    ctx.save_for_backward(*inputs[:3])
-
-
-@_grad("log_softmax_forward", _save_softmax)
-def _(ctx, dy):
-    (y,) = ctx.saved_tensors
-    return ops.log_softmax_backward(dy, y, ctx.dim), None
-
-
-@_grad("log_softmax_backward", _save_softmax)
-def _(ctx, gg):
-    dy, y = ctx.saved_tensors
-    d_dy, d_y = ops.log_softmax_double_backward(gg, dy, y, ctx.dim)
-    return d_dy, d_y, None
-
-
-# Third order, for completeness (the kernels stop at the second): with p = exp(y), S = sum
-# over dim, a = d/d(d_dy), b = d/d(d_y):
-#   d/dgg = a - p S(a) - b p S(dy),   d/ddy = -S(b gg p),   d/dy = -p gg (S(a) + b S(dy)).
-# Composed from torch ops on top of our log_softmax_backward (which gives a - p S(a)).
-@_grad("log_softmax_double_backward", _save_softmax_double)
-def _(ctx, a, b):
-    gg, dy, y = ctx.saved_tensors
-    d = ctx.dim
-    p = y.exp()
-    s_dy = dy.sum(d, keepdim=True)
-    d_gg = ops.log_softmax_backward(a, y, d) - b * p * s_dy
-    d_dy = -(b * gg * p).sum(d, keepdim=True).expand_as(dy)
-    d_y = -p * gg * (a.sum(d, keepdim=True) + b * s_dy)
-    return d_gg, d_dy, d_y, None
+# log_softmax_forward, log_softmax_backward, log_softmax_double_backward: autograd in csrc/autograd_rows.cpp.
 
 
 # ---- CrossEntropy, fused with its log-softmax ---------------------------------------------------

@@ -1,0 +1,162 @@
+// Autograd kernels of the row reductions, amax and LogSoftmax (the pattern: csrc/autograd.h).
+#include "autograd.h"
+
+#include <ATen/TensorOperators.h>
+
+#include <vector>
+
+namespace torchmodules {
+namespace {
+
+using at::IntArrayRef;
+using at::Tensor;
+
+// ---- amax: y = max over dims;  dx = (dy / c) [x == y], c = #{x == y} ------------------------
+
+TM_OP(amax_forward_op, "amax_forward", Tensor(const Tensor&, IntArrayRef, bool))
+TM_OP(amax_backward_op, "amax_backward", Tensor(const Tensor&, const Tensor&, const Tensor&, IntArrayRef, bool))
+TM_OP(amax_double_backward_op, "amax_double_backward",
+      Tensor(const Tensor&, const Tensor&, const Tensor&, IntArrayRef, bool))
+
+// x, y and (dim, keepdim) for the backward of an amax op.
+void save_amax(AutogradContext* ctx, const Tensor& x, const Tensor& y, IntArrayRef dim, bool keepdim) {
+  ctx->save_for_backward({x, y});
+  ctx->saved_data["dim"] = dim.vec();
+  ctx->saved_data["keepdim"] = keepdim;
+}
+
+// op(g, x, y, dim, keepdim) with the saved x, y, dim, keepdim.
+template <class Op>
+Tensor call_amax(AutogradContext* ctx, const Op& op, const Tensor& g) {
+  return op.call(g, saved(ctx, 0), saved(ctx, 1), ctx->saved_data["dim"].toIntVector(),
+                 ctx->saved_data["keepdim"].toBool());
+}
+
+struct AmaxForward : torch::autograd::Function<AmaxForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, IntArrayRef dim, bool keepdim) {
+    Tensor y = below(amax_forward_op(), x, dim, keepdim);
+    save_amax(ctx, x, y, dim, keepdim);
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list dy) {
+    return {call_amax(ctx, amax_backward_op(), dy[0]), Tensor(), Tensor()};
+  }
+};
+
+// dx is linear in dy; x and y only select (zero gradient almost everywhere):
+// d/d(dy) = sum over the row of (gg / c) [x == y], the double backward op.
+struct AmaxBackward : torch::autograd::Function<AmaxBackward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& x, const Tensor& y, IntArrayRef dim,
+                        bool keepdim) {
+    save_amax(ctx, x, y, dim, keepdim);
+    return below(amax_backward_op(), dy, x, y, dim, keepdim);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list gg) {
+    return {call_amax(ctx, amax_double_backward_op(), gg[0]), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// The double backward is linear in gg, the transpose of the backward: its backward is the backward op.
+struct AmaxDoubleBackward : torch::autograd::Function<AmaxDoubleBackward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& gg, const Tensor& x, const Tensor& y, IntArrayRef dim,
+                        bool keepdim) {
+    save_amax(ctx, x, y, dim, keepdim);
+    return below(amax_double_backward_op(), gg, x, y, dim, keepdim);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list ggg) {
+    return {call_amax(ctx, amax_backward_op(), ggg[0]), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor amax_forward_ad(const Tensor& x, IntArrayRef dim, bool keepdim) {
+  return AmaxForward::apply(x, dim, keepdim);
+}
+Tensor amax_backward_ad(const Tensor& dy, const Tensor& x, const Tensor& y, IntArrayRef dim, bool keepdim) {
+  return AmaxBackward::apply(dy, x, y, dim, keepdim);
+}
+Tensor amax_double_backward_ad(const Tensor& gg, const Tensor& x, const Tensor& y, IntArrayRef dim, bool keepdim) {
+  return AmaxDoubleBackward::apply(gg, x, y, dim, keepdim);
+}
+
+// ---- LogSoftmax: y = x - log sum exp(x);  dx = dy - exp(y) sum(dy) ---------------------------
+
+TM_OP(log_softmax_forward_op, "log_softmax_forward", Tensor(const Tensor&, int64_t))
+TM_OP(log_softmax_backward_op, "log_softmax_backward", Tensor(const Tensor&, const Tensor&, int64_t))
+TM_OP(log_softmax_double_backward_op, "log_softmax_double_backward",
+      std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t))
+
+int64_t saved_dim(AutogradContext* ctx) { return ctx->saved_data["dim"].toInt(); }
+
+// Saves y (the output) for dx = dy - exp(y) sum(dy).
+struct LogSoftmaxForward : torch::autograd::Function<LogSoftmaxForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, int64_t dim) {
+    Tensor y = below(log_softmax_forward_op(), x, dim);
+    ctx->save_for_backward({y});
+    ctx->saved_data["dim"] = dim;
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list dy) {
+    return {log_softmax_backward_op().call(dy[0], saved(ctx, 0), saved_dim(ctx)), Tensor()};
+  }
+};
+
+// For gg = d/d(dx):  d/d(dy) = gg - sum(gg exp(y)),  d/dy = -gg exp(y) sum(dy): the double backward op.
+struct LogSoftmaxBackward : torch::autograd::Function<LogSoftmaxBackward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& y, int64_t dim) {
+    ctx->save_for_backward({dy, y});
+    ctx->saved_data["dim"] = dim;
+    return below(log_softmax_backward_op(), dy, y, dim);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list gg) {
+    auto [d_dy, d_y] = log_softmax_double_backward_op().call(gg[0], saved(ctx, 0), saved(ctx, 1), saved_dim(ctx));
+    return {d_dy, d_y, Tensor()};
+  }
+};
+
+// Third order, for completeness (the kernels stop at the second): with p = exp(y), S = sum
+// over dim, a = d/d(d_dy), b = d/d(d_y):
+//   d/dgg = a - p S(a) - b p S(dy),   d/ddy = -S(b gg p),   d/dy = -p gg (S(a) + b S(dy)).
+// Composed from at:: ops on top of our log_softmax_backward (which gives a - p S(a)).
+struct LogSoftmaxDoubleBackward : torch::autograd::Function<LogSoftmaxDoubleBackward> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& gg, const Tensor& dy, const Tensor& y,
+                               int64_t dim) {
+    ctx->save_for_backward({gg, dy, y});
+    ctx->saved_data["dim"] = dim;
+    auto [d_dy, d_y] = below(log_softmax_double_backward_op(), gg, dy, y, dim);
+    return {d_dy, d_y};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list ab) {
+    const Tensor gg = saved(ctx, 0), dy = saved(ctx, 1), y = saved(ctx, 2);
+    const Tensor &a = ab[0], &b = ab[1];
+    const int64_t d = saved_dim(ctx);
+    const Tensor p = y.exp();
+    const Tensor s_dy = dy.sum(d, /*keepdim=*/true);
+    Tensor d_gg = log_softmax_backward_op().call(a, y, d) - b * p * s_dy;
+    Tensor d_dy = -(b * gg * p).sum(d, /*keepdim=*/true).expand_as(dy);
+    Tensor d_y = -p * gg * (a.sum(d, /*keepdim=*/true) + b * s_dy);
+    return {d_gg, d_dy, d_y, Tensor()};
+  }
+};
+
+Tensor log_softmax_forward_ad(const Tensor& x, int64_t dim) { return LogSoftmaxForward::apply(x, dim); }
+Tensor log_softmax_backward_ad(const Tensor& dy, const Tensor& y, int64_t dim) {
+  return LogSoftmaxBackward::apply(dy, y, dim);
+}
+std::tuple<Tensor, Tensor> log_softmax_double_backward_ad(const Tensor& gg, const Tensor& dy, const Tensor& y,
+                                                          int64_t dim) {
+  auto out = LogSoftmaxDoubleBackward::apply(gg, dy, y, dim);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torchmodules, Autograd, m) {
+  m.impl("amax_forward", &amax_forward_ad);
+  m.impl("amax_backward", &amax_backward_ad);
+  m.impl("amax_double_backward", &amax_double_backward_ad);
+  m.impl("log_softmax_forward", &log_softmax_forward_ad);
+  m.impl("log_softmax_backward", &log_softmax_backward_ad);
+  m.impl("log_softmax_double_backward", &log_softmax_double_backward_ad);
+}
+
+}  // namespace torchmodules
