@@ -1,6 +1,6 @@
 // The op table: every schema of torchmodules, each forward next to its backward.
-// Kernels register per device (csrc/<op>.cpp for CPU, kernels/<op>.cu for CUDA); the
-// autograd formulas and fake (meta) kernels live in torchmodules/_ops.py.
+// Kernels register per device (csrc/<op>.cpp for CPU, kernels/<op>.cu for CUDA), the
+// autograd formulas in C++ (csrc/autograd*.cpp), the fake (meta) kernels in torchmodules/_ops.py.
 #include <Python.h>
 #include <torch/library.h>
 
