@@ -1,5 +1,6 @@
 """The Python half of the op table: for every op of csrc/ops.cpp, its fake (meta) kernel,
-for torch.compile and opcheck, and its autograd formula, each backward built from our ops.
+for torch.compile and opcheck, and its autograd formula, each backward built from our ops
+(the ops ported to C++ have theirs in csrc/autograd*.cpp: ReLU and the losses so far).
 
 Fakes return contiguous tensors, as the real kernels do. Every backward op is itself
 differentiable (double backward); log_softmax_double_backward and cross_entropy_double_backward
@@ -206,119 +207,10 @@ def _(gg_input, gg_target, grad_loss, input, target, weight, lse, total_weight, 
     return grad_loss.new_empty(grad_loss.shape), input.new_empty(input.shape), d_q
 
 
-def _save_ce(ctx, inputs, output):
-    x, t, w, ctx.reduction, ctx.ignore_index, ctx.smoothing = inputs
-    _, lse, total_weight = output
-    ctx.mark_non_differentiable(lse, total_weight)
-    ctx.prob = t.is_floating_point()
-    ctx.save_for_backward(x, t, w, lse, total_weight)
+# cross_entropy_forward, cross_entropy_backward, cross_entropy_double_backward: autograd in
+# csrc/autograd_loss.cpp.
 
 
-@_grad("cross_entropy_forward", _save_ce)
-def _(ctx, dloss, _dlse, _dtw):
-    x, t, w, lse, tw = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    tgrad = ctx.prob and need[1]
-    if not (need[0] or tgrad):
-        return None, None, None, None, None, None
-    dx, dq = ops.cross_entropy_backward(dloss, x, t, w, lse, tw, ctx.reduction, ctx.ignore_index, ctx.smoothing,
-                                        tgrad)
-    return dx if need[0] else None, dq if tgrad else None, None, None, None, None
-
-
-def _save_ce_backward(ctx, inputs, output):
-    g, x, t, w, lse, tw, ctx.reduction, ctx.ignore_index, ctx.smoothing, ctx.target_grad = inputs
-    ctx.prob = t.is_floating_point()
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(g, x, t, w, lse, tw)
-
-
-# dx = G (U p - u) (and dq): cross_entropy_double_backward gives d/dg, d/dx (through lse too), d/dq.
-@_grad("cross_entropy_backward", _save_ce_backward)
-def _(ctx, gg, hh):
-    g, x, t, w, lse, tw = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    hh = hh if ctx.target_grad else None
-    if gg is None and hh is None or not (need[0] or need[1] or ctx.prob and need[2]):
-        return (None,) * 10
-    d_g, d_x, d_q = ops.cross_entropy_double_backward(gg, hh, g, x, t, w, lse, tw, ctx.reduction, ctx.ignore_index,
-                                                      ctx.smoothing)
-    return (d_g if need[0] else None, d_x if need[1] else None, d_q if ctx.prob and need[2] else None,
-            None, None, None, None, None, None, None)
-
-
-def _save_ce_double(ctx, inputs, output):
-    gg, hh, g, x, t, w, lse, tw, ctx.reduction, ctx.ignore_index, ctx.smoothing = inputs
-    ctx.prob = t.is_floating_point()
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(gg, hh, g, x, t, w, tw)
-
-
-# Third order, for completeness (the kernels stop at the second), composed from torch ops in
-# the class-last layout. With the double backward's outputs
-#   Dg = sc (U S - <gg,u> - k <hh, w logp>),  Dx = G U p (gg - S) - k G (hh w - p Hw),  Dq = k G w (S - gg)
-# (k = 1-eps, S = <gg,p>, Hw = <hh,w>) and upstream a, b, e, with Pb = <b,p>, Bg = <b, p (gg - S)>, Ew = <e,w>:
-#   d/dgg = a sc (U p - u) + G U p (b - Pb) + k G (Ew p - e w),   d/dhh = -k w (a sc logp + G (b - Pb)),
-#   d/dg  = sc (U Bg - k (<b hh, w> - Pb Hw) + k <e, w (S - gg)>),
-#   d/dx  = a sc (U p (gg - S) - k (hh w - p Hw)) + G U (p b (gg - S) - p Bg - Pb p (gg - S))
-#           + k G Hw p (b - Pb) + k G Ew p (gg - S),
-#   d/dq  = k w (a sc (S - gg) + G Bg).
-@_grad("cross_entropy_double_backward", _save_ce_double)
-def _(ctx, a, b, e):
-    gg, hh, g, x, t, w, tw = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    unbatched = x.dim() == 1
-
-    def cl(v):  # class dim last (unbatched: one row)
-        return v.unsqueeze(0) if unbatched else v.movedim(1, -1)
-
-    def back(v):
-        return v.squeeze(0) if unbatched else v.movedim(-1, 1)
-
-    X = cl(x)
-    C = X.shape[-1]
-    p, logp = torch.softmax(X, -1), torch.log_softmax(X, -1)
-    W = w if w is not None else torch.ones(C, dtype=x.dtype, device=x.device)
-    k, epsc = 1.0 - ctx.smoothing, ctx.smoothing / C
-    if ctx.prob:
-        u = W * (k * cl(t) + epsc)
-    else:
-        T = t.unsqueeze(0) if unbatched else t
-        kept = T != ctx.ignore_index
-        Tc = torch.where(kept, T, torch.zeros_like(T))
-        onehot = (torch.arange(C, device=x.device) == Tc.unsqueeze(-1)).to(x.dtype)
-        u = (k * W[Tc].unsqueeze(-1) * onehot + epsc * W) * kept.unsqueeze(-1).to(x.dtype)
-    U = u.sum(-1, keepdim=True)
-    sc = 1.0 / tw[0] if ctx.reduction == 1 else 1.0
-    rows = X.shape[:-1]
-
-    def per_row(v):  # a row tensor (or 0-d) as [..., 1]
-        v = v.unsqueeze(0) if unbatched and ctx.reduction == 0 else v
-        return v.expand(rows).unsqueeze(-1)
-
-    G = per_row(g) * sc
-    zero = torch.zeros_like(X)
-    GG = cl(gg) if gg is not None else zero
-    HH = cl(hh) if hh is not None else zero
-    A = per_row(a) if a is not None else torch.zeros_like(U)
-    B = cl(b) if b is not None else zero
-    E = cl(e) if e is not None and ctx.prob else zero
-    S = (GG * p).sum(-1, keepdim=True)
-    Pb = (B * p).sum(-1, keepdim=True)
-    Bg = (B * p * (GG - S)).sum(-1, keepdim=True)
-    Ew = (E * W).sum(-1, keepdim=True)
-    Hw = (HH * W).sum(-1, keepdim=True)
-    d_gg = A * sc * (U * p - u) + G * U * p * (B - Pb) + k * G * (Ew * p - E * W)
-    d_hh = -k * W * (A * sc * logp + G * (B - Pb))
-    d_g = sc * (U * Bg - k * ((B * HH * W).sum(-1, keepdim=True) - Pb * Hw)
-                + k * (E * W * (S - GG)).sum(-1, keepdim=True)).squeeze(-1)
-    d_g = d_g.sum() if ctx.reduction != 0 else (d_g.squeeze(0) if unbatched else d_g)
-    d_x = (A * sc * (U * p * (GG - S) - k * (HH * W - p * Hw)) + G * U * (p * B * (GG - S) - p * Bg - Pb * p * (GG - S))
-           + k * G * Hw * p * (B - Pb) + k * G * Ew * p * (GG - S))
-    d_q = k * W * (A * sc * (S - GG) + G * Bg)
-    return (back(d_gg) if need[0] else None, back(d_hh) if need[1] and ctx.prob else None,
-            d_g if need[2] else None, back(d_x) if need[3] else None, back(d_q) if need[4] and ctx.prob else None,
-            None, None, None, None, None, None)
 # ---- SGD step: in place on params (and momentum buffers), not differentiable --------------
 
 @_fake("sgd_step")
@@ -346,30 +238,7 @@ def _(grad_y, target, weight, total_weight, input_size, reduction, ignore_index)
     return grad_y.new_empty(input_size)
 
 
-def _save_nll(ctx, inputs, output):
-    if len(inputs) == 5:   # forward(x, target, weight, reduction, ignore_index): keep W, not x
-        x, target, weight, ctx.reduction, ctx.ignore_index = inputs
-        ctx.input_size = list(x.shape)
-        ctx.save_for_backward(target, weight, output[1])
-    else:                  # backward(dy, target, weight, W, input_size, reduction, ignore_index)
-        _, target, weight, total_weight, _, ctx.reduction, ctx.ignore_index = inputs
-        ctx.save_for_backward(target, weight)
-
-
-@_grad("nll_loss_forward", _save_nll)
-def _(ctx, dy, _dw):
-    target, weight, total_weight = ctx.saved_tensors
-    dx = ops.nll_loss_backward(dy, target, weight, total_weight, ctx.input_size, ctx.reduction, ctx.ignore_index)
-    return dx, None, None, None, None
-
-
-# dx is linear in dy and free of x: d/d(dy) <gg, dx> is the forward applied to gg (for mean
-# the forward's W, recomputed from target and weight, equals the W the backward was given).
-@_grad("nll_loss_backward", _save_nll)
-def _(ctx, gg):
-    target, weight = ctx.saved_tensors
-    d_dy = ops.nll_loss_forward(gg, target, weight, ctx.reduction, ctx.ignore_index)[0]
-    return d_dy, None, None, None, None, None, None
+# nll_loss_forward, nll_loss_backward: autograd in csrc/autograd_loss.cpp.
 
 
 # ---- MSELoss: y = (x - t)^2 (none / mean / sum), x and t broadcast ---------------------------
@@ -394,36 +263,4 @@ def _(gg, grad_y, input, target, reduction):
     return grad_y.new_empty(grad_y.shape), input.new_empty(shape), input.new_empty(shape)
 
 
-def _save_mse(ctx, inputs, output):
-    ctx.reduction = inputs[-1]
-    ctx.save_for_backward(*inputs[:-1])
-
-
-@_grad("mse_loss_forward", _save_mse)
-def _(ctx, dy):
-    x, t = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    return (sum_to(ops.mse_loss_backward(dy, x, t, ctx.reduction), x.shape) if need[0] else None,
-            sum_to(ops.mse_loss_backward(dy, t, x, ctx.reduction), t.shape) if need[1] else None,  # dt = -dx
-            None)
-
-
-# dx = c (x - t) dy:  d/d(dy) = c (x - t) gg [summed],  d/dx = c dy gg,  d/dt = -c dy gg.
-@_grad("mse_loss_backward", _save_mse)
-def _(ctx, gg):
-    dy, x, t = ctx.saved_tensors
-    d_dy, d_x, d_t = ops.mse_loss_double_backward(gg, dy, x, t, ctx.reduction)
-    return d_dy, sum_to(d_x, x.shape), sum_to(d_t, t.shape), None
-
-
-# Third order, from our own ops. For (A, B, C) = (c R[u (x - t)], c dy u, -c dy u), u = gg, and
-# upstream (p, q, r):  d/du = c p (x - t) + c dy (q - r) = bwd(p, x, t) + bwd(dy, q, r),
-#   d/d(dy) = c R[u (q - r)] = D(u, ., q, r)[0],  d/dx = c p u = D(u, p, x, t)[1],  d/dt = D(u, p, x, t)[2].
-@_grad("mse_loss_double_backward", _save_mse)
-def _(ctx, p, q, r):
-    u, dy, x, t = ctx.saved_tensors
-    red = ctx.reduction
-    d_u = ops.add_forward(ops.mse_loss_backward(p, x, t, red), ops.mse_loss_backward(dy, q, r, red))
-    d_dy = ops.mse_loss_double_backward(u, dy, q, r, red)[0]
-    _, d_x, d_t = ops.mse_loss_double_backward(u, p, x, t, red)
-    return d_u, d_dy, sum_to(d_x, x.shape), sum_to(d_t, t.shape), None
+# mse_loss_forward, mse_loss_backward, mse_loss_double_backward: autograd in csrc/autograd_loss.cpp.
