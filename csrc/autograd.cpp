@@ -11,12 +11,6 @@ using at::Tensor;
 TM_OP(linear_forward_op, "linear_forward", Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&))
 TM_OP(linear_backward_input_op, "linear_backward_input", Tensor(const Tensor&, const Tensor&))
 TM_OP(linear_backward_weight_op, "linear_backward_weight", Tensor(const Tensor&, const Tensor&))
-TM_OP(add_backward_op, "add_backward", Tensor(const Tensor&, c10::SymIntArrayRef))
-
-// grad summed down to `shape` (the gradient of a broadcast), by our add_backward kernel.
-Tensor sum_down(const Tensor& grad, c10::SymIntArrayRef shape) {
-  return grad.sym_sizes() == shape ? grad : add_backward_op().call(grad, shape);
-}
 
 struct LinearForward : torch::autograd::Function<LinearForward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {

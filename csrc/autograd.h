@@ -31,6 +31,13 @@ auto below(const c10::TypedOperatorHandle<Sig>& op, Args&&... args) {
   return op.call(std::forward<Args>(args)...);
 }
 
+TM_OP(add_backward_op, "add_backward", at::Tensor(const at::Tensor&, c10::SymIntArrayRef))
+
+// grad summed down to `shape` (the gradient of a broadcast), by our add_backward kernel.
+inline at::Tensor sum_down(const at::Tensor& grad, c10::SymIntArrayRef shape) {
+  return grad.sym_sizes().equals(shape) ? grad : add_backward_op().call(grad, shape);
+}
+
 // The saved variable i of a Function.
 inline at::Tensor saved(AutogradContext* ctx, size_t i) { return ctx->get_saved_variables()[i]; }
 

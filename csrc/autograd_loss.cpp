@@ -13,12 +13,6 @@ using OptTensor = std::optional<Tensor>;
 OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
 TM_OP(add_forward_op, "add_forward", Tensor(const Tensor&, const Tensor&))
-TM_OP(add_backward_op, "add_backward", Tensor(const Tensor&, c10::SymIntArrayRef))
-
-// g summed down to `shape` (the gradient of a broadcast input).
-Tensor sum_to_shape(const Tensor& g, c10::SymIntArrayRef shape) {
-  return g.sym_sizes().equals(shape) ? g : add_backward_op().call(g, shape);
-}
 
 // ---- CrossEntropy ------------------------------------------------------------------------------
 // lse and total_weight are non-differentiable outputs: the backward op reads lse as a cached
@@ -276,8 +270,8 @@ struct MseLossForward : torch::autograd::Function<MseLossForward> {
     const Tensor &x = s[0], &t = s[1], &dy = grads[0];
     const int64_t red = ctx->saved_data["reduction"].toInt();
     const bool need_x = ctx->needs_input_grad(0), need_t = ctx->needs_input_grad(1);
-    return {need_x ? sum_to_shape(mse_backward_op().call(dy, x, t, red), x.sym_sizes()) : Tensor(),
-            need_t ? sum_to_shape(mse_backward_op().call(dy, t, x, red), t.sym_sizes()) : Tensor(), Tensor()};
+    return {need_x ? sum_down(mse_backward_op().call(dy, x, t, red), x.sym_sizes()) : Tensor(),
+            need_t ? sum_down(mse_backward_op().call(dy, t, x, red), t.sym_sizes()) : Tensor(), Tensor()};
   }
 };
 
@@ -297,8 +291,8 @@ struct MseLossBackward : torch::autograd::Function<MseLossBackward> {
     const Tensor &dy = s[0], &x = s[1], &t = s[2];
     auto [d_dy, d_x, d_t] =
         mse_double_backward_op().call(grads[0], dy, x, t, ctx->saved_data["reduction"].toInt());
-    return {need_dy ? d_dy : Tensor(), need_x ? sum_to_shape(d_x, x.sym_sizes()) : Tensor(),
-            need_t ? sum_to_shape(d_t, t.sym_sizes()) : Tensor(), Tensor()};
+    return {need_dy ? d_dy : Tensor(), need_x ? sum_down(d_x, x.sym_sizes()) : Tensor(),
+            need_t ? sum_down(d_t, t.sym_sizes()) : Tensor(), Tensor()};
   }
 };
 
@@ -324,8 +318,8 @@ struct MseLossDoubleBackward : torch::autograd::Function<MseLossDoubleBackward> 
     const bool need_x = ctx->needs_input_grad(2), need_t = ctx->needs_input_grad(3);
     if (need_x || need_t) {
       auto [_, d_x, d_t] = mse_double_backward_op().call(u, p, x, t, red);
-      if (need_x) out[2] = sum_to_shape(d_x, x.sym_sizes());
-      if (need_t) out[3] = sum_to_shape(d_t, t.sym_sizes());
+      if (need_x) out[2] = sum_down(d_x, x.sym_sizes());
+      if (need_t) out[3] = sum_down(d_t, t.sym_sizes());
     }
     return out;
   }
