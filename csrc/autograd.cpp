@@ -172,27 +172,17 @@ struct MaximumBackward : torch::autograd::Function<MaximumBackward> {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchmodules, Autograd, m) {
-  m.impl("linear_forward", [](const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
-    return LinearForward::apply(x, w, b);
-  });
-  m.impl("linear_backward_input", [](const Tensor& dy, const Tensor& w) { return LinearBackwardInput::apply(dy, w); });
-  m.impl("linear_backward_weight", [](const Tensor& dy, const Tensor& x) { return LinearBackwardWeight::apply(dy, x); });
-  m.impl("relu_forward", [](const Tensor& x) {
-    auto out = ReluForward::apply(x);
-    return std::make_tuple(out[0], out[1]);
-  });
-  m.impl("relu_backward", [](const Tensor& dy, const Tensor& mask) { return ReluBackward::apply(dy, mask); });
-  m.impl("duplicate_forward", [](const Tensor& x, int64_t n) { return DuplicateForward::apply(x, n); });
-  m.impl("duplicate_backward", [](at::TensorList dys) { return DuplicateBackward::apply(dys); });
-  m.impl("add_forward", [](const Tensor& a, const Tensor& b) { return AddForward::apply(a, b); });
-  m.impl("add_backward", [](const Tensor& dy, c10::SymIntArrayRef size) { return AddBackward::apply(dy, size); });
-  m.impl("maximum_forward", [](const Tensor& a, const Tensor& b) {
-    auto out = MaximumForward::apply(a, b);
-    return std::make_tuple(out[0], out[1]);
-  });
-  m.impl("maximum_backward", [](const Tensor& dy, const Tensor& mask, int64_t which) {
-    return MaximumBackward::apply(dy, mask, which);
-  });
+  TM_AUTOGRAD(m, "linear_forward", LinearForward, linear_forward_op);
+  TM_AUTOGRAD(m, "linear_backward_input", LinearBackwardInput, linear_backward_input_op);
+  TM_AUTOGRAD(m, "linear_backward_weight", LinearBackwardWeight, linear_backward_weight_op);
+  TM_AUTOGRAD(m, "relu_forward", ReluForward, relu_forward_op);
+  TM_AUTOGRAD(m, "relu_backward", ReluBackward, relu_backward_op);
+  TM_AUTOGRAD(m, "duplicate_forward", DuplicateForward, duplicate_forward_op);
+  TM_AUTOGRAD(m, "duplicate_backward", DuplicateBackward, duplicate_backward_op);
+  TM_AUTOGRAD(m, "add_forward", AddForward, add_forward_op);
+  TM_AUTOGRAD(m, "add_backward", AddBackward, add_backward_op);
+  TM_AUTOGRAD(m, "maximum_forward", MaximumForward, maximum_forward_op);
+  TM_AUTOGRAD(m, "maximum_backward", MaximumBackward, maximum_backward_op);
 }
 
 }  // namespace torchmodules

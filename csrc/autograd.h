@@ -10,6 +10,11 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
 namespace torchmodules {
 
 using torch::autograd::AutogradContext;
@@ -40,5 +45,47 @@ inline at::Tensor sum_down(const at::Tensor& grad, c10::SymIntArrayRef shape) {
 
 // The saved variable i of a Function.
 inline at::Tensor saved(AutogradContext* ctx, size_t i) { return ctx->get_saved_variables()[i]; }
+
+// ---- registration ---------------------------------------------------------------------------
+// TM_AUTOGRAD(m, "relu_forward", ReluForward, relu_forward_op) makes Function ReluForward the
+// Autograd kernel of relu_forward. When autograd records nothing (grad mode off, as in a
+// backward without create_graph, or no tensor argument requiring grad) the kernel calls the op
+// below autograd directly, with no graph node, as torch's own kernels do.
+
+inline bool wants_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+inline bool wants_grad(const std::optional<at::Tensor>& t) { return t.has_value() && wants_grad(*t); }
+inline bool wants_grad(at::TensorList ts) {
+  return std::any_of(ts.begin(), ts.end(), [](const at::Tensor& t) { return wants_grad(t); });
+}
+template <class T>
+bool wants_grad(const T&) { return false; }  // ints, floats, sizes
+
+// A Function's outputs (a Tensor, or a list) as the op's return type.
+template <class R>
+R as_result(at::Tensor t) { return t; }
+template <class R, size_t... I>
+R list_as_tuple(const variable_list& v, std::index_sequence<I...>) { return R(v[I]...); }
+template <class R>
+R as_result(variable_list v) {
+  if constexpr (std::is_same_v<R, at::Tensor>) return v[0];
+  else if constexpr (std::is_same_v<R, std::vector<at::Tensor>>) return v;
+  else return list_as_tuple<R>(v, std::make_index_sequence<std::tuple_size_v<R>>{});
+}
+
+template <class H> struct sig_of;
+template <class S> struct sig_of<c10::TypedOperatorHandle<S>> { using type = S; };
+
+template <class F, class Sig> struct AutogradKernel;
+template <class F, class R, class... Args>
+struct AutogradKernel<F, R(Args...)> {
+  template <const c10::TypedOperatorHandle<R(Args...)>& (*Op)()>
+  static R run(Args... args) {
+    if (!(at::GradMode::is_enabled() && (wants_grad(args) || ...))) return below(Op(), args...);
+    return as_result<R>(F::apply(args...));
+  }
+};
+
+#define TM_AUTOGRAD(m, name, F, op) \
+  (m).impl(name, &AutogradKernel<F, sig_of<std::decay_t<decltype(op())>>::type>::template run<&op>)
 
 }  // namespace torchmodules

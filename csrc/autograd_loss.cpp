@@ -174,25 +174,6 @@ struct CrossEntropyDoubleBackward : torch::autograd::Function<CrossEntropyDouble
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor> ce_forward_ad(const Tensor& x, const Tensor& t, const OptTensor& w,
-                                                 int64_t reduction, int64_t ignore_index, double smoothing) {
-  auto out = CrossEntropyForward::apply(x, t, w, reduction, ignore_index, smoothing);
-  return {out[0], out[1], out[2]};
-}
-std::tuple<Tensor, Tensor> ce_backward_ad(const Tensor& g, const Tensor& x, const Tensor& t, const OptTensor& w,
-                                          const Tensor& lse, const Tensor& tw, int64_t reduction,
-                                          int64_t ignore_index, double smoothing, bool target_grad) {
-  auto out = CrossEntropyBackward::apply(g, x, t, w, lse, tw, reduction, ignore_index, smoothing, target_grad);
-  return {out[0], out[1]};
-}
-std::tuple<Tensor, Tensor, Tensor> ce_double_backward_ad(const OptTensor& gg, const OptTensor& hh, const Tensor& g,
-                                                         const Tensor& x, const Tensor& t, const OptTensor& w,
-                                                         const Tensor& lse, const Tensor& tw, int64_t reduction,
-                                                         int64_t ignore_index, double smoothing) {
-  auto out = CrossEntropyDoubleBackward::apply(gg, hh, g, x, t, w, lse, tw, reduction, ignore_index, smoothing);
-  return {out[0], out[1], out[2]};
-}
-
 // ---- NLLLoss ---------------------------------------------------------------------------------
 
 TM_OP(nll_forward_op, "nll_loss_forward",
@@ -240,16 +221,6 @@ struct NllLossBackward : torch::autograd::Function<NllLossBackward> {
     return {d_dy, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
-
-std::tuple<Tensor, Tensor> nll_forward_ad(const Tensor& x, const Tensor& t, const OptTensor& w, int64_t reduction,
-                                          int64_t ignore_index) {
-  auto out = NllLossForward::apply(x, t, w, reduction, ignore_index);
-  return {out[0], out[1]};
-}
-Tensor nll_backward_ad(const Tensor& dy, const Tensor& t, const OptTensor& w, const Tensor& W,
-                       c10::SymIntArrayRef input_size, int64_t reduction, int64_t ignore_index) {
-  return NllLossBackward::apply(dy, t, w, W, input_size, reduction, ignore_index);
-}
 
 // ---- MSELoss ---------------------------------------------------------------------------------
 
@@ -325,29 +296,17 @@ struct MseLossDoubleBackward : torch::autograd::Function<MseLossDoubleBackward> 
   }
 };
 
-Tensor mse_forward_ad(const Tensor& x, const Tensor& t, int64_t reduction) {
-  return MseLossForward::apply(x, t, reduction);
-}
-Tensor mse_backward_ad(const Tensor& dy, const Tensor& x, const Tensor& t, int64_t reduction) {
-  return MseLossBackward::apply(dy, x, t, reduction);
-}
-std::tuple<Tensor, Tensor, Tensor> mse_double_backward_ad(const Tensor& gg, const Tensor& dy, const Tensor& x,
-                                                          const Tensor& t, int64_t reduction) {
-  auto out = MseLossDoubleBackward::apply(gg, dy, x, t, reduction);
-  return {out[0], out[1], out[2]};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchmodules, Autograd, m) {
-  m.impl("cross_entropy_forward", &ce_forward_ad);
-  m.impl("cross_entropy_backward", &ce_backward_ad);
-  m.impl("cross_entropy_double_backward", &ce_double_backward_ad);
-  m.impl("nll_loss_forward", &nll_forward_ad);
-  m.impl("nll_loss_backward", &nll_backward_ad);
-  m.impl("mse_loss_forward", &mse_forward_ad);
-  m.impl("mse_loss_backward", &mse_backward_ad);
-  m.impl("mse_loss_double_backward", &mse_double_backward_ad);
+  TM_AUTOGRAD(m, "cross_entropy_forward", CrossEntropyForward, ce_forward_op);
+  TM_AUTOGRAD(m, "cross_entropy_backward", CrossEntropyBackward, ce_backward_op);
+  TM_AUTOGRAD(m, "cross_entropy_double_backward", CrossEntropyDoubleBackward, ce_double_backward_op);
+  TM_AUTOGRAD(m, "nll_loss_forward", NllLossForward, nll_forward_op);
+  TM_AUTOGRAD(m, "nll_loss_backward", NllLossBackward, nll_backward_op);
+  TM_AUTOGRAD(m, "mse_loss_forward", MseLossForward, mse_forward_op);
+  TM_AUTOGRAD(m, "mse_loss_backward", MseLossBackward, mse_backward_op);
+  TM_AUTOGRAD(m, "mse_loss_double_backward", MseLossDoubleBackward, mse_double_backward_op);
 }
 
 }  // namespace torchmodules

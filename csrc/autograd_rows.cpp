@@ -68,16 +68,6 @@ struct AmaxDoubleBackward : torch::autograd::Function<AmaxDoubleBackward> {
   }
 };
 
-Tensor amax_forward_ad(const Tensor& x, IntArrayRef dim, bool keepdim) {
-  return AmaxForward::apply(x, dim, keepdim);
-}
-Tensor amax_backward_ad(const Tensor& dy, const Tensor& x, const Tensor& y, IntArrayRef dim, bool keepdim) {
-  return AmaxBackward::apply(dy, x, y, dim, keepdim);
-}
-Tensor amax_double_backward_ad(const Tensor& gg, const Tensor& x, const Tensor& y, IntArrayRef dim, bool keepdim) {
-  return AmaxDoubleBackward::apply(gg, x, y, dim, keepdim);
-}
-
 // ---- LogSoftmax: y = x - log sum exp(x);  dx = dy - exp(y) sum(dy) ---------------------------
 
 TM_OP(log_softmax_forward_op, "log_softmax_forward", Tensor(const Tensor&, int64_t))
@@ -138,25 +128,15 @@ struct LogSoftmaxDoubleBackward : torch::autograd::Function<LogSoftmaxDoubleBack
   }
 };
 
-Tensor log_softmax_forward_ad(const Tensor& x, int64_t dim) { return LogSoftmaxForward::apply(x, dim); }
-Tensor log_softmax_backward_ad(const Tensor& dy, const Tensor& y, int64_t dim) {
-  return LogSoftmaxBackward::apply(dy, y, dim);
-}
-std::tuple<Tensor, Tensor> log_softmax_double_backward_ad(const Tensor& gg, const Tensor& dy, const Tensor& y,
-                                                          int64_t dim) {
-  auto out = LogSoftmaxDoubleBackward::apply(gg, dy, y, dim);
-  return {out[0], out[1]};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchmodules, Autograd, m) {
-  m.impl("amax_forward", &amax_forward_ad);
-  m.impl("amax_backward", &amax_backward_ad);
-  m.impl("amax_double_backward", &amax_double_backward_ad);
-  m.impl("log_softmax_forward", &log_softmax_forward_ad);
-  m.impl("log_softmax_backward", &log_softmax_backward_ad);
-  m.impl("log_softmax_double_backward", &log_softmax_double_backward_ad);
+  TM_AUTOGRAD(m, "amax_forward", AmaxForward, amax_forward_op);
+  TM_AUTOGRAD(m, "amax_backward", AmaxBackward, amax_backward_op);
+  TM_AUTOGRAD(m, "amax_double_backward", AmaxDoubleBackward, amax_double_backward_op);
+  TM_AUTOGRAD(m, "log_softmax_forward", LogSoftmaxForward, log_softmax_forward_op);
+  TM_AUTOGRAD(m, "log_softmax_backward", LogSoftmaxBackward, log_softmax_backward_op);
+  TM_AUTOGRAD(m, "log_softmax_double_backward", LogSoftmaxDoubleBackward, log_softmax_double_backward_op);
 }
 
 }  // namespace torchmodules
