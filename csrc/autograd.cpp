@@ -62,9 +62,11 @@ struct ReluForward : torch::autograd::Function<ReluForward> {
     auto [y, mask] = below(relu_forward_op(), x);
     ctx->save_for_backward({mask});
     ctx->mark_non_differentiable({mask});
+    ctx->set_materialize_grads(false);  // no zeros made for the mask's gradient (a launch on a GPU)
     return {y, mask};
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
+    if (!dy[0].defined()) return {Tensor()};
     return {relu_backward_op().call(dy[0], saved(ctx, 0))};
   }
 };
@@ -86,11 +88,15 @@ TM_OP(duplicate_forward_op, "duplicate_forward", std::vector<Tensor>(const Tenso
 TM_OP(duplicate_backward_op, "duplicate_backward", Tensor(at::TensorList))
 
 struct DuplicateForward : torch::autograd::Function<DuplicateForward> {
-  static variable_list forward(AutogradContext*, const Tensor& x, int64_t n) {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, int64_t n) {
+    ctx->set_materialize_grads(false);  // copies left unused add nothing (no zeros made for them)
     return below(duplicate_forward_op(), x, n);
   }
   static variable_list backward(AutogradContext*, variable_list dys) {
-    return {duplicate_backward_op().call(dys), Tensor()};
+    variable_list used;
+    for (const Tensor& d : dys)
+      if (d.defined()) used.push_back(d);
+    return {used.empty() ? Tensor() : duplicate_backward_op().call(used), Tensor()};
   }
 };
 
@@ -145,11 +151,13 @@ struct MaximumForward : torch::autograd::Function<MaximumForward> {
     ctx->saved_data["b"] = b.sym_sizes();
     ctx->save_for_backward({mask});
     ctx->mark_non_differentiable({mask});
+    ctx->set_materialize_grads(false);  // no zeros made for the mask's gradient
     return {y, mask};
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
     const Tensor mask = saved(ctx, 0);
     variable_list out(2);
+    if (!dy[0].defined()) return out;
     for (int64_t k = 0; k < 2; ++k)
       if (ctx->needs_input_grad(k))
         out[k] = sum_down(maximum_backward_op().call(dy[0], mask, k), ctx->saved_data[k ? "b" : "a"].toSymIntVector());

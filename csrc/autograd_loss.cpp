@@ -41,6 +41,7 @@ struct CrossEntropyForward : torch::autograd::Function<CrossEntropyForward> {
                                int64_t reduction, int64_t ignore_index, double smoothing) {
     auto [loss, lse, tw] = below(ce_forward_op(), x, t, w, reduction, ignore_index, smoothing);
     ctx->mark_non_differentiable({lse, tw});
+    ctx->set_materialize_grads(false);  // no zeros made for the gradients of lse and tw
     save_ce_params(ctx, t, reduction, ignore_index, smoothing);
     ctx->save_for_backward({x, t, w.value_or(Tensor()), lse, tw});
     return {loss, lse, tw};
@@ -48,7 +49,7 @@ struct CrossEntropyForward : torch::autograd::Function<CrossEntropyForward> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const bool need_x = ctx->needs_input_grad(0);
     const bool tgrad = ctx->saved_data["prob"].toBool() && ctx->needs_input_grad(1);
-    if (!need_x && !tgrad) return variable_list(6);
+    if (!need_x && !tgrad || !grads[0].defined()) return variable_list(6);
     const auto s = ctx->get_saved_variables();
     auto [dx, dq] = ce_backward_op().call(grads[0], s[0], s[1], opt(s[2]), s[3], s[4],
                                           ctx->saved_data["reduction"].toInt(),
@@ -187,6 +188,7 @@ struct NllLossForward : torch::autograd::Function<NllLossForward> {
                                int64_t reduction, int64_t ignore_index) {
     auto [y, W] = below(nll_forward_op(), x, t, w, reduction, ignore_index);
     ctx->mark_non_differentiable({W});
+    ctx->set_materialize_grads(false);  // no zeros made for W's gradient
     ctx->saved_data["input_size"] = x.sym_sizes();
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["ignore_index"] = ignore_index;
@@ -194,6 +196,7 @@ struct NllLossForward : torch::autograd::Function<NllLossForward> {
     return {y, W};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(5);
     const auto s = ctx->get_saved_variables();
     const std::vector<c10::SymInt> size = ctx->saved_data["input_size"].toSymIntVector();
     return {nll_backward_op().call(grads[0], s[0], opt(s[1]), s[2], size, ctx->saved_data["reduction"].toInt(),

@@ -115,3 +115,24 @@ def test_every_op_is_opchecked():
                 seen |= {f._schema.name.split("::")[1] for f, _, _ in _recorded_calls(op, case, torch.float64, "cpu")}
     table = {s.name.split("::")[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("torchmodules::")}
     assert table <= seen | OPCHECKED_ELSEWHERE, f"never opchecked: {table - seen - OPCHECKED_ELSEWHERE}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unused_outputs(device):
+    """Outputs that take no part in the loss get no zero gradients made (materialize_grads off):
+    the gradients still equal torch's. Duplicate with one copy unused, three of five unused."""
+    import torchmodules.functional as TF
+    x = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    a, _ = TF.duplicate(x, 2)
+    (g,) = torch.autograd.grad((a * a).sum(), x)
+    torch.testing.assert_close(g, 2 * x.detach(), rtol=0, atol=0)
+    ys = TF.duplicate(x, 5)
+    (g,) = torch.autograd.grad(ys[1].sum() + (3 * ys[4]).sum(), x)
+    torch.testing.assert_close(g, torch.full_like(x, 4.0), rtol=0, atol=0)
+    # a later op's output unused: only the used branch flows back
+    y = TF.maximum(x, -x)
+    z = TF.relu(x)
+    (g,) = torch.autograd.grad(y.sum(), x, retain_graph=True)
+    torch.testing.assert_close(g, torch.autograd.grad(torch.maximum(x, -x).sum(), x)[0], rtol=0, atol=0)
+    (g,) = torch.autograd.grad(z.sum(), x)
+    torch.testing.assert_close(g, (x > 0).double(), rtol=0, atol=0)
