@@ -141,9 +141,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The same for D == 1 (input [N, C]): each thread writes V consecutive elements, one 16-byte
-// store (the one-element stores of the kernel above ran at a third of copy bandwidth on an H100),
-// walking the rows they span. dx is fresh, so 16-byte aligned; the last total % V elements go
-// to the kernel above.
+// store of zeros but where a row's target falls (one-element stores ran at a third of copy
+// bandwidth on an H100; per-element target logic at half). The vector spans rows n0 .. (one or
+// two when C >= V); only their targets are read. dx is fresh, so 16-byte aligned; the last
+// total % V elements go to the kernel above.
 template <class T, class I, class DivC>
 __global__ void __launch_bounds__(kThreads)
     nll_backward_rows(T* __restrict__ dx, const T* __restrict__ dy, const I* __restrict__ tgt,
@@ -154,22 +155,25 @@ __global__ void __launch_bounds__(kThreads)
   A g1 = A(0);
   if (a.reduction != kNone) g1 = a.reduction == kMean ? to_float(dy[0]) / *total_weight : to_float(dy[0]);
   for (int64_t k = (int64_t)blockIdx.x * kThreads + threadIdx.x; k < nvec; k += (int64_t)gridDim.x * kThreads) {
-    int64_t n = dc.div(k * V), c = k * V - n * a.C;
-    int64_t t = (int64_t)tgt[n];
+    const int64_t j0 = k * V;
     Pack<T, V> out;
 #pragma unroll
-    for (int u = 0; u < V; ++u) {
-      if (c == a.C) c = 0, t = (int64_t)tgt[++n];
-      A v = A(0);
-      if (t == a.ignore_index) {
-        v = A(0);
-      } else if (t < 0 || t >= a.C) {
-        v = quiet_nan<A>();
-      } else if (t == c) {
-        v = (w ? to_float(w[t]) : A(1)) * -(a.reduction == kNone ? to_float(dy[n]) : g1);
+    for (int u = 0; u < V; ++u) out.v[u] = from_acc<T>(A(0));
+    for (int64_t n = dc.div(j0); n * a.C < j0 + V; ++n) {  // the rows the vector spans
+      const int64_t t = (int64_t)tgt[n];
+      if (t == a.ignore_index) continue;
+      if (t < 0 || t >= a.C) {  // NaN over the row's part of the vector (the forward raised)
+        const int64_t lo = n * a.C - j0, hi = lo + a.C;
+#pragma unroll
+        for (int u = 0; u < V; ++u)
+          if (u >= lo && u < hi) out.v[u] = from_acc<T>(quiet_nan<A>());
+        continue;
       }
-      out.v[u] = from_acc<T>(v);
-      ++c;
+      const int64_t at = n * a.C + t - j0;  // the target's lane, if in this vector
+      const A v = (w ? to_float(w[t]) : A(1)) * -(a.reduction == kNone ? to_float(dy[n]) : g1);
+#pragma unroll
+      for (int u = 0; u < V; ++u)
+        if (u == at) out.v[u] = from_acc<T>(v);
     }
     reinterpret_cast<Pack<T, V>*>(dx)[k] = out;
   }
