@@ -48,17 +48,22 @@ inline at::Tensor saved(AutogradContext* ctx, size_t i) { return ctx->get_saved_
 
 // ---- registration ---------------------------------------------------------------------------
 // TM_AUTOGRAD(m, "relu_forward", ReluForward, relu_forward_op) makes Function ReluForward the
-// Autograd kernel of relu_forward. When autograd records nothing (grad mode off, as in a
-// backward without create_graph, or no tensor argument requiring grad) the kernel calls the op
-// below autograd directly, with no graph node, as torch's own kernels do.
+// Autograd kernel of relu_forward. When AD sees none of the arguments (grad mode off, as in a
+// backward without create_graph, or no tensor requiring grad, and no forward-mode tangent) the
+// kernel calls the op below autograd directly, with no graph node, as torch's own kernels do.
 
-inline bool wants_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
-inline bool wants_grad(const std::optional<at::Tensor>& t) { return t.has_value() && wants_grad(*t); }
-inline bool wants_grad(at::TensorList ts) {
-  return std::any_of(ts.begin(), ts.end(), [](const at::Tensor& t) { return wants_grad(t); });
+// Whether AD sees t: reverse mode (grad mode on and t requires grad) or forward mode (t
+// carries a tangent; our Functions have no jvp, so apply raises then rather than the op
+// dropping the tangent).
+inline bool ad_sees(const at::Tensor& t) {
+  return t.defined() && ((at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
+}
+inline bool ad_sees(const std::optional<at::Tensor>& t) { return t.has_value() && ad_sees(*t); }
+inline bool ad_sees(at::TensorList ts) {
+  return std::any_of(ts.begin(), ts.end(), [](const at::Tensor& t) { return ad_sees(t); });
 }
 template <class T>
-bool wants_grad(const T&) { return false; }  // ints, floats, sizes
+bool ad_sees(const T&) { return false; }  // ints, floats, sizes
 
 // A Function's outputs (a Tensor, or a list) as the op's return type.
 template <class R>
@@ -80,7 +85,7 @@ template <class F, class R, class... Args>
 struct AutogradKernel<F, R(Args...)> {
   template <const c10::TypedOperatorHandle<R(Args...)>& (*Op)()>
   static R run(Args... args) {
-    if (!(at::GradMode::is_enabled() && (wants_grad(args) || ...))) return below(Op(), args...);
+    if (!(ad_sees(args) || ...)) return below(Op(), args...);
     return as_result<R>(F::apply(args...));
   }
 };

@@ -136,3 +136,23 @@ def test_unused_outputs(device):
     torch.testing.assert_close(g, torch.autograd.grad(torch.maximum(x, -x).sum(), x)[0], rtol=0, atol=0)
     (g,) = torch.autograd.grad(z.sum(), x)
     torch.testing.assert_close(g, (x > 0).double(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_mode_raises_not_zero(device):
+    """Our ops have no forward-mode formula (torch's C++ autograd Functions have no jvp): a
+    tangent through them raises, rather than coming out as zeros. Reverse-mode Jacobians
+    (torch.autograd.functional.jacobian) work, and equal torch's."""
+    import torch.autograd.forward_ad as fwAD
+    import torchmodules.functional as TF
+    x = torch.randn(5, dtype=torch.float64, device=device)
+    w = torch.randn(3, 5, dtype=torch.float64, device=device)
+    with fwAD.dual_level():
+        with pytest.raises(RuntimeError, match="jvp"):
+            TF.relu(fwAD.make_dual(x, torch.ones_like(x)))
+    with pytest.raises(RuntimeError):
+        torch.func.jvp(TF.relu, (x,), (torch.ones_like(x),))
+    for vec in (False, True):
+        j = torch.autograd.functional.jacobian(lambda v: TF.relu(TF.linear(v, w)), x, vectorize=vec)
+        ref = torch.autograd.functional.jacobian(lambda v: torch.relu(v @ w.T), x, vectorize=vec)
+        torch.testing.assert_close(j, ref, rtol=0, atol=1e-12)
