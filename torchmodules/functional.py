@@ -29,13 +29,15 @@ def duplicate(input: torch.Tensor, n: int = 2) -> Tuple[torch.Tensor, ...]:
 
 
 def add(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """input + other with broadcasting, as torch.add (both must share one dtype)."""
+    """input + other with broadcasting, as torch.add (both must share one dtype: unlike torch.add,
+    no type promotion, under autocast too, e.g. a bfloat16 Linear output plus a float32 tensor)."""
     return ops.add_forward(input, other)
 
 
 def maximum(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Elementwise max with broadcasting, as torch.maximum: NaN propagates; at ties the
-    gradient is split in half. The backward keeps 2 bits per element."""
+    gradient is split in half. The backward keeps 2 bits per element. Both must share one dtype
+    (unlike torch.maximum, no type promotion, under autocast too)."""
     return ops.maximum_forward(input, other)[0]
 
 
@@ -60,6 +62,10 @@ def log_softmax(input: torch.Tensor, dim: Optional[int] = None, dtype: Optional[
         dim = _legacy_softmax_dim(input.dim())
     if dtype is not None:
         input = input.to(dtype)
+        # An explicit dtype wins over CUDA autocast's float32 (as torch's; CPU autocast has no log_softmax policy).
+        if input.is_cuda and torch.is_autocast_enabled("cuda"):
+            with torch.autocast("cuda", enabled=False):
+                return ops.log_softmax_forward(input, dim)
     return ops.log_softmax_forward(input, dim)
 
 
