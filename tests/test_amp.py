@@ -169,16 +169,20 @@ def test_functional_matches_torch_under_autocast(device, amp_dtype, name):
 
 @pytest.mark.parametrize("op", ["add", "maximum"])
 @pytest.mark.parametrize("device,amp_dtype", AMP)
-def test_add_maximum_reject_mixed_dtypes_under_autocast_too(device, amp_dtype, op):
+def test_add_maximum_promote_mixed_dtypes_under_autocast_too(device, amp_dtype, op):
     """torch.add / torch.maximum promote an autocast-dtype tensor and a float32 one to float32
-    (neither is an autocast op); ours take one dtype only, with or without autocast."""
-    a, b = torch.randn(4, 3, device=device, dtype=amp_dtype), torch.randn(4, 3, device=device)
-    with torch.autocast(device, dtype=amp_dtype):
-        assert getattr(torch, op)(a, b).dtype == torch.float32
-        with pytest.raises(TypeError, match="same dtype"):
-            getattr(TF, op)(a, b)
-    with pytest.raises(TypeError, match="same dtype"):
-        getattr(TF, op)(a, b)
+    (neither is an autocast op); ours too, with equal values and gradients in each input's dtype."""
+    a = torch.randn(4, 3, device=device, dtype=amp_dtype).requires_grad_(True)
+    b = torch.randn(4, 3, device=device).requires_grad_(True)
+    for ctx in (torch.autocast(device, dtype=amp_dtype), torch.autocast(device, enabled=False)):
+        with ctx:
+            y, y_ref = getattr(TF, op)(a, b), getattr(torch, op)(a, b)
+        assert y.dtype == y_ref.dtype == torch.float32
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+        g = torch.randn_like(y)
+        for o, r, x in zip(torch.autograd.grad(y, (a, b), g), torch.autograd.grad(y_ref, (a, b), g), (a, b)):
+            assert o.dtype == r.dtype == x.dtype
+            torch.testing.assert_close(o, r, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("device,amp_dtype", AMP)

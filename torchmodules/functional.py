@@ -28,17 +28,25 @@ def duplicate(input: torch.Tensor, n: int = 2) -> Tuple[torch.Tensor, ...]:
     return tuple(ops.duplicate_forward(input, n))
 
 
+def _promoted(input: torch.Tensor, other: torch.Tensor):
+    """Both cast to torch's result type when their dtypes differ (as torch.add / torch.maximum
+    promote: a bfloat16 Linear output under autocast plus a float32 residual gives float32)."""
+    if input.dtype == other.dtype:
+        return input, other
+    dt = torch.result_type(input, other)
+    return input.to(dt), other.to(dt)
+
+
 def add(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """input + other with broadcasting, as torch.add (both must share one dtype: unlike torch.add,
-    no type promotion, under autocast too, e.g. a bfloat16 Linear output plus a float32 tensor)."""
-    return ops.add_forward(input, other)
+    """input + other with broadcasting and type promotion, as torch.add."""
+    return ops.add_forward(*_promoted(input, other))
 
 
 def maximum(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Elementwise max with broadcasting, as torch.maximum: NaN propagates; at ties the
-    gradient is split in half. The backward keeps 2 bits per element. Both must share one dtype
-    (unlike torch.maximum, no type promotion, under autocast too)."""
-    return ops.maximum_forward(input, other)[0]
+    gradient is split in half. The backward keeps 2 bits per element. Mixed dtypes are promoted
+    as torch.maximum does."""
+    return ops.maximum_forward(*_promoted(input, other))[0]
 
 
 def amax(input: torch.Tensor, dim: Union[int, Sequence[int]] = (), keepdim: bool = False) -> torch.Tensor:
