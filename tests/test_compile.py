@@ -79,3 +79,115 @@ def test_cuda_graph_replay_matches_eager():
         torch.testing.assert_close(y_graph, y_eager, rtol=1e-5, atol=1e-6, msg=f"step {step}")
         for a, b in zip(g_graph, g_eager):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"step {step}")
+
+
+# ---- dynamic shapes, and CUDA graphs with a loss at the end --------------------------------------
+
+from functorch.compile import make_boxed_func  # noqa: E402
+from torch._dynamo.backends.common import aot_autograd  # noqa: E402
+from torch._dynamo.testing import CompileCounterWithBackend  # noqa: E402
+from torch._dynamo.utils import counters  # noqa: E402
+
+
+class NetWithLoss(nn.Module):
+    """Net, then one of our losses of its output and the targets."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.net, self.loss = Net(), loss
+
+    def forward(self, x, target):
+        return self.loss(self.net(x), target)
+
+
+def _loss_step(model, x, t):
+    """One forward and backward; the loss and the gradients (copies: a CUDA graph replay
+    writes its outputs in place)."""
+    model.zero_grad()
+    loss = model(x, t)
+    loss.backward()
+    return loss.detach().clone(), [p.grad.clone() for p in model.parameters()]
+
+
+def _counting_aot_eager(counts):
+    """aot_eager that counts how many forward and backward graphs AOTAutograd compiles."""
+    def compiler(kind):
+        def compile_graph(gm, example_inputs):
+            counts[kind] += 1
+            return make_boxed_func(gm.forward)
+        return compile_graph
+    return aot_autograd(fw_compiler=compiler("forward"), bw_compiler=compiler("backward"))
+
+
+def _symbolic_batch(gm):
+    """Whether the dynamo graph takes the input x with a symbolic batch size."""
+    for node in gm.graph.nodes:
+        val = node.meta.get("example_value")
+        if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.dim() == 2:
+            if isinstance(val.shape[0], torch.SymInt) and val.shape[1] == 6:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend,loss", [("aot_eager", "nll"), ("aot_eager", "cross_entropy"),
+                                          ("inductor", "nll")])
+def test_dynamic_shapes_compile_once(backend, loss, device):
+    """dynamic=True: batch sizes that change from call to call run one graph (forward and
+    backward), compiled once with a symbolic batch size, and give the eager results."""
+    torch.manual_seed(3)
+    torch._dynamo.reset()
+    counters.clear()
+    model = NetWithLoss(tm.NLLLoss() if loss == "nll" else tm.CrossEntropyLoss()).to(device)
+    aot_counts = {"forward": 0, "backward": 0}
+    counter = CompileCounterWithBackend(_counting_aot_eager(aot_counts) if backend == "aot_eager" else backend)
+    compiled = torch.compile(model, backend=counter, dynamic=True, fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a recompilation raises
+        for n in (3, 8, 17, 64, 3):
+            x = torch.randn(n, 6, device=device)
+            t = torch.randint(0, 3, (n,), device=device)
+            l_eager, g_eager = _loss_step(model, x, t)
+            l_comp, g_comp = _loss_step(compiled, x, t)
+            torch.testing.assert_close(l_comp, l_eager, rtol=1e-5, atol=1e-6, msg=f"batch {n}")
+            for a, b in zip(g_comp, g_eager):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"batch {n}")
+    # One graph. (With a cross entropy, the backend may be called twice for it: under
+    # dynamic=True dynamo first traces the float label_smoothing as a symbolic input, then, as
+    # it reaches an op's float argument, specializes it and restarts the analysis once, as for
+    # torch.nn.CrossEntropyLoss; a restart, not a recompilation.)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert counter.frame_count <= (1 if loss == "nll" else 2), counter.frame_count
+    assert _symbolic_batch(counter.graphs[-1]), counter.graphs[-1].graph
+    assert counters["aot_autograd"]["ok"] == 1, dict(counters["aot_autograd"])
+    if backend == "aot_eager":
+        assert aot_counts == {"forward": 1, "backward": 1}, aot_counts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("loss", ["nll", "cross_entropy"])
+def test_cuda_graph_replay_with_loss_matches_eager(loss):
+    """mode="reduce-overhead" on a model ending in our NLLLoss or CrossEntropyLoss: forward
+    and backward run as CUDA graphs (none skipped), and the replays give the eager loss and
+    gradients. The loss forward's bad-target check (a device->host copy and sync) is skipped
+    while the graph is captured; on a replay, an out-of-range target then makes the loss NaN
+    (csrc/cross_entropy.cpp, kernels/nll_loss.cu) where eager raises an IndexError."""
+    torch.manual_seed(4)
+    torch._dynamo.reset()
+    counters.clear()
+    model = NetWithLoss(tm.NLLLoss() if loss == "nll" else tm.CrossEntropyLoss()).cuda()
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    for step in range(5):  # warm-up, record, then replays
+        x = torch.randn(33, 6, device="cuda")
+        t = torch.randint(0, 3, (33,), device="cuda")
+        l_eager, g_eager = _loss_step(model, x, t)
+        l_graph, g_graph = _loss_step(compiled, x, t)
+        torch.testing.assert_close(l_graph, l_eager, rtol=1e-5, atol=1e-6, msg=f"step {step}")
+        for a, b in zip(g_graph, g_eager):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"step {step}")
+    assert counters["inductor"]["cudagraph_skips"] == 0, "the compiled graphs did not run as CUDA graphs"
+    # an out-of-range class index: eager raises; a replay cannot, its loss is NaN
+    t[5] = 3
+    with pytest.raises(IndexError, match="out of bounds"):
+        model(x, t)
+    l_graph, _ = _loss_step(compiled, x, t)
+    assert l_graph.isnan().item(), l_graph
