@@ -57,8 +57,8 @@ if want tests; then
 fi
 if want sanitizer; then
   step "3. compute-sanitizer"
-  for tool in memcheck racecheck; do
-    dts=float32,bfloat16,float64; [ $tool = racecheck ] && dts=float32
+  for tool in memcheck racecheck initcheck; do
+    dts=float32,bfloat16,float64; [ $tool != memcheck ] && dts=float32
     TM_SAN_DTYPES=$dts timeout ${TM_SAN_TIMEOUT:-200} compute-sanitizer --tool $tool --print-limit 20 \
       $PY scripts/sanitize_ops.py > "$TMP/san.$tool" 2>&1
     echo "- sanitizer $tool (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitize_ops:' "$TMP/san.$tool" | tr '\n' ' ')" >> "$SUM"
