@@ -91,6 +91,23 @@ TORCH_LIBRARY(torchmodules, m) {
   m.def("mse_loss_backward(Tensor grad_y, Tensor input, Tensor target, int reduction) -> Tensor");
   m.def("mse_loss_double_backward(Tensor gg, Tensor grad_y, Tensor input, Tensor target, int reduction) "
         "-> (Tensor, Tensor, Tensor)");
+
+  // NearestNeighbor: for x of shape (*, D) and K prototypes w [K, D], per row n
+  //   e_nk = sum_d (x_nd - w_kd)^2 (summed directly, never as |x|^2 - 2 x.w + |w|^2),
+  //   index_n = argmin_k e_nk (lowest k at ties, the first NaN if any, as torch.argmin),
+  //   sqdist_n = e_n,index_n;  index is int64 and not differentiable. The (N, K) matrix e is never stored.
+  //   With g = d/d(sqdist) and r_n = x_n - w_index_n:
+  //     dx_n = 2 g_n r_n,   dw_k = -2 sum_{n: index_n = k} g_n r_n   (a deterministic, fixed-order sum).
+  //   Both are linear in g and in (x, w). For upstream a = d/d(dx), b = d/d(dw) and h_n = a_n - b_index_n:
+  //     d/dg_n = 2 <h_n, r_n>,   d/dx = 2 g h = backward_input(g, a, b, index),
+  //     d/dw_k = -2 sum_{n: index_n = k} g_n h_n = backward_weight(g, a, b, index),
+  //   the backward ops themselves with x := a, w := b (an absent a or b as zeros): every order is made of
+  //   these two ops, and for d/dg a row-wise dot product of torch ops.
+  // The forward returns (sqdist, index): the floating output first (tools that sum every output, as
+  // opcheck's, start from it); torchmodules.functional.nearest_neighbor returns (index, sqdist).
+  m.def("nearest_neighbor_forward(Tensor x, Tensor weight) -> (Tensor, Tensor)");
+  m.def("nearest_neighbor_backward_input(Tensor grad, Tensor x, Tensor weight, Tensor index) -> Tensor");
+  m.def("nearest_neighbor_backward_weight(Tensor grad, Tensor x, Tensor weight, Tensor index) -> Tensor");
 }
 
 // An importable module, so `import torchmodules._C` loads the library above.

@@ -68,6 +68,12 @@ at::Tensor mse_loss_backward(const at::Tensor& grad_y, const at::Tensor& input, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mse_loss_double_backward(const at::Tensor& gg, const at::Tensor& grad_y,
                                                                         const at::Tensor& input,
                                                                         const at::Tensor& target, int64_t reduction);
+// (sqdist, index)
+std::tuple<at::Tensor, at::Tensor> nearest_neighbor_forward(const at::Tensor& x, const at::Tensor& weight);
+at::Tensor nearest_neighbor_backward_input(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                           const at::Tensor& index);
+at::Tensor nearest_neighbor_backward_weight(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& index);
 
 // ---- launchers ---------------------------------------------------------------------------
 // Linear, all 2-D contiguous, same dtype; bias undefined or [N].
@@ -170,6 +176,17 @@ TM_DECLARE_LAUNCHER(mse_loss_backward, at::Tensor& dx, const at::Tensor& dy, con
 TM_DECLARE_LAUNCHER(mse_loss_double_backward, at::Tensor& d_dy, at::Tensor& d_x, at::Tensor& d_t, const at::Tensor& gg,
                     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc, int64_t n,
                     int64_t reduction);
+
+// NearestNeighbor: x [N, D], w [K, D] (K >= 1), grad and index [N] (int64), all contiguous; N >= 1
+// for the forward. index [N] and sqdist [N] out; dx [N, D]; dw [K, D]. An index outside [0, K) (only a
+// hand-made one) raises an IndexError on the CPU; on the GPU (no sync) its dx row is NaN and its row
+// is left out of dw.
+TM_DECLARE_LAUNCHER(nearest_neighbor_forward, at::Tensor& index, at::Tensor& sqdist, const at::Tensor& x,
+                    const at::Tensor& w);
+TM_DECLARE_LAUNCHER(nearest_neighbor_backward_input, at::Tensor& dx, const at::Tensor& grad, const at::Tensor& x,
+                    const at::Tensor& w, const at::Tensor& index);
+TM_DECLARE_LAUNCHER(nearest_neighbor_backward_weight, at::Tensor& dw, const at::Tensor& grad, const at::Tensor& x,
+                    const at::Tensor& w, const at::Tensor& index);
 
 // ---- the plan of a sum down to a broadcast source's shape (Add's backward) --------------
 // An index space split in two: kept dims (one per output element, row-major) and reduced

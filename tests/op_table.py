@@ -228,6 +228,63 @@ def _mse(fn):
     return _quiet(lambda x, t, red: fn(x, t, reduction=red))
 
 
+# ---- NearestNeighbor: [x (*, D), prototypes w (K, D)] -> (index, sqdist) -----------------------
+
+def _nn_ref(x, w):
+    """torch's argmin over the full distance matrix; the distance then recomputed from the chosen
+    prototype, so the gradient flows through it alone (through the matrix, a NaN input would give
+    0 * NaN = NaN to every prototype)."""
+    index = ((x.unsqueeze(-2) - w) ** 2).sum(-1).argmin(-1)
+    return index, ((x - w[index]) ** 2).sum(-1)
+
+
+def _nn(n, k, d, lead=(), xform=lambda t: t, wform=lambda t: t, offset=0.0):
+    def make():
+        xs = (*lead, n, d) if n is not None else (d,)
+        return [xform(randn(*xs) + offset), wform(randn(k, d) + offset)]
+    return make
+
+
+def _nn_ties():
+    """Small integers (exact distances in every dtype), duplicate prototypes at higher indices and rows
+    equal to prototypes: many exact ties, the lowest index must win."""
+    w = ties(7, 5)
+    w = torch.cat([w, w[[3, 0, 3]]])  # 7, 8, 9 repeat 3, 0, 3
+    x = torch.cat([ties(20, 5), w[[9, 8, 2]]])
+    return [x, w]
+
+
+def _nn_equidistant():
+    """Every row halfway between prototypes 1 and 2 (and 4, a copy of 1): index 1 (small integers:
+    the midpoint and the distances are exact in every dtype)."""
+    w = ties(5, 6)
+    w[2] = w[1] + 2  # every coordinate 2 apart: the midpoint is w[1] + 1, at distance 6 from both
+    w[4] = w[1]
+    w[0], w[3] = w[1] + 5, w[1] - 4  # farther
+    return [(w[1] + 1).expand(9, 6).contiguous(), w]
+
+
+def _nn_nan_prototype():
+    """A NaN in prototype 3: every distance to it is NaN, and torch.argmin picks the first NaN."""
+    w = randn(6, 5)
+    w[3, 2] = math.nan
+    w[5, 0] = math.nan
+    return [randn(7, 5), w]
+
+
+def _nn_nan_inf_rows():
+    """NaN in some rows (all their distances NaN: index 0), +-inf in others (every distance inf:
+    index 0 too; NaN where a prototype has the same infinity)."""
+    x = randn(8, 5)
+    x[1, 0] = math.nan
+    x[4, 3] = math.inf
+    x[6, 1] = -math.inf
+    x[7, 2] = math.inf
+    w = randn(6, 5)
+    w[4, 2] = math.inf  # row 7: (inf - inf)^2 = NaN for prototype 4, inf for the others
+    return [x, w]
+
+
 OPS = [
     OpSpec("linear", TF.linear, torch.nn.functional.linear, [
         Case("1x1x1", _lin(1, 1, 1)),
@@ -387,6 +444,25 @@ OPS = [
         Case("special", lambda: [special(7, 9, kinds=("inf", "-inf", "nan")), special(7, 9, kinds=("inf", "nan")),
                                  "none"], smooth=False),
         Case("special_sum", lambda: [special(7, 9, kinds=("inf",)), randn(7, 9), "sum"], smooth=False),
+    ]),
+    OpSpec("nearest_neighbor", TF.nearest_neighbor, _nn_ref, [
+        Case("1x1_K1", _nn(1, 1, 1)),
+        Case("5x3_K3", _nn(5, 3, 3)),
+        Case("9x127_K127", _nn(9, 127, 127), scale=4),
+        Case("33x3_K1025", _nn(33, 1025, 3)),
+        Case("4x1025_K5", _nn(4, 5, 1025), scale=8),
+        Case("70x17_K130", _nn(70, 130, 17), scale=2),  # more than one tile of rows and prototypes
+        Case("1d_input", _nn(None, 5, 7)),
+        Case("batched", _nn(3, 4, 6, lead=(2,))),
+        Case("empty", _nn(0, 3, 5)),
+        Case("d0", _nn(3, 2, 0)),
+        Case("noncontig", _nn(6, 5, 10, xform=strided, wform=lambda t: t.t().contiguous().t())),
+        Case("expanded", lambda: [expanded((4, 9)), randn(3, 9)]),
+        Case("offset_1e3", _nn(12, 9, 33, offset=1e3), scale=4),  # the expansion |x|^2 - 2x.w + |w|^2 cancels
+        Case("ties_duplicates", _nn_ties, smooth=False),
+        Case("equidistant", _nn_equidistant, smooth=False),
+        Case("nan_prototype", _nn_nan_prototype, smooth=False),
+        Case("nan_inf_rows", _nn_nan_inf_rows, smooth=False),
     ]),
 ]
 

@@ -32,7 +32,8 @@ def test_gradcheck_gradgradcheck(op, case, device):
         full = list(ins)
         for i, x in zip(idx, xs):
             full[i] = x
-        return as_tuple(op.ours(*full))
+        # integer outputs (an argmin's index) carry no gradient: gradcheck sees the floating ones
+        return tuple(o for o in as_tuple(op.ours(*full)) if o.is_floating_point())
 
     # Element by element on small inputs; on big ones, fast mode (random directions: the
     # same check of the Jacobian in a few products, without a column per element).

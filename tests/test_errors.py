@@ -137,6 +137,38 @@ BAD = [
      lambda: F.mse_loss(r(3), r(3), reduction="avg"), ValueError, ["mse_loss", "avg"]),
     ("mse_loss_backward_grad_shape", lambda: torch.ops.torchmodules.mse_loss_backward(r(3), r(2, 3), r(2, 3), 1),
      None, ValueError, ["mse_loss_backward", "grad_y", "[3]"]),
+    ("nearest_neighbor_features", lambda: TF.nearest_neighbor(r(3, 4), r(5, 6)), lambda: torch.cdist(r(3, 4), r(5, 6)),
+     ValueError, ["nearest_neighbor", "[3, 4]", "[5, 6]"]),
+    ("nearest_neighbor_features_batched", lambda: TF.nearest_neighbor(r(2, 3, 4), r(5, 3)),
+     lambda: torch.cdist(r(2, 3, 4), r(5, 3)), ValueError, ["nearest_neighbor", "[2, 3, 4]", "[5, 3]"]),
+    ("nearest_neighbor_weight_1d", lambda: TF.nearest_neighbor(r(3, 4), r(4)), None,
+     ValueError, ["nearest_neighbor", "weight", "2-D", "[4]"]),
+    ("nearest_neighbor_weight_3d", lambda: TF.nearest_neighbor(r(3, 4), r(2, 5, 4)), None,
+     ValueError, ["nearest_neighbor", "weight", "[2, 5, 4]"]),
+    ("nearest_neighbor_input_0d", lambda: TF.nearest_neighbor(r(()), r(5, 1)), None,
+     ValueError, ["nearest_neighbor", "input", "[]"]),
+    ("nearest_neighbor_no_prototypes", lambda: TF.nearest_neighbor(r(3, 4), r(0, 4)),
+     lambda: ((r(3, 1, 4) - r(0, 4)) ** 2).sum(-1).argmin(-1), ValueError, ["nearest_neighbor", "[0, 4]", "prototypes"]),
+    ("nearest_neighbor_dtype", lambda: TF.nearest_neighbor(r(3, 4), r(5, 4).double()),
+     lambda: torch.cdist(r(3, 4), r(5, 4).double()), TypeError, ["nearest_neighbor", "Float", "Double"]),
+    ("nearest_neighbor_int", lambda: TF.nearest_neighbor(torch.ones(3, 4, **i64), torch.ones(5, 4, **i64)),
+     lambda: torch.cdist(torch.ones(3, 4, **i64), torch.ones(5, 4, **i64)), TypeError,
+     ["nearest_neighbor", "Long", "[3, 4]"]),
+    ("nearest_neighbor_backward_input_index", lambda: torch.ops.torchmodules.nearest_neighbor_backward_input(
+        r(3), r(3, 4), r(5, 4), torch.tensor([0, 5, 1])), None, IndexError,
+     ["nearest_neighbor_backward_input", "index 5", "row 1", "5 prototypes"]),
+    ("nearest_neighbor_backward_weight_index", lambda: torch.ops.torchmodules.nearest_neighbor_backward_weight(
+        r(3), r(3, 4), r(5, 4), torch.tensor([0, 1, -1])), None, IndexError,
+     ["nearest_neighbor_backward_weight", "index -1", "row 2"]),
+    ("nearest_neighbor_backward_grad_shape", lambda: torch.ops.torchmodules.nearest_neighbor_backward_weight(
+        r(4), r(3, 4), r(5, 4), torch.zeros(3, **i64)), None, ValueError,
+     ["nearest_neighbor_backward_weight", "grad", "[4]", "[3]"]),
+    ("nearest_neighbor_backward_index_dtype", lambda: torch.ops.torchmodules.nearest_neighbor_backward_input(
+        r(3), r(3, 4), r(5, 4), torch.zeros(3, dtype=torch.int32)), None, TypeError,
+     ["nearest_neighbor_backward_input", "index", "int64", "Int"]),
+    ("nearest_neighbor_backward_index_shape", lambda: torch.ops.torchmodules.nearest_neighbor_backward_input(
+        r(3), r(3, 4), r(5, 4), torch.zeros(3, 1, **i64)), None, ValueError,
+     ["nearest_neighbor_backward_input", "index", "[3, 1]", "[3]"]),
 ]
 if torch.cuda.is_available():
     BAD += [
@@ -164,6 +196,12 @@ if torch.cuda.is_available():
          ["nll_loss", "weight", "cpu", "cuda"]),
         ("mse_loss_devices", lambda: TF.mse_loss(r(3, device="cuda"), r(3)),
          lambda: F.mse_loss(r(3, device="cuda"), r(3)), (ValueError, RuntimeError), ["mse_loss", "cpu", "cuda"]),
+        ("nearest_neighbor_devices", lambda: TF.nearest_neighbor(r(3, 4, device="cuda"), r(5, 4)),
+         lambda: torch.cdist(r(3, 4, device="cuda"), r(5, 4)), (ValueError, RuntimeError),
+         ["nearest_neighbor", "cpu", "cuda"]),
+        ("nearest_neighbor_backward_index_device", lambda: torch.ops.torchmodules.nearest_neighbor_backward_input(
+            r(3, device="cuda"), r(3, 4, device="cuda"), r(5, 4, device="cuda"), torch.zeros(3, **i64)), None,
+         (ValueError, RuntimeError), ["nearest_neighbor_backward_input", "index", "cpu", "cuda"]),
         # Out-of-range classes on the GPU: an IndexError, not a device assert (so no torch twin here:
         # torch's own kernel would assert and spoil the CUDA context).
         ("nll_loss_class_too_big_cuda", lambda: TF.nll_loss(r(3, 4, device="cuda"),

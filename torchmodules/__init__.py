@@ -6,7 +6,8 @@ from .modules import Add, Duplicate, Linear, LogSoftmax, Maximum, ReLU
 from . import optim
 from .replace import replace_modules, restore_modules
 from .modules import CrossEntropyLoss, MSELoss, NLLLoss
+from .modules import NearestNeighbor
 
 __all__ = ["functional", "ops", "optim", "Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax",
-           "NLLLoss", "CrossEntropyLoss", "MSELoss", "replace_modules", "restore_modules"]
+           "NLLLoss", "CrossEntropyLoss", "MSELoss", "NearestNeighbor", "replace_modules", "restore_modules"]
 __version__ = "0.1.0"

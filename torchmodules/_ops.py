@@ -250,3 +250,28 @@ def _(gg, grad_y, input, target, reduction):
 
 
 # mse_loss_forward, mse_loss_backward, mse_loss_double_backward: autograd in csrc/autograd_loss.cpp.
+
+
+# ---- NearestNeighbor: index_n = argmin_k |x_n - w_k|^2 and that squared distance ------------
+
+@_fake("nearest_neighbor_forward")
+def _(x, weight):
+    torch._check(x.dim() >= 1 and weight.dim() == 2 and x.shape[-1] == weight.shape[1],
+                 lambda: f"torchmodules.nearest_neighbor: input {list(x.shape)} and weight {list(weight.shape)} "
+                         f"do not match")
+    rows = x.shape[:-1]
+    return x.new_empty(rows), x.new_empty(rows, dtype=torch.int64)  # (sqdist, index)
+
+
+@_fake("nearest_neighbor_backward_input")
+def _(grad, x, weight, index):
+    return x.new_empty(x.shape)
+
+
+@_fake("nearest_neighbor_backward_weight")
+def _(grad, x, weight, index):
+    return weight.new_empty(weight.shape)
+
+
+# nearest_neighbor_forward, nearest_neighbor_backward_input, nearest_neighbor_backward_weight: autograd in
+# csrc/autograd_nearest_neighbor.cpp.

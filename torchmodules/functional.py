@@ -8,7 +8,7 @@ import torch
 from ._ops import ops
 
 __all__ = ["linear", "relu", "duplicate", "add", "maximum", "amax", "log_softmax", "nll_loss", "cross_entropy",
-           "mse_loss"]
+           "mse_loss", "nearest_neighbor"]
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -130,3 +130,15 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: Optional[b
                       "Please ensure they have the same size.", stacklevel=2)
     red = _reduction_enum("mse_loss", size_average, reduce, reduction)
     return ops.mse_loss_forward(input, target, red)
+
+
+def nearest_neighbor(input: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The nearest of K prototypes (rows of weight [K, D]) to each row of input (*, D):
+    returns (index, sqdist) of shape (*), index (int64) = argmin_k |input - weight[k]|^2 and sqdist
+    that squared distance, summed directly as sum_d (x_d - w_kd)^2 (exact in float32, no
+    |x|^2 - 2 x.w + |w|^2 expansion), the lowest index winning ties and the first NaN distance
+    winning over numbers, as torch.argmin. The (N, K) distance matrix is never stored. index
+    is not differentiable; the gradient of sqdist is 2 (x - w_index) for input and
+    -2 (x - w_k) summed over the rows that chose k for weight (a deterministic sum)."""
+    sqdist, index = ops.nearest_neighbor_forward(input, weight)
+    return index, sqdist

@@ -6,7 +6,8 @@ from torch import nn
 
 from . import functional as F
 
-__all__ = ["Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax", "NLLLoss", "CrossEntropyLoss", "MSELoss"]
+__all__ = ["Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax", "NLLLoss", "CrossEntropyLoss", "MSELoss",
+           "NearestNeighbor"]
 
 
 class Linear(nn.Linear):
@@ -77,3 +78,30 @@ class MSELoss(nn.MSELoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(input, target, reduction=self.reduction)
+
+
+class NearestNeighbor(nn.Module):
+    """The lecture's nearest-neighbour model: K prototypes w_k (the parameter ``weight``
+    [num_prototypes, features]) and, for an input x (*, features), ``(index, sqdist)`` with
+    index = argmin_k |x - w_k|^2 (int64, shape (*)) and sqdist that squared distance (see
+    torchmodules.functional.nearest_neighbor). Training it minimises the average sqdist
+    (online k-means), or its class-restricted variant (a prototype classifier).
+
+    ``weight`` starts as standard normal samples (torch.randn), points of a standardised input
+    space: prototypes live among the inputs, not around 0 at nn.Linear's 1/sqrt(features) scale.
+    Better still, copy data into it (random samples or class means) before training."""
+
+    def __init__(self, num_prototypes: int, features: int, device=None, dtype=None):
+        super().__init__()
+        self.num_prototypes, self.features = num_prototypes, features
+        self.weight = nn.Parameter(torch.empty((num_prototypes, features), device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight)
+
+    def forward(self, input: torch.Tensor):
+        return F.nearest_neighbor(input, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"num_prototypes={self.num_prototypes}, features={self.features}"
