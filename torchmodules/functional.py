@@ -37,15 +37,48 @@ def _promoted(input: torch.Tensor, other: torch.Tensor):
     return input.to(dt), other.to(dt)
 
 
-def add(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """input + other with broadcasting and type promotion, as torch.add."""
-    return ops.add_forward(*_promoted(input, other))
+def _not_tensor(op: str, input, other, numbers: bool):
+    """The TypeError of torch's for an operand that is neither a tensor nor (with `numbers`) a
+    Python number, or None."""
+    for k, v in (("input", input), ("other", other)):
+        if not isinstance(v, torch.Tensor) and not (numbers and isinstance(v, (bool, int, float, complex))):
+            return TypeError(f"torchmodules.{op}: argument '{k}' must be Tensor{' or Number' if numbers else ''}, "
+                             f"not {type(v).__name__}")
+    return None
+
+
+def _add_number(input, other) -> torch.Tensor:
+    """A Python number on either side (or both) of add, as torch.add: a wrapped number, rounded
+    to torch's result type (float16 + 2.5 stays float16; 1e30 is inf there, so -inf + 1e30 is
+    NaN, as torch's)."""
+    err = _not_tensor("add", input, other, True)
+    if err is not None:
+        raise err
+    if not isinstance(input, torch.Tensor) and not isinstance(other, torch.Tensor):  # two numbers: on the CPU
+        input = torch.tensor(input)
+    device = (input if isinstance(input, torch.Tensor) else other).device
+    dt = torch.result_type(input, other)
+    wide = torch.complex128 if dt.is_complex else torch.float64  # then cast: 1e300 is inf in float32, no error
+    a, b = (v.to(dt) if isinstance(v, torch.Tensor) else torch.full((), v, dtype=wide, device=device).to(dt)
+            for v in (input, other))
+    return ops.add_forward(a, b)
+
+
+def add(input: torch.Tensor, other: Union[torch.Tensor, float]) -> torch.Tensor:
+    """input + other with broadcasting and type promotion, as torch.add (either may be a
+    Python number)."""
+    if isinstance(input, torch.Tensor) and isinstance(other, torch.Tensor):
+        return ops.add_forward(*_promoted(input, other))
+    return _add_number(input, other)
 
 
 def maximum(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Elementwise max with broadcasting, as torch.maximum: NaN propagates; at ties the
     gradient is split in half. The backward keeps 2 bits per element. Mixed dtypes are promoted
     as torch.maximum does."""
+    err = _not_tensor("maximum", input, other, False)
+    if err is not None:
+        raise err
     return ops.maximum_forward(*_promoted(input, other))[0]
 
 
@@ -88,6 +121,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
     red = _reduction_enum("cross_entropy", size_average, reduce, reduction)
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("torchmodules.cross_entropy: weight is not differentiable; pass weight.detach()")
+    if target.dtype == torch.uint8 and input.dim() <= 2:  # uint8 class indices for (C) and (N, C) inputs, as
+        target = target.long()                              # torch takes them (our kernels read int64)
     return ops.cross_entropy_forward(input, target, weight, red, ignore_index, float(label_smoothing))[0]
 
 
