@@ -51,7 +51,11 @@ if use_cuda:
         # No GPU to ask: build for Ampere and Hopper.
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
 
+import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+# A C++ extension loads only into the torch it was compiled against: the wheel requires it.
+TORCH_VERSION = torch.__version__.split("+")[0]
 
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
 cxx_flags = ["-O3", "-fopenmp"]  # -fopenmp: at::parallel_for is inline OpenMP code
@@ -81,5 +85,5 @@ setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
-    install_requires=["torch>=2.4"],
+    install_requires=[f"torch=={TORCH_VERSION}"],
 )
