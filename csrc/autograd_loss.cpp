@@ -49,7 +49,7 @@ struct CrossEntropyForward : torch::autograd::Function<CrossEntropyForward> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const bool need_x = ctx->needs_input_grad(0);
     const bool tgrad = ctx->saved_data["prob"].toBool() && ctx->needs_input_grad(1);
-    if (!need_x && !tgrad || !grads[0].defined()) return variable_list(6);
+    if ((!need_x && !tgrad) || !grads[0].defined()) return variable_list(6);
     const auto s = ctx->get_saved_variables();
     auto [dx, dq] = ce_backward_op().call(grads[0], s[0], s[1], opt(s[2]), s[3], s[4],
                                           ctx->saved_data["reduction"].toInt(),
