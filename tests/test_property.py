@@ -401,9 +401,7 @@ def test_relu(device, data, dtype, shape, inplace, gseed):
         assert (y is v) == inplace
         return y
 
-    # The sign of relu(-0.0) is not compared: torch gives -0.0, ours +0.0 (C++, see
-    # test_relu_negative_zero below).
-    check("relu", ours, lambda v: F.relu(v, inplace=inplace), [x], device, gseed, scale=x.layout.fan)
+    check("relu", ours, lambda v: F.relu(v, inplace=inplace), [x], device, gseed, scale=x.layout.fan, sign=True)
 
 
 # ---- duplicate ----------------------------------------------------------------------------
