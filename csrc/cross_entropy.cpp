@@ -47,43 +47,44 @@ at::ScalarType ce_acc_dtype(const at::Tensor& input) {
 
 CeParams ce_params(const char* op, const at::Tensor& input, const at::Tensor& target, const at::Tensor& weight,
                    int64_t reduction, int64_t ignore_index, double smoothing) {
+  // torch's checks in torch's order where the exception types differ (see common.h).
+  CeParams p;
+  p.prob = input.sizes() == target.sizes();  // torch's rule: same shape = probabilities
+  if (p.prob) {
+    TORCH_CHECK(target.is_floating_point(), "torchmodules.", op, ": a target of the input's shape ", target.sizes(),
+                " holds class probabilities and must be floating, got ", target.scalar_type());
+    TORCH_CHECK(ignore_index < 0, "torchmodules.", op, ": ignore_index (", ignore_index,
+                ") is not supported for class-probability targets");
+  }
+  TORCH_CHECK(smoothing <= 1.0, "torchmodules.", op, ": label_smoothing must be between 0.0 and 1.0, got ",
+              smoothing);
   check_floating(op, "input", input);
-  TORCH_CHECK_VALUE(input.dim() >= 1, "torchmodules.", op, ": input must have a class dim, got shape ",
-                    input.sizes());
+  TORCH_CHECK_INDEX(input.dim() >= 1, "torchmodules.", op, ": input of shape ", input.sizes(),
+                    " has no class dim (dim 1, or dim 0 of an unbatched input)");
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, "torchmodules.", op, ": reduction must be 0 (none), 1 (mean) or ",
+              "2 (sum), got ", reduction);
   check_same_device(op, "input", input, "target", target);
   const int64_t cdim = input.dim() == 1 ? 0 : 1;
-  CeParams p;
   p.outer = cdim == 0 ? 1 : input.size(0);
   p.classes = input.size(cdim);
   p.inner = 1;
   for (int64_t d = cdim + 1; d < input.dim(); ++d) p.inner *= input.size(d);
-  TORCH_CHECK_VALUE(p.classes > 0, "torchmodules.", op, ": input of shape ", input.sizes(), " has no classes");
-  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "torchmodules.", op, ": reduction must be 0 (none), "
-                    "1 (mean) or 2 (sum), got ", reduction);
-  TORCH_CHECK_VALUE(smoothing <= 1.0, "torchmodules.", op, ": label_smoothing must be between 0.0 and 1.0, got ",
-                    smoothing);
   p.reduction = reduction;
   p.ignore_index = ignore_index;
   p.smoothing = smoothing > 0.0 ? smoothing : 0.0;  // torch smooths only for eps > 0
-  p.prob = input.sizes() == target.sizes();        // torch's rule: same shape = probabilities
   if (p.prob) {
-    TORCH_CHECK_TYPE(target.is_floating_point(), "torchmodules.", op, ": a target of the input's shape ",
-                     target.sizes(), " holds class probabilities and must be floating, got ", target.scalar_type());
     check_same_dtype_device(op, "input", input, "target", target);
-    TORCH_CHECK_VALUE(ignore_index < 0, "torchmodules.", op, ": ignore_index (", ignore_index,
-                      ") is not supported for class-probability targets");
   } else {
-    TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "torchmodules.", op,
-                     ": target must be int64 class indices (or probabilities of the input's shape ", input.sizes(),
-                     "), got ", target.scalar_type(), " with shape ", target.sizes());
-    TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(ce_row_shape(input)), "torchmodules.", op,
-                      ": target of shape ", target.sizes(), " does not match input of shape ", input.sizes(),
-                      " (class indices need shape ", at::IntArrayRef(ce_row_shape(input)), ")");
+    check_class_target_shape(op, input.sizes(), target);
+    TORCH_CHECK(target.scalar_type() == at::kLong, "torchmodules.", op, ": target must be int64 class indices (or ",
+                "probabilities of the input's shape ", input.sizes(), "), got ", target.scalar_type(), " with shape ",
+                target.sizes(), input.dim() > 2 && target.scalar_type() == at::kByte
+                    ? " (uint8 only for inputs (C) and (N, C), as torch)" : "");
   }
   if (weight.defined()) {
+    TORCH_CHECK(weight.dim() == 1 && weight.size(0) == p.classes, "torchmodules.", op, ": weight of shape ",
+                weight.sizes(), " must have one entry per class, [", p.classes, "]");
     check_same_dtype_device(op, "input", input, "weight", weight);
-    TORCH_CHECK_VALUE(weight.dim() == 1 && weight.size(0) == p.classes, "torchmodules.", op, ": weight of shape ",
-                      weight.sizes(), " must have one entry per class, [", p.classes, "]");
   }
   return p;
 }
@@ -93,17 +94,17 @@ void ce_check_saved(const char* op, const at::Tensor& input, const at::Tensor& g
                     const at::Tensor& total_weight, const CeParams& p) {
   check_same_dtype_device(op, "input", input, "grad_loss", grad_loss);
   const std::vector<int64_t> rows = ce_row_shape(input);
-  TORCH_CHECK_VALUE(p.reduction == 0 ? grad_loss.sizes() == at::IntArrayRef(rows) : grad_loss.dim() == 0,
-                    "torchmodules.", op, ": grad_loss of shape ", grad_loss.sizes(), " does not match the loss of ",
-                    "input ", input.sizes(), " with reduction ", p.reduction);
-  TORCH_CHECK_TYPE(lse.scalar_type() == ce_acc_dtype(input) && total_weight.scalar_type() == ce_acc_dtype(input),
-                   "torchmodules.", op, ": lse and total_weight must be ", ce_acc_dtype(input), ", got ",
-                   lse.scalar_type(), " and ", total_weight.scalar_type());
+  TORCH_CHECK(p.reduction == 0 ? grad_loss.sizes() == at::IntArrayRef(rows) : grad_loss.dim() == 0,
+              "torchmodules.", op, ": grad_loss of shape ", grad_loss.sizes(), " does not match the loss of input ",
+              input.sizes(), " with reduction ", p.reduction);
+  TORCH_CHECK(lse.scalar_type() == ce_acc_dtype(input) && total_weight.scalar_type() == ce_acc_dtype(input),
+              "torchmodules.", op, ": lse and total_weight must be ", ce_acc_dtype(input), ", got ", lse.scalar_type(),
+              " and ", total_weight.scalar_type());
   check_same_device(op, "input", input, "lse", lse);
   check_same_device(op, "input", input, "total_weight", total_weight);
-  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef(rows) && total_weight.numel() == 2, "torchmodules.", op,
-                    ": lse of shape ", lse.sizes(), " and total_weight of shape ", total_weight.sizes(),
-                    " are not those of input ", input.sizes());
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(rows) && total_weight.numel() == 2, "torchmodules.", op,
+              ": lse of shape ", lse.sizes(), " and total_weight of shape ", total_weight.sizes(),
+              " are not those of input ", input.sizes());
 }
 
 // One device-to-host copy of bad = [count, 1 + row] (a sync on CUDA), and an IndexError naming
@@ -151,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(const at::Tensor& grad
   const at::Tensor w = opt(weight);
   const CeParams p = ce_params(op, input, target, w, reduction, ignore_index, label_smoothing);
   ce_check_saved(op, input, grad_loss, lse, total_weight, p);
-  TORCH_CHECK_VALUE(!target_grad || p.prob, "torchmodules.", op, ": class indices have no gradient");
+  TORCH_CHECK(!target_grad || p.prob, "torchmodules.", op, ": class indices have no gradient");
   const at::Tensor gc = grad_loss.contiguous(), xc = input.contiguous(), tc = target.contiguous(), wc = contig(w),
                    lc = lse.contiguous(), twc = total_weight.contiguous();
   at::Tensor dx = new_output(input.sizes(), input.options());
@@ -170,21 +171,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_double_backward(
   ce_check_saved(op, input, grad_loss, lse, total_weight, p);
   if (gg.defined()) {
     check_same_dtype_device(op, "input", input, "gg_input", gg);
-    TORCH_CHECK_VALUE(gg.sizes() == input.sizes(), "torchmodules.", op, ": gg_input of shape ", gg.sizes(),
-                      " does not match input ", input.sizes());
+    TORCH_CHECK(gg.sizes() == input.sizes(), "torchmodules.", op, ": gg_input of shape ", gg.sizes(),
+                " does not match input ", input.sizes());
   }
   if (hh.defined()) {
-    TORCH_CHECK_VALUE(p.prob, "torchmodules.", op, ": gg_target given for class indices");
+    TORCH_CHECK(p.prob, "torchmodules.", op, ": gg_target given for class indices");
     check_same_dtype_device(op, "input", input, "gg_target", hh);
-    TORCH_CHECK_VALUE(hh.sizes() == input.sizes(), "torchmodules.", op, ": gg_target of shape ", hh.sizes(),
-                      " does not match input ", input.sizes());
+    TORCH_CHECK(hh.sizes() == input.sizes(), "torchmodules.", op, ": gg_target of shape ", hh.sizes(),
+                " does not match input ", input.sizes());
   }
   const at::Tensor ggc = contig(gg), hhc = contig(hh), gc = grad_loss.contiguous(), xc = input.contiguous(),
                    tc = target.contiguous(), wc = contig(w), lc = lse.contiguous(), twc = total_weight.contiguous();
   at::Tensor d_g = new_output(grad_loss.sizes(), grad_loss.options());
   at::Tensor d_x = new_output(input.sizes(), input.options());
   at::Tensor d_q = p.prob ? new_output(target.sizes(), target.options()) : at::Tensor();
-  TM_LAUNCH(cross_entropy_double_backward, input, d_g, d_x, d_q, ggc, hhc, gc, xc, tc, wc, lc, twc, p);
+  if (p.classes == 0) d_g.zero_();  // the gradient (empty) does not depend on grad_loss
+  else TM_LAUNCH(cross_entropy_double_backward, input, d_g, d_x, d_q, ggc, hhc, gc, xc, tc, wc, lc, twc, p);
   return {d_g, d_x, p.prob ? d_q : new_output({0}, input.options())};
 }
 
