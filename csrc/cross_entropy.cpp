@@ -120,6 +120,27 @@ void ce_raise_bad_targets(const at::Tensor& bad, const at::Tensor& target, const
                     p.ignore_index, ")");
 }
 
+// No classes (C = 0), as torch: a class-index target other than ignore_index is out of range; a row's
+// loss is 0 (an empty sum; -0.0 for probabilities, torch's -sum), NaN with label smoothing (torch adds
+// (eps / C) * 0 = 0 * inf); the mean is NaN (nothing kept; for probabilities torch's NaN of an empty
+// input). No kernel runs (they assume C >= 1).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_no_classes(const at::Tensor& input, const at::Tensor& target,
+                                                             const CeParams& p) {
+  const std::vector<int64_t> rows = ce_row_shape(input);
+  if (!p.prob && target.numel() > 0 && !(input.is_cuda() && cuda_stream_capturing(input))) {
+    const at::Tensor tc = target.contiguous();
+    const at::Tensor out = (tc.reshape({-1}) != p.ignore_index).nonzero().cpu();  // one sync
+    if (out.size(0) > 0)
+      ce_raise_bad_targets(at::tensor({out.size(0), out[-1][0].item<int64_t>() + 1}, at::kLong), tc, p);
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double row = p.prob ? -0.0 : p.smoothing > 0 ? nan : 0.0;
+  const auto acc = input.options().dtype(ce_acc_dtype(input));
+  at::Tensor loss = p.reduction == 0 ? at::full(rows, row, input.options())
+                                     : at::full({}, p.reduction == 1 ? nan : row, input.options());
+  return {loss, at::full(rows, -std::numeric_limits<double>::infinity(), acc), at::zeros({2}, acc)};
+}
+
 at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 at::Tensor contig(const at::Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
@@ -131,6 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(const at::T
                                                                      double label_smoothing) {
   const at::Tensor w = opt(weight);
   const CeParams p = ce_params(kOp, input, target, w, reduction, ignore_index, label_smoothing);
+  if (p.classes == 0) return ce_no_classes(input, target, p);
   const at::Tensor xc = input.contiguous(), tc = target.contiguous(), wc = contig(w);
   const std::vector<int64_t> rows = ce_row_shape(input);
   const auto acc = input.options().dtype(ce_acc_dtype(input));
@@ -205,6 +227,13 @@ inline double tm_log(double v) { return std::log(v); }
 
 template <typename A>
 A nan_v() { return std::numeric_limits<A>::quiet_NaN(); }
+
+// Class indices, label smoothing, mean, kept targets of total weight 0: torch divides its nll
+// and smoothing parts by that 0 apart, and the nll part is 0 / 0 (each kept w_t is 0 when no
+// weight is negative): the loss and the kept rows' gradient are NaN (ours would be +-inf).
+inline bool ce_smooth_zero_den(const CeParams& P, double den) {
+  return !P.prob && P.smoothing > 0 && P.reduction == 1 && den == 0;
+}
 
 // The online pass: m = max x, s = sum exp(x - m), and with kU: up = sum u, a = sum u (m - x).
 template <typename A>
@@ -286,6 +315,20 @@ A fixed_sum(int64_t n, const F& f) {
   return s;
 }
 
+// A probability row's loss as torch computes it, sum_c u_c ((m - x_c) + log s) (its -sum u
+// log_softmax(x)), in double, for the rare rows where the one-pass a + up log s is not finite: an
+// infinite u_c makes inf - inf or 0 * inf there where torch's sum is +-inf (or NaN where torch's is).
+template <typename T>
+double ce_prob_row_exact(const T* xr, const T* qr, int64_t D, int64_t C, const T* w, double keep, double epsc) {
+  double m = -INFINITY, s = 0, L = 0;
+  for (int64_t c = 0; c < C; ++c) m = std::max(m, double(xr[c * D]));  // (NaN reaches s below)
+  for (int64_t c = 0; c < C; ++c) s += std::exp(double(xr[c * D]) - m);
+  const double ls = std::log(s);
+  for (int64_t c = 0; c < C; ++c)
+    L += (w ? double(w[c]) : 1.0) * (keep * double(qr[c * D]) + epsc) * ((m - double(xr[c * D])) + ls);
+  return L;
+}
+
 template <typename T>
 void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const T* x, const void* tgt,
                        const T* w, const CeParams& P) {
@@ -310,6 +353,8 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
         const A ls = tm_log(st.s);
         L = st.a + st.up * ls;
         l = st.m + ls;
+        if (!std::isfinite(L))
+          L = A(ce_prob_row_exact(xr, qr, row.D, C, w, 1.0 - P.smoothing, P.smoothing / double(C)));
       } else {
         const int64_t tr = t[r];
         if (tr == P.ignore_index) {
@@ -349,7 +394,7 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
   tw[1] = w ? fixed_sum<A>(C, [&](int64_t c) { return A(w[c]); }) : A(C);
   if (!rows_out) {
     const A s = fixed_sum<A>(R, [&](int64_t r) { return buf[r]; });
-    loss[0] = static_cast<T>(P.reduction == 1 ? s / den : s);
+    loss[0] = static_cast<T>(P.reduction != 1 ? s : ce_smooth_zero_den(P, den) ? nan_v<A>() : s / den);
   }
 }
 
@@ -361,7 +406,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   const int64_t C = P.classes, R = P.rows();
   const A eps = A(P.smoothing), keep = A(1) - eps, epsc = eps / A(C);
   const bool smooth = P.smoothing > 0;
-  const A sc = P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
+  const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
@@ -413,7 +458,7 @@ void ce_double_backward_kernel(T* d_g, T* d_x, T* d_q, const T* gg, const T* hh,
   const int64_t C = P.classes, R = P.rows();
   const A eps = A(P.smoothing), keep = A(1) - eps, epsc = eps / A(C);
   const bool smooth = P.smoothing > 0, rows_out = P.reduction == 0;
-  const A sc = P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
+  const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
   std::vector<A> buf(rows_out ? 0 : R);

@@ -661,19 +661,14 @@ def test_cross_entropy_class_indices(device, data, dtype, shape, gseed, red, bad
     x = farg(in_shape, dtype, data.draw(values(), "values"), data.draw(layouts(in_shape), "layout"))
     t = data.draw(class_targets(in_shape, ii, bad == 0), "target")
     w = _weight(c, dtype, data.draw)
-    # torch's label smoothing with a weight and reduction mean gathers with the indices: uint8 fails there
+    # torch's label smoothing with a weight and reduction mean gathers with the kept indices: uint8 fails
+    # there (ours takes them; see test_cross_entropy_uint8_smoothing_weight_mean)
     t = _maybe_uint8(data.draw, t, in_shape, ii, torch_takes=not (smoothing > 0 and w is not None and red == "mean"))
     kw = dict(ignore_index=ii, reduction=red, label_smoothing=smoothing)
     ours = lambda x, t, w: TF.cross_entropy(x, t, w, **kw)  # noqa: E731
     ref = lambda x, t, w: F.cross_entropy(x, t, w, **kw)  # noqa: E731
     if _out_of_range(t, c, ii):
         return _check_index_error("cross_entropy", ours, ref, [x, t, w], device)
-    if red == "mean" and smoothing > 0 and w is not None:
-        # Kept targets whose weights sum to 0: torch's loss is NaN (0 / 0 in its nll part), ours
-        # +inf (C++; see test_cross_entropy_smoothing_zero_total_weight): not drawn.
-        tv = t.layout.apply(t.values).long()
-        kept = tv != ii
-        hypothesis.assume(not (kept.any() and w.values[tv[kept]].sum() == 0))
     free, grads = _loss_free(x, red)
     check("cross_entropy", ours, ref, [x, t, w], device, gseed,
           _loss_scale(x, c, red, t.layout.apply(t.values).numel()), free=free, grads=grads)
@@ -681,7 +676,7 @@ def test_cross_entropy_class_indices(device, data, dtype, shape, gseed, red, bad
 
 @DEVICE
 @prop()
-@given(data=st.data(), dtype=st.sampled_from(FLOATS), shape=loss_shape(), gseed=GSEED,
+@given(data=st.data(), dtype=st.sampled_from(FLOATS), shape=loss_shape(min_c=0), gseed=GSEED,
        red=st.sampled_from(["mean", "sum", "none"]), smoothing=st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0, 0.37]),
        kind=st.sampled_from(["softmax", "softmax", "raw"]), tgrad=st.booleans())
 def test_cross_entropy_probabilities(device, data, dtype, shape, gseed, red, smoothing, kind, tgrad):
@@ -690,11 +685,7 @@ def test_cross_entropy_probabilities(device, data, dtype, shape, gseed, red, smo
     in_shape = shape
     c = in_shape[0] if len(in_shape) == 1 else in_shape[1]
     x = farg(in_shape, dtype, data.draw(values(), "values"), data.draw(layouts(in_shape), "layout"))
-    # Raw targets: no +-inf (ours NaN where torch gives +-inf, C++; see
-    # test_cross_entropy_infinite_probability_target below).
     qv = data.draw(values(finite=kind == "softmax"), "target values")
-    if qv.specials:
-        qv = Values(qv.base, tuple(k for k in qv.specials if k not in ("inf", "-inf")), qv.frac, qv.seed)
     q_layout = data.draw(layouts(in_shape, expand=kind != "softmax"), "target layout")
     q = make_values(q_layout.base, qv, dtype)
     if kind == "softmax":  # distributions over the class dim of the view, written through it
