@@ -361,18 +361,30 @@ GSEED = st.integers(0, 2**31 - 1)
 @DEVICE
 @prop()
 @given(data=st.data(), dtype=st.sampled_from(FLOATS), lead=shapes(0, 3, max_side=12, max_numel=60),
-       k=st.integers(0, 40), n=st.integers(0, 40), bias=st.booleans(), gseed=GSEED)
-def test_linear(device, data, dtype, lead, k, n, bias, gseed):
+       k=st.integers(0, 40), n=st.integers(0, 40), bias=st.sampled_from([None, "n", "n", "1", "0-d"]),
+       w1d=st.integers(0, 4), gseed=GSEED)
+def test_linear(device, data, dtype, lead, k, n, bias, w1d, gseed):
+    """weight [n, k] or (w1d == 0) [k]; bias [n], or [1] or 0-d (broadcast, as torch's). A 1-d
+    weight takes a 0-d bias only: with a 1-d bias torch's result depends on the input's layout (it
+    raises for a contiguous 3-d input, adds the bias to a permuted one)."""
+    w_shape = (k,) if w1d == 0 else (n, k)
+    if w1d == 0 and bias in ("n", "1"):
+        bias = "0-d"
+    b_shape = {None: None, "n": (n,), "1": (1,), "0-d": ()}[bias]
     x = farg((*lead, k), dtype, data.draw(values(), "x values"), data.draw(layouts((*lead, k)), "x layout"))
-    w = farg((n, k), dtype, data.draw(values(), "w values"), data.draw(layouts((n, k)), "w layout"))
-    b = farg((n,), dtype, data.draw(values(), "b values"), data.draw(layouts((n,)), "b layout")) if bias else None
+    w = farg(w_shape, dtype, data.draw(values(), "w values"), data.draw(layouts(w_shape), "w layout"))
+    b = None if bias is None else farg(b_shape, dtype, data.draw(values(), "b values"),
+                                       data.draw(layouts(b_shape), "b layout"))
     # Rounding error of a dot product: relative to sum |x_k w_k| (+ |b|), the largest such sum.
     xa, wa = x.layout.apply(x.values).nan_to_num(0, 0, 0).abs(), w.layout.apply(w.values).nan_to_num(0, 0, 0).abs()
-    abs_sums = xa @ wa.T + (b.layout.apply(b.values).nan_to_num(0, 0, 0).abs() if bias else 0)
+    abs_sums = xa @ (wa.T if wa.dim() == 2 else wa) + (b.layout.apply(b.values).nan_to_num(0, 0, 0).abs() if bias
+                                                      else 0)
     terms = abs_sums.max().item() if abs_sums.numel() else 0.0
     batch = max(1, math.prod(lead))
+    # (a broadcast bias's gradient sums all batch * n output gradients)
     scale = max(1.0, terms, 4 * k * wa.max().item() if wa.numel() else 0,
-                4 * batch * (xa.max().item() if xa.numel() else 1) * max(x.layout.fan, w.layout.fan), 4.0 * batch)
+                4 * batch * (xa.max().item() if xa.numel() else 1) * max(x.layout.fan, w.layout.fan),
+                4.0 * batch * (max(n, 1) if bias in ("1", "0-d") else 1))
     # A dot product whose terms overflow the dtype on the way: which of inf, NaN or a finite
     # value comes out depends on the order of the additions (BLAS's, ours), not compared.
     free = abs_sums > torch.finfo(dtype).max / 2
@@ -706,10 +718,9 @@ def test_cross_entropy_probabilities(device, data, dtype, shape, gseed, red, smo
 
 @DEVICE
 @prop()
-@given(ab=binary_args(mixed_dtypes=False), red=st.sampled_from(["mean", "sum", "none"]), gseed=GSEED)
+@given(ab=binary_args(), red=st.sampled_from(["mean", "sum", "none"]), gseed=GSEED)
 def test_mse_loss(device, ab, red, gseed):
-    """Shapes broadcast (with torch's warning), every reduction. Mixed dtypes are not drawn: torch
-    promotes, ours raises a TypeError on purpose (see test_mse_loss_mixed_dtypes below)."""
+    """Shapes broadcast (with torch's warning), mixed dtypes promoted (as torch), every reduction."""
     a, b = ab
     va, vb = a.layout.apply(a.values), b.layout.apply(b.values)
     d = (va - vb).nan_to_num(0, 0, 0).abs()
