@@ -836,90 +836,301 @@ def test_cross_entropy_uint8_target_regression(shape):
         torch.testing.assert_close(torch.autograd.grad(ours.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0])
 
 
-# Found, not fixed (C++): each region is left out of the properties above, and pinned here by
-# its exact input (xfail, strict: a fix shows as XPASS, then drop the mark and the exclusion).
+# Fixed in C++ (csrc/, kernels/) and torchmodules/functional.py: the regions they were left out of
+# are drawn by the properties above again.
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="relu(-0.0): torch gives -0.0, ours +0.0 (C++ relu "
-                                                              "kernel)")
-def test_relu_negative_zero():
-    x = torch.tensor([-0.0, 0.0, -1.0])
-    assert torch.equal(TF.relu(x).signbit(), torch.relu(x).signbit())
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_relu_negative_zero(device, dtype):
+    """relu(-0.0) is -0.0 as torch's (ours gave +0.0); the gradient passes where x > 0 only (torch's
+    threshold_backward): 0 at +-0.0 and x < 0, the gradient at NaN and at tiny positive values."""
+    tiny = torch.finfo(dtype).tiny * torch.finfo(dtype).eps  # the least positive (denormal) value
+    v = torch.tensor([-0.0, 0.0, -1.0, 2.0, math.nan, tiny, -tiny, -math.inf, math.inf], dtype=dtype)
+    x, xt = v.to(device).requires_grad_(), v.clone().requires_grad_()
+    ours, ref = TF.relu(x), torch.relu(xt)
+    assert torch.equal(ours.cpu().signbit(), ref.signbit()) and torch.equal(ours.cpu().isnan(), ref.isnan())
+    assert torch.equal(ours.cpu().nan_to_num(), ref.nan_to_num())
+    g = torch.arange(1.0, 1.0 + v.numel(), dtype=dtype)
+    assert torch.equal(torch.autograd.grad(ours, x, g.to(device))[0].cpu(), torch.autograd.grad(ref, xt, g)[0])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="cross_entropy with a +-inf class probability (finite logits): torch +-inf, ours NaN "
-                          "(C++: sum q x - lse sum q gives inf - inf)")
+def _same(ours, ref, ref64=None):
+    """As torch's result ref: its dtype and shape, its values (or those of its float64 twin ref64
+    within the dtype's tolerance), NaN and infinities (with their sign) included."""
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    atol, rtol = TOL[ours.dtype] if ours.is_floating_point() else (0, 0)
+    ref = ref if ref64 is None else ref64
+    torch.testing.assert_close(ours.detach().cpu().to(ref.dtype), ref.detach(), equal_nan=True, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [F64, F32, F16], ids=str)
 @pytest.mark.parametrize("q0", [math.inf, -math.inf])
-def test_cross_entropy_infinite_probability_target(q0):
-    x, q = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([q0, 0.2, 0.3])
-    for red in ["none", "mean", "sum"]:
-        torch.testing.assert_close(TF.cross_entropy(x, q, reduction=red), F.cross_entropy(x, q, reduction=red))
+def test_cross_entropy_infinite_probability_target(device, dtype, q0):
+    """A +-inf class probability (finite logits): torch's -sum q log_softmax(x) is +-inf; ours was
+    NaN (sum q (m - x) + log s sum q gives inf - inf). Weight and label smoothing too; gradients."""
+    x = torch.tensor([[0.5, -1.0, 2.0], [0.1, 0.2, -0.3], [3.0, 3.0, -40.0]], dtype=dtype)
+    q = torch.tensor([[q0, 0.2, 0.3], [0.2, 0.3, 0.5], [0.0, q0, 1.0]], dtype=dtype)
+    w = torch.tensor([0.5, 2.0, 1.0], dtype=dtype)
+    for kw in [dict(), dict(weight=w), dict(label_smoothing=0.3), dict(weight=w, label_smoothing=1.0)]:
+        for red in ["none", "mean", "sum"]:
+            xo, x64 = x.to(device).requires_grad_(), x.double().requires_grad_()
+            wo = {k: v.to(device) for k, v in kw.items() if k == "weight"}
+            kw64 = {k: v.double() if k == "weight" else v for k, v in kw.items()}
+            eps = kw.get("label_smoothing", 0.0)
+            ours = TF.cross_entropy(xo, q.to(device), reduction=red, label_smoothing=eps, **wo)
+            ref = F.cross_entropy(x, q, reduction=red, **kw)
+            ref64 = F.cross_entropy(x64, q.double(), reduction=red, **kw64)
+            _same(ours, ref, ref64)
+            g = torch.ones_like(ref64)
+            _same(torch.autograd.grad(ours, xo, g.to(device, dtype))[0], x, torch.autograd.grad(ref64, x64, g)[0])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="cross_entropy, label_smoothing > 0, reduction mean, kept targets of total weight 0: "
-                          "torch NaN (0 / 0 in its nll part), ours +inf (C++)")
-def test_cross_entropy_smoothing_zero_total_weight():
-    x, w = torch.tensor([[0.5, -1.0, 2.0, 0.3]]), torch.tensor([1.0, 0.0, 0.5, 2.0])
-    t = torch.tensor([1])
-    torch.testing.assert_close(TF.cross_entropy(x, t, w, label_smoothing=0.37),
-                               F.cross_entropy(x, t, w, label_smoothing=0.37), equal_nan=True)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.37, 1.0])
+def test_cross_entropy_smoothing_zero_total_weight(device, smoothing):
+    """Label smoothing, reduction mean, kept targets of total weight 0: torch's loss is NaN (0 / 0
+    in its nll part) and so is the gradient of the kept rows; ours gave +inf (+-inf gradients)."""
+    x = torch.tensor([[0.5, -1.0, 2.0, 0.3], [1.0, 2.0, 3.0, 4.0], [0.0, -2.0, 1.0, 1.0]], dtype=F64)
+    w, t = torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=F64), torch.tensor([1, -100, 1])
+    xo, xt = x.to(device).requires_grad_(), x.clone().requires_grad_()
+    ours = TF.cross_entropy(xo, t.to(device), w.to(device), label_smoothing=smoothing)
+    ref = F.cross_entropy(xt, t, w, label_smoothing=smoothing)
+    _same(ours, ref)
+    _same(torch.autograd.grad(ours, xo)[0], torch.autograd.grad(ref, xt)[0])
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="mse_loss of float32 and float64: torch promotes, ours raises a TypeError (C++ check, "
-                          "asserted by tests/test_errors.py)")
-def test_mse_loss_mixed_dtypes():
-    a, b = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 4.0], dtype=F64)
-    torch.testing.assert_close(TF.mse_loss(a, b), F.mse_loss(a, b))
+@pytest.mark.parametrize("device", DEVICES)
+def test_cross_entropy_no_classes(device):
+    """C = 0 (torch takes it where every target is ignored; ours raised a ValueError): the loss of
+    torch, NaN with label smoothing (torch's (eps / C) * 0); probabilities too; an unignored
+    target is out of range (an IndexError, as torch's)."""
+    for shape in [(3, 0), (0, 0), (0,), (2, 0, 0), (2, 0, 3, 1)]:
+        x = torch.zeros(shape, dtype=F32)
+        t = torch.full(shape[:1] + shape[2:] if len(shape) > 1 else (), -100)
+        for kw in [dict(), dict(label_smoothing=0.2), dict(weight=torch.ones(0))]:
+            for red in ["none", "mean", "sum"]:
+                wo = {k: v.to(device) for k, v in kw.items() if k == "weight"}
+                eps = kw.get("label_smoothing", 0.0)
+                _same(TF.cross_entropy(x.to(device), t.to(device), reduction=red, label_smoothing=eps, **wo),
+                      F.cross_entropy(x, t, reduction=red, **kw))
+                _same(TF.cross_entropy(x.to(device), x.to(device), reduction=red, label_smoothing=eps, **wo),
+                      F.cross_entropy(x, x, reduction=red, **kw))
+    x, t = torch.zeros(3, 0, device=device), torch.tensor([-100, 0, -100], device=device)
+    assert _raise_type(lambda: TF.cross_entropy(x, t)) is _raise_type(lambda: F.cross_entropy(x.cpu(), t.cpu())) \
+        is IndexError
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="linear with a bias broadcastable to [out_features] ([1], 0-d) or a 1-d weight: torch "
-                          "takes them, ours raises a ValueError (C++ checks)")
-@pytest.mark.parametrize("w_shape,b_shape", [((5, 4), (1,)), ((5, 4), ()), ((4,), None)], ids=str)
-def test_linear_broadcast_bias_or_1d_weight(w_shape, b_shape):
-    x, w = torch.randn(3, 4), torch.randn(w_shape)
-    b = None if b_shape is None else torch.randn(b_shape)
-    torch.testing.assert_close(TF.linear(x, w, b), F.linear(x, w, b))
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("da,db", [(F32, F64), (F16, BF16), (F64, F16), (F32, torch.int64)], ids=str)
+def test_mse_loss_mixed_dtypes(device, da, db):
+    """Mixed dtypes: torch promotes (ours raised a TypeError); a 0-d operand counts in full (torch
+    broadcasts first): float16 and a 0-d float32 give float32. Gradients in each input's dtype."""
+    for sa, sb in [((3, 2), (3, 2)), ((3, 2), ()), ((), (2,))]:
+        a = torch.randn(sa, dtype=F64).to(da)
+        b = (torch.randn(sb, dtype=F64) * 3).to(db)
+        for red in ["none", "mean", "sum"]:
+            leaves = [v.clone().requires_grad_(v.is_floating_point()) for v in (a, b)]
+            t_leaves = [v.clone().requires_grad_(v.is_floating_point()) for v in (a, b)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (torch's warning on broadcast shapes)
+                ours = TF.mse_loss(*(v.to(device) for v in leaves), reduction=red)
+                ref = F.mse_loss(*t_leaves, reduction=red)
+            _same(ours, ref)
+            grads = [v for v in leaves if v.requires_grad]
+            for go, gr in zip(torch.autograd.grad(ours.sum(), grads),
+                              torch.autograd.grad(ref.sum(), [v for v in t_leaves if v.requires_grad])):
+                _same(go, gr)
 
 
-# The exception type torch raises, for exact inputs of the regions marked out above (KNOWN_TYPE,
-# the 0-d target, C = 0 with d1, uint8 targets with d1): ours differs.
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("x_shape,w_shape,b_shape", [
+    ((3, 4), (5, 4), (1,)), ((3, 4), (5, 4), ()), ((3, 4), (4,), None), ((2, 3, 4), (5, 4), (1,)),
+    ((3, 4), (5, 4), (3, 5)), ((3, 4), (5, 4), (1, 5)), ((4,), (5, 4), ()), ((4,), (4,), None), ((4,), (4,), ()),
+    ((2, 3, 4), (4,), ()), ((3, 0), (5, 0), ()), ((3, 0), (0,), None)], ids=str)
+def test_linear_broadcast_bias_or_1d_weight(device, x_shape, w_shape, b_shape):
+    """A bias that broadcasts to the output ([1], 0-d; for a 2-d input (N, out) too) and a 1-d
+    weight (no out dim in the output), as torch's F.linear (ours raised a ValueError); the
+    gradients of all three, the bias's summed back to its shape."""
+    args = [torch.randn(x_shape, dtype=F64), torch.randn(w_shape, dtype=F64),
+            None if b_shape is None else torch.randn(b_shape, dtype=F64)]
+    ours_in = [None if v is None else v.to(device).requires_grad_() for v in args]
+    ref_in = [None if v is None else v.clone().requires_grad_() for v in args]
+    ours, ref = TF.linear(*ours_in), F.linear(*ref_in)
+    _same(ours, ref)
+    g = torch.randn(ref.shape, dtype=F64)
+    leaves = [v for v in ours_in if v is not None]
+    for go, gr in zip(torch.autograd.grad(ours, leaves, g.to(device)),
+                      torch.autograd.grad(ref, [v for v in ref_in if v is not None], g)):
+        _same(go, gr)
+
+
+@pytest.mark.skipif(not hasattr(torch, "get_autocast_dtype"), reason="torch.get_autocast_dtype")
+def test_linear_broadcast_bias_autocast():
+    """Under CPU autocast a broadcast bias is cast with the rest, as torch's: a bfloat16 output."""
+    x, w, b = torch.randn(3, 4), torch.randn(5, 4), torch.randn(1)
+    with torch.autocast("cpu"):
+        ours, ref = TF.linear(x, w, b), F.linear(x, w, b)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    x64, w64, b64 = (v.to(BF16).double() for v in (x, w, b))  # the float64 reference of the cast inputs
+    scale = (x64.abs() @ w64.abs().T + b64.abs()).max().item()
+    assert_close("linear autocast", ours, x64 @ w64.T + b64, ref, BF16, scale)
+
+
+@pytest.mark.parametrize("dtypes", [(F32, F64, None), (F32, F64, F16), (F16, F16, F32), (BF16, F16, None),
+                                    (F32, F32, torch.int64)], ids=str)
+def test_cross_entropy_probabilities_mixed_dtypes(dtypes):
+    """Class probabilities of another dtype than the input (or weight): torch promotes (ours raised
+    a TypeError); the gradients in each input's dtype."""
+    dx, dq, dw = dtypes
+    x = torch.randn(3, 4, dtype=F64).to(dx).requires_grad_()
+    q = torch.rand(3, 4, dtype=F64).to(dq).requires_grad_()
+    w = None if dw is None else torch.tensor([1.0, 2.0, 0.5, 3.0]).to(dw)
+    x64, q64 = x.detach().double().requires_grad_(), q.detach().double().requires_grad_()
+    w64 = None if w is None else w.double()
+    tol = _coarser(dx, dq, dw)  # (torch's log_softmax runs in the input's dtype, ours in the promoted one)
+    for red in ["none", "mean"]:
+        ours, ref = TF.cross_entropy(x, q, w, reduction=red), F.cross_entropy(x, q, w, reduction=red)
+        ref64 = F.cross_entropy(x64, q64, w64, reduction=red)
+        assert ours.dtype == ref.dtype
+        assert_close("cross_entropy", ours, ref64, ref, tol, scale=16.0)
+        grads = zip(torch.autograd.grad(ours.sum(), [x, q]), torch.autograd.grad(ref.sum(), [x, q]),
+                    torch.autograd.grad(ref64.sum(), [x64, q64]))
+        for go, gr, g64 in grads:
+            assert go.dtype == gr.dtype
+            assert_close("cross_entropy grad", go, g64, gr, tol, scale=16.0)
+
+
+# Where ours differs from torch on purpose: torch's behaviour there is an artifact of one of its
+# code paths (memory read past a tensor's sizes, a reshape that goes wrong, a dtype refused in one
+# branch only), so ours keeps the rule it follows for the neighbouring inputs.
+
+@pytest.mark.parametrize("x_shape", [(0, 1), (3, 4), (0, 4, 2), (3, 4, 2)], ids=str)
+def test_zero_dim_target_for_batched_input(x_shape):
+    """A 0-d class-index target for a batched input: ours always raises a ValueError (the batch
+    sizes differ, as torch's ValueError says for most shapes). torch's batch-size check reads
+    target.sizes()[0] past the end of a 0-d target's sizes: whatever lies there decides whether
+    it raises that ValueError or, for an empty batch, an IndexError or a RuntimeError later."""
+    x, t = torch.zeros(x_shape), torch.zeros((), dtype=torch.int64)
+    for fn in ("nll_loss", "cross_entropy"):
+        assert _raise_type(lambda: getattr(F, fn)(x, t)) is not None
+        with pytest.raises(ValueError, match=f"torchmodules.{fn}.*batch sizes differ"):
+            getattr(TF, fn)(x, t)
+
+
+def test_nll_loss_no_classes_nd():
+    """C = 0 with one extra dim (N, 0, d1): torch reshapes the input wrongly and raises a
+    RuntimeError (size mismatch), whatever the targets; with two extra dims, and for (N, 0), it
+    raises an IndexError for a target in [0, C) = {} and computes the loss where all are ignored.
+    Ours does the latter for every shape."""
+    x, x4 = torch.zeros(2, 0, 3), torch.zeros(2, 0, 3, 1)
+    for fn in ("nll_loss", "cross_entropy"):
+        ours_f, torch_f = getattr(TF, fn), getattr(F, fn)
+        t = torch.zeros(2, 3, dtype=torch.int64)
+        assert _raise_type(lambda: torch_f(x, t)) is RuntimeError
+        assert _raise_type(lambda: ours_f(x, t)) is _raise_type(lambda: torch_f(x4, t[..., None])) is IndexError
+        for red in ["none", "mean", "sum"]:
+            t = torch.full((2, 3), -100)
+            assert _raise_type(lambda: torch_f(x, t, reduction=red)) is RuntimeError
+            _same(ours_f(x, t, reduction=red), torch_f(x4, t[..., None], reduction=red).reshape(
+                (2, 3) if red == "none" else ()))
+
+
+def test_cross_entropy_uint8_smoothing_weight_mean():
+    """uint8 class indices with label smoothing, a weight and reduction mean: torch raises a
+    RuntimeError when some target is kept (its gather of the kept targets' weights takes int64
+    only), though it takes uint8 with any other options, and these options with no target kept.
+    Ours takes them: the loss and gradient of the int64 targets."""
+    x, w = torch.randn(3, 4, dtype=F64, requires_grad=True), torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=F64)
+    t = torch.tensor([3, 0, 1], dtype=torch.uint8)
+    kw = dict(label_smoothing=0.2)
+    assert _raise_type(lambda: F.cross_entropy(x, t, w, **kw)) is RuntimeError
+    ours, ref = TF.cross_entropy(x, t, w, **kw), F.cross_entropy(x, t.long(), w, **kw)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(ref, x)[0])
+
+
+# The exception type torch raises, for exact inputs: ours raises the same (users catch torch's),
+# or, like torch, none.
 _I64 = dict(dtype=torch.int64)
+_U8 = dict(dtype=torch.uint8)
+
+
+def _f(m):
+    return F if m is torch else m
+
+
 _TYPE_CASES = [
-    ("add_mismatched", lambda m: m.add(torch.zeros(3, 4), torch.zeros(5))),                     # Runtime / Value
-    ("maximum_mismatched", lambda m: m.maximum(torch.zeros(3, 4), torch.zeros(5))),             # Runtime / Value
-    ("mse_loss_mismatched", lambda m: (F if m is torch else m).mse_loss(torch.zeros(3, 4), torch.zeros(5))),
-    ("linear_k", lambda m: (F if m is torch else m).linear(torch.zeros(3, 4), torch.zeros(5, 6))),  # Runtime / Value
-    ("amax_repeated_dim", lambda m: m.amax(torch.zeros(3, 4), (1, -1))),                        # Runtime / Value
-    ("amax_all_of_empty", lambda m: m.amax(torch.zeros(3, 0))),                                 # Runtime / Index
-    ("nll_loss_weight_size", lambda m: (F if m is torch else m).nll_loss(
-        torch.zeros(3, 4), torch.zeros(3, **_I64), torch.ones(5))),                             # Runtime / Value
-    ("nll_loss_int32_target", lambda m: (F if m is torch else m).nll_loss(
-        torch.zeros(3, 4), torch.zeros(3, dtype=torch.int32))),                                 # Runtime / Type
-    ("nll_loss_0d_target_empty_batch", lambda m: (F if m is torch else m).nll_loss(
-        torch.zeros(0, 1), torch.zeros((), **_I64))),                                           # Index / Value
-    ("nll_loss_no_classes_nd", lambda m: (F if m is torch else m).nll_loss(
-        torch.zeros(2, 0, 3), torch.zeros(2, 3, **_I64))),                                      # Runtime / Index
-    ("nll_loss_no_classes_nd_all_ignored", lambda m: (F if m is torch else m).nll_loss(
-        torch.zeros(2, 0, 3), torch.full((2, 3), -100))),                                       # Runtime / none
-    ("nll_loss_uint8_target_nd", lambda m: (F if m is torch else m).nll_loss(
-        torch.zeros(3, 4, 2), torch.zeros(3, 2, dtype=torch.uint8))),                           # Runtime / none
-    ("cross_entropy_no_classes", lambda m: (F if m is torch else m).cross_entropy(
-        torch.zeros(3, 0), torch.zeros(3, **_I64))),                                            # Index / Value
-    ("cross_entropy_no_classes_all_ignored", lambda m: (F if m is torch else m).cross_entropy(
-        torch.zeros(3, 0), torch.full((3,), -100), reduction="sum")),                           # none / Value
-    ("cross_entropy_prob_ignore_index", lambda m: (F if m is torch else m).cross_entropy(
-        torch.zeros(3, 4), torch.zeros(3, 4), ignore_index=1)),                                 # Runtime / Value
-    ("cross_entropy_label_smoothing_1.5", lambda m: (F if m is torch else m).cross_entropy(
-        torch.zeros(3, 4), torch.zeros(3, **_I64), label_smoothing=1.5)),                       # Runtime / Value
+    ("add_mismatched", lambda m: m.add(torch.zeros(3, 4), torch.zeros(5))),
+    ("maximum_mismatched", lambda m: m.maximum(torch.zeros(3, 4), torch.zeros(5))),
+    ("mse_loss_mismatched", lambda m: _f(m).mse_loss(torch.zeros(3, 4), torch.zeros(5))),
+    ("mse_loss_mismatched_int", lambda m: _f(m).mse_loss(torch.zeros(3, 4, **_I64), torch.zeros(5, **_I64))),
+    ("mse_loss_int", lambda m: _f(m).mse_loss(torch.zeros(3, **_I64), torch.zeros(3, **_I64))),
+    ("linear_k", lambda m: _f(m).linear(torch.zeros(3, 4), torch.zeros(5, 6))),
+    ("linear_dtype", lambda m: _f(m).linear(torch.zeros(3, 4), torch.zeros(5, 4, dtype=F64))),
+    ("linear_weight_3d", lambda m: _f(m).linear(torch.zeros(3, 4), torch.zeros(2, 5, 4))),
+    ("linear_input_0d", lambda m: _f(m).linear(torch.zeros(()), torch.zeros(5, 1))),
+    ("linear_1d_weight_k", lambda m: _f(m).linear(torch.zeros(3, 4), torch.zeros(5))),
+    ("linear_1d_weight_bias_2d_input", lambda m: _f(m).linear(torch.zeros(3, 4), torch.zeros(4), torch.zeros(()))),
+    ("linear_bias_shape", lambda m: _f(m).linear(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(4))),
+    ("linear_bias_dtype", lambda m: _f(m).linear(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(5, dtype=F64))),
+    ("linear_bias_1_dtype", lambda m: _f(m).linear(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(1, dtype=F64))),
+    ("relu_complex", lambda m: m.relu(torch.zeros(3, dtype=torch.complex64))),
+    ("amax_bad_dim", lambda m: m.amax(torch.zeros(3, 4), 2)),
+    ("amax_repeated_dim", lambda m: m.amax(torch.zeros(3, 4), (1, -1))),
+    ("amax_all_of_empty", lambda m: m.amax(torch.zeros(3, 0))),
+    ("amax_empty_dim", lambda m: m.amax(torch.zeros(3, 0), 1)),
+    ("amax_empty_dim_repeated", lambda m: m.amax(torch.zeros(3, 0), (1, 1))),
+    ("amax_repeated_then_bad", lambda m: m.amax(torch.zeros(3, 4), (0, 0, 5))),
+    ("log_softmax_int", lambda m: m.log_softmax(torch.zeros(3, 4, **_I64), 1)),
+    ("log_softmax_bad_dim", lambda m: m.log_softmax(torch.zeros(3, 4), 2)),
+    ("nll_loss_weight_size", lambda m: _f(m).nll_loss(torch.zeros(3, 4), torch.zeros(3, **_I64), torch.ones(5))),
+    ("nll_loss_weight_2d", lambda m: _f(m).nll_loss(torch.zeros(3, 4), torch.zeros(3, **_I64), torch.ones(2, 2))),
+    ("nll_loss_weight_dtype", lambda m: _f(m).nll_loss(torch.zeros(3, 4), torch.zeros(3, **_I64),
+                                                      torch.ones(4, **_I64))),
+    ("nll_loss_int32_target", lambda m: _f(m).nll_loss(torch.zeros(3, 4), torch.zeros(3, dtype=torch.int32))),
+    ("nll_loss_int32_target_batch", lambda m: _f(m).nll_loss(torch.zeros(3, 4), torch.zeros(2, dtype=torch.int32))),
+    ("nll_loss_int_input_batch", lambda m: _f(m).nll_loss(torch.zeros(3, 4, **_I64), torch.zeros(2, **_I64))),
+    ("nll_loss_int_input", lambda m: _f(m).nll_loss(torch.zeros(3, 4, **_I64), torch.zeros(3, **_I64))),
+    ("nll_loss_input_0d", lambda m: _f(m).nll_loss(torch.zeros(()), torch.zeros((), **_I64))),
+    ("nll_loss_2d_target_2d", lambda m: _f(m).nll_loss(torch.zeros(3, 4), torch.zeros(3, 2, **_I64))),
+    ("nll_loss_1d_target_2d", lambda m: _f(m).nll_loss(torch.zeros(4), torch.zeros(1, 1, **_I64))),
+    ("nll_loss_1d_target_size", lambda m: _f(m).nll_loss(torch.zeros(4), torch.zeros(2, **_I64))),
+    ("nll_loss_1d_target_1", lambda m: _f(m).nll_loss(torch.zeros(4), torch.zeros(1, **_I64))),
+    ("nll_loss_spatial", lambda m: _f(m).nll_loss(torch.zeros(2, 4, 3), torch.zeros(2, 4, **_I64))),
+    ("nll_loss_spatial_4d", lambda m: _f(m).nll_loss(torch.zeros(2, 4, 3, 5), torch.zeros(2, 3, **_I64))),
+    ("nll_loss_no_classes_2d", lambda m: _f(m).nll_loss(torch.zeros(2, 0), torch.zeros(2, **_I64))),
+    ("nll_loss_no_classes_2d_all_ignored", lambda m: _f(m).nll_loss(torch.zeros(2, 0), torch.full((2,), -100))),
+    ("nll_loss_uint8_target_nd", lambda m: _f(m).nll_loss(torch.zeros(3, 4, 2), torch.zeros(3, 2, **_U8))),
+    ("nll_loss_uint8_target_nd_empty", lambda m: _f(m).nll_loss(torch.zeros(0, 4, 2), torch.zeros(0, 2, **_U8))),
+    ("cross_entropy_uint8_target_nd", lambda m: _f(m).cross_entropy(torch.zeros(3, 4, 2), torch.zeros(3, 2, **_U8))),
+    ("cross_entropy_no_classes", lambda m: _f(m).cross_entropy(torch.zeros(3, 0), torch.zeros(3, **_I64))),
+    ("cross_entropy_no_classes_all_ignored", lambda m: _f(m).cross_entropy(
+        torch.zeros(3, 0), torch.full((3,), -100), reduction="sum")),
+    ("cross_entropy_prob_ignore_index", lambda m: _f(m).cross_entropy(
+        torch.zeros(3, 4), torch.zeros(3, 4), ignore_index=1)),
+    ("cross_entropy_label_smoothing_1.5", lambda m: _f(m).cross_entropy(
+        torch.zeros(3, 4), torch.zeros(3, **_I64), label_smoothing=1.5)),
+    ("cross_entropy_target_shape", lambda m: _f(m).cross_entropy(torch.zeros(3, 4), torch.zeros(4, **_I64))),
+    ("cross_entropy_1d_target_1", lambda m: _f(m).cross_entropy(torch.zeros(4), torch.zeros(1, **_I64))),
+    ("cross_entropy_float_class_target", lambda m: _f(m).cross_entropy(torch.zeros(3, 4), torch.zeros(3))),
+    ("cross_entropy_int_prob_target", lambda m: _f(m).cross_entropy(torch.zeros(3, 4), torch.zeros(3, 4, **_I64))),
+    ("cross_entropy_int_input", lambda m: _f(m).cross_entropy(torch.zeros(3, 4, **_I64), torch.zeros(3, **_I64))),
+    ("cross_entropy_int_input_target_shape", lambda m: _f(m).cross_entropy(
+        torch.zeros(3, 4, **_I64), torch.zeros(2, **_I64))),
+    ("cross_entropy_input_0d", lambda m: _f(m).cross_entropy(torch.zeros(()), torch.zeros((), **_I64))),
+    ("cross_entropy_input_0d_prob", lambda m: _f(m).cross_entropy(torch.zeros(()), torch.zeros(()))),
+    ("cross_entropy_input_0d_target_1", lambda m: _f(m).cross_entropy(torch.zeros(()), torch.zeros(1, **_I64))),
+    ("cross_entropy_weight_size", lambda m: _f(m).cross_entropy(
+        torch.zeros(3, 4), torch.zeros(3, **_I64), torch.ones(5))),
+    ("cross_entropy_prob_weight_size", lambda m: _f(m).cross_entropy(torch.zeros(3, 4), torch.zeros(3, 4),
+                                                                     torch.ones(1, 4))),
+    ("cross_entropy_weight_dtype", lambda m: _f(m).cross_entropy(
+        torch.zeros(3, 4), torch.zeros(3, **_I64), torch.ones(4, dtype=F64))),
+    ("cross_entropy_prob_dtypes", lambda m: _f(m).cross_entropy(torch.zeros(3, 4), torch.zeros(3, 4, dtype=F64))),
 ]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="ours raises another exception type than torch, or raises where torch does not (C++ "
-                          "checks; see the comment of each case)")
 @pytest.mark.parametrize("call", [pytest.param(c, id=i) for i, c in _TYPE_CASES])
 def test_exception_type_like_torch(call):
     with warnings.catch_warnings():
