@@ -55,8 +55,8 @@ at::Tensor add_backward(const at::Tensor& grad_y, c10::SymIntArrayRef sym_size) 
   bool ok = lead >= 0;
   for (int64_t d = 0; ok && d < (int64_t)size.size(); ++d)
     ok = size[d] == grad_y.size(lead + d) || size[d] == 1;
-  TORCH_CHECK_VALUE(ok, "torchmodules.add_backward: cannot sum grad_y of shape ", grad_y.sizes(),
-                    " down to shape ", size);
+  TORCH_CHECK(ok, "torchmodules.add_backward: cannot sum grad_y of shape ", grad_y.sizes(),
+              " down to shape ", size);
   const at::Tensor dyc = grad_y.contiguous();
   // Each dim of dy is kept (the output has it) or reduced (added in, or broadcast over).
   std::vector<int64_t> ks, kt, rs, rt;

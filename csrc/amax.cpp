@@ -24,10 +24,19 @@ struct AmaxLayout {
 
 AmaxLayout amax_layout(const char* op, const at::Tensor& x, at::IntArrayRef dim, bool keepdim) {
   const int64_t n = x.dim();
+  // torch's checks and types in torch's order: all dims (none given) of an empty tensor, then
+  // each dim in range and not empty, then no dim twice.
+  TORCH_CHECK(!dim.empty() || x.numel() > 0, "torchmodules.", op, ": the max of all elements of an empty tensor ",
+              "(shape ", x.sizes(), "); name the dims to reduce");
+  for (int64_t d : dim) {
+    const int64_t w = wrap_dim(op, d, n);
+    TORCH_CHECK_INDEX(n == 0 || x.size(w) > 0, "torchmodules.", op, ": cannot reduce over dim ", w, " of size 0 ",
+                      "(shape ", x.sizes(), "): max of an empty set");
+  }
   std::vector<bool> red(std::max<int64_t>(n, 1), dim.empty());
   for (int64_t d : dim) {
     const int64_t w = wrap_dim(op, d, n);
-    TORCH_CHECK_VALUE(!red[w] || dim.empty(), "torchmodules.", op, ": dim ", w, " appears multiple times in ", dim);
+    TORCH_CHECK(!red[w], "torchmodules.", op, ": dim ", w, " appears multiple times in ", dim);
     red[w] = true;
   }
   AmaxLayout L;
@@ -35,8 +44,6 @@ AmaxLayout amax_layout(const char* op, const at::Tensor& x, at::IntArrayRef dim,
   bool run = true;
   for (int64_t d = 0; d < n; ++d) {
     if (red[d]) {
-      TORCH_CHECK_INDEX(x.size(d) > 0, "torchmodules.", op, ": cannot reduce over dim ", d, " of size 0 (shape ",
-                        x.sizes(), "): max of an empty set");
       if (first < 0) first = d;
       else if (last != d - 1) run = false;
       last = d;
@@ -65,8 +72,8 @@ void check_amax_grads(const char* op, const at::Tensor& g, const at::Tensor& x, 
   check_floating(op, "grad", g);
   check_same_dtype_device(op, "x", x, "grad", g);
   check_same_dtype_device(op, "x", x, "y", y);
-  TORCH_CHECK_VALUE(y.sizes() == at::IntArrayRef(L.y_shape), "torchmodules.", op, ": y has shape ", y.sizes(),
-                    " but the max of x of shape ", x.sizes(), " has shape ", L.y_shape);
+  TORCH_CHECK(y.sizes() == at::IntArrayRef(L.y_shape), "torchmodules.", op, ": y has shape ", y.sizes(),
+              " but the max of x of shape ", x.sizes(), " has shape ", L.y_shape);
 }
 
 // Undo the layout's permutation on a tensor laid out like L.x.
@@ -92,8 +99,8 @@ at::Tensor amax_backward(const at::Tensor& grad_y, const at::Tensor& x, const at
                          bool keepdim) {
   const AmaxLayout L = amax_layout("amax_backward", x, dim, keepdim);
   check_amax_grads("amax_backward", grad_y, x, y, L);
-  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), "torchmodules.amax_backward: grad_y has shape ", grad_y.sizes(),
-                    ", y has shape ", y.sizes());
+  TORCH_CHECK(grad_y.sizes() == y.sizes(), "torchmodules.amax_backward: grad_y has shape ", grad_y.sizes(),
+              ", y has shape ", y.sizes());
   const at::Tensor dyc = grad_y.contiguous(), yc = y.contiguous();
   at::Tensor dx = new_output(L.x.sizes(), x.options());
   if (dx.numel() > 0) TM_LAUNCH(amax_backward, x, dx, dyc, L.x, yc, L.rows);
@@ -104,8 +111,8 @@ at::Tensor amax_double_backward(const at::Tensor& gg, const at::Tensor& x, const
                                 bool keepdim) {
   const AmaxLayout L = amax_layout("amax_double_backward", x, dim, keepdim);
   check_amax_grads("amax_double_backward", gg, x, y, L);
-  TORCH_CHECK_VALUE(gg.sizes() == x.sizes(), "torchmodules.amax_double_backward: gg has shape ", gg.sizes(),
-                    ", x has shape ", x.sizes());
+  TORCH_CHECK(gg.sizes() == x.sizes(), "torchmodules.amax_double_backward: gg has shape ", gg.sizes(),
+              ", x has shape ", x.sizes());
   const at::Tensor ggc = L.perm.empty() ? gg.contiguous() : gg.permute(L.perm).contiguous();
   const at::Tensor yc = y.contiguous();
   at::Tensor d_dy = new_output(L.y_shape, x.options());

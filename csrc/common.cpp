@@ -19,15 +19,15 @@ std::string shape_str(at::IntArrayRef s) {
 
 void check_floating(const char* op, const char* arg, const at::Tensor& t) {
   const auto d = t.scalar_type();
-  TORCH_CHECK_TYPE(d == at::kDouble || d == at::kFloat || d == at::kHalf || d == at::kBFloat16,
-                   "torchmodules.", op, ": ", arg, " must be float64, float32, float16 or bfloat16, got ",
-                   d, " with shape ", shape_str(t.sizes()));
+  TORCH_CHECK_NOT_IMPLEMENTED(d == at::kDouble || d == at::kFloat || d == at::kHalf || d == at::kBFloat16,
+                              "torchmodules.", op, ": ", arg, " must be float64, float32, float16 or bfloat16, got ",
+                              d, " with shape ", shape_str(t.sizes()));
 }
 
 void check_same_dtype_device(const char* op, const char* a_name, const at::Tensor& a,
                              const char* b_name, const at::Tensor& b) {
-  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "torchmodules.", op, ": ", a_name, " and ", b_name,
-                   " must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "torchmodules.", op, ": ", a_name, " and ", b_name,
+              " must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
   check_same_device(op, a_name, a, b_name, b);
 }
 
@@ -63,11 +63,29 @@ std::vector<int64_t> broadcast_shape(const char* op, at::IntArrayRef a, at::IntA
   for (size_t i = 0; i < n; ++i) {
     const int64_t sa = i < n - a.size() ? 1 : a[i - (n - a.size())];
     const int64_t sb = i < n - b.size() ? 1 : b[i - (n - b.size())];
-    TORCH_CHECK_VALUE(sa == sb || sa == 1 || sb == 1, "torchmodules.", op, ": shapes ", shape_str(a),
-                      " and ", shape_str(b), " cannot be broadcast together");
+    TORCH_CHECK(sa == sb || sa == 1 || sb == 1, "torchmodules.", op, ": shapes ", shape_str(a), " and ",
+                shape_str(b), " cannot be broadcast together");
     out[i] = sa == 1 ? sb : sa;
   }
   return out;
+}
+
+void check_class_target_shape(const char* op, at::IntArrayRef in, const at::Tensor& target) {
+  const at::IntArrayRef ts = target.sizes();
+  if (in.size() == 1) {  // torch also takes a target of shape [1] here
+    TORCH_CHECK(ts.size() <= 1, "torchmodules.", op, ": input of shape ", shape_str(in),
+                " (one sample of C classes) needs a 0-d target, got shape ", shape_str(ts));
+    TORCH_CHECK_VALUE(ts.empty() || ts[0] == 1, "torchmodules.", op, ": input of shape ", shape_str(in),
+                      " (one sample of C classes) needs a 0-d target, got shape ", shape_str(ts));
+    return;
+  }
+  std::vector<int64_t> want{in[0]};
+  for (size_t k = 2; k < in.size(); ++k) want.push_back(in[k]);
+  TORCH_CHECK_VALUE(!ts.empty() && ts[0] == in[0], "torchmodules.", op, ": target of shape ", shape_str(ts),
+                    " does not match input of shape ", shape_str(in), ": the batch sizes differ (expected target ",
+                    "shape ", shape_str(want), ")");
+  TORCH_CHECK(ts.equals(want), "torchmodules.", op, ": target of shape ", shape_str(ts), " does not match input of ",
+              "shape ", shape_str(in), " (expected target shape ", shape_str(want), ")");
 }
 
 Broadcast2 make_broadcast2(const char* op, at::IntArrayRef out, const at::Tensor& a, const at::Tensor& b) {
@@ -117,9 +135,9 @@ Rows make_rows(at::IntArrayRef shape, int64_t first_dim, int64_t last_dim) {
 
 at::Tensor checked_mask(const char* op, const at::Tensor& mask, int64_t bytes, const at::Tensor& grad_y) {
   check_same_device(op, "grad_y", grad_y, "mask", mask);
-  TORCH_CHECK_VALUE(mask.scalar_type() == at::kByte && mask.dim() == 1 && mask.numel() == bytes,
-                    "torchmodules.", op, ": mask must be uint8 of ", bytes, " bytes for grad_y of shape ",
-                    grad_y.sizes(), ", got ", mask.scalar_type(), " ", mask.sizes());
+  TORCH_CHECK(mask.scalar_type() == at::kByte && mask.dim() == 1 && mask.numel() == bytes, "torchmodules.", op,
+              ": mask must be uint8 of ", bytes, " bytes for grad_y of shape ", grad_y.sizes(), ", got ",
+              mask.scalar_type(), " ", mask.sizes());
   const bool aligned = mask.is_contiguous() && reinterpret_cast<uintptr_t>(mask.data_ptr()) % 16 == 0;
   return aligned ? mask : mask.clone(at::MemoryFormat::Contiguous);
 }

@@ -29,8 +29,13 @@ template <typename T>
 using acc_t = at::opmath_type<T>;
 
 // ---- input checks: every op calls these, so every error names the op -------------------
+// The exception types are torch's for the same fault (users catch torch's): a RuntimeError
+// (TORCH_CHECK) for a bad shape, dtype pairing, device or argument, a NotImplementedError (a
+// RuntimeError too) for a dtype our kernels lack, an IndexError for a dim or index out of range,
+// a ValueError where torch raises one (the batch size of a loss's target).
 
-// t must be a floating tensor of a dtype we have kernels for.
+// t must be a floating tensor of a dtype we have kernels for (else a NotImplementedError, as
+// torch's kernels for a dtype they lack).
 void check_floating(const char* op, const char* arg, const at::Tensor& t);
 // b must have a's dtype and device.
 void check_same_dtype_device(const char* op, const char* a_name, const at::Tensor& a,
@@ -40,8 +45,13 @@ void check_same_device(const char* op, const char* a_name, const at::Tensor& a,
                        const char* b_name, const at::Tensor& b);
 // Wraps a negative dim, or raises an IndexError naming the op.
 int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim);
-// The broadcast shape of a and b, or a ValueError naming the op and both shapes.
+// The broadcast shape of a and b, or a RuntimeError naming the op and both shapes.
 std::vector<int64_t> broadcast_shape(const char* op, at::IntArrayRef a, at::IntArrayRef b);
+// Class-index targets for an input `in` of shape (C), (N, C) or (N, C, d1, ...) (at least 1-d):
+// shape (), (N) or (N, d1, ...) ([1] too for (C)), with torch's types: a ValueError where the
+// batch sizes differ (a 0-d target for a batched input included) or the 1-d target of a (C)
+// input is not [1], a RuntimeError for any other mismatch.
+void check_class_target_shape(const char* op, at::IntArrayRef in, const at::Tensor& target);
 
 // ---- output allocation: every glue allocates its outputs here ---------------------------
 // Uninitialised, as at::empty; with TORCHMODULES_POISON=1 in the environment (the tests set

@@ -47,43 +47,44 @@ at::ScalarType ce_acc_dtype(const at::Tensor& input) {
 
 CeParams ce_params(const char* op, const at::Tensor& input, const at::Tensor& target, const at::Tensor& weight,
                    int64_t reduction, int64_t ignore_index, double smoothing) {
+  // torch's checks in torch's order where the exception types differ (see common.h).
+  CeParams p;
+  p.prob = input.sizes() == target.sizes();  // torch's rule: same shape = probabilities
+  if (p.prob) {
+    TORCH_CHECK(target.is_floating_point(), "torchmodules.", op, ": a target of the input's shape ", target.sizes(),
+                " holds class probabilities and must be floating, got ", target.scalar_type());
+    TORCH_CHECK(ignore_index < 0, "torchmodules.", op, ": ignore_index (", ignore_index,
+                ") is not supported for class-probability targets");
+  }
+  TORCH_CHECK(smoothing <= 1.0, "torchmodules.", op, ": label_smoothing must be between 0.0 and 1.0, got ",
+              smoothing);
   check_floating(op, "input", input);
-  TORCH_CHECK_VALUE(input.dim() >= 1, "torchmodules.", op, ": input must have a class dim, got shape ",
-                    input.sizes());
+  TORCH_CHECK_INDEX(input.dim() >= 1, "torchmodules.", op, ": input of shape ", input.sizes(),
+                    " has no class dim (dim 1, or dim 0 of an unbatched input)");
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, "torchmodules.", op, ": reduction must be 0 (none), 1 (mean) or ",
+              "2 (sum), got ", reduction);
   check_same_device(op, "input", input, "target", target);
   const int64_t cdim = input.dim() == 1 ? 0 : 1;
-  CeParams p;
   p.outer = cdim == 0 ? 1 : input.size(0);
   p.classes = input.size(cdim);
   p.inner = 1;
   for (int64_t d = cdim + 1; d < input.dim(); ++d) p.inner *= input.size(d);
-  TORCH_CHECK_VALUE(p.classes > 0, "torchmodules.", op, ": input of shape ", input.sizes(), " has no classes");
-  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "torchmodules.", op, ": reduction must be 0 (none), "
-                    "1 (mean) or 2 (sum), got ", reduction);
-  TORCH_CHECK_VALUE(smoothing <= 1.0, "torchmodules.", op, ": label_smoothing must be between 0.0 and 1.0, got ",
-                    smoothing);
   p.reduction = reduction;
   p.ignore_index = ignore_index;
   p.smoothing = smoothing > 0.0 ? smoothing : 0.0;  // torch smooths only for eps > 0
-  p.prob = input.sizes() == target.sizes();        // torch's rule: same shape = probabilities
   if (p.prob) {
-    TORCH_CHECK_TYPE(target.is_floating_point(), "torchmodules.", op, ": a target of the input's shape ",
-                     target.sizes(), " holds class probabilities and must be floating, got ", target.scalar_type());
     check_same_dtype_device(op, "input", input, "target", target);
-    TORCH_CHECK_VALUE(ignore_index < 0, "torchmodules.", op, ": ignore_index (", ignore_index,
-                      ") is not supported for class-probability targets");
   } else {
-    TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "torchmodules.", op,
-                     ": target must be int64 class indices (or probabilities of the input's shape ", input.sizes(),
-                     "), got ", target.scalar_type(), " with shape ", target.sizes());
-    TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(ce_row_shape(input)), "torchmodules.", op,
-                      ": target of shape ", target.sizes(), " does not match input of shape ", input.sizes(),
-                      " (class indices need shape ", at::IntArrayRef(ce_row_shape(input)), ")");
+    check_class_target_shape(op, input.sizes(), target);
+    TORCH_CHECK(target.scalar_type() == at::kLong, "torchmodules.", op, ": target must be int64 class indices (or ",
+                "probabilities of the input's shape ", input.sizes(), "), got ", target.scalar_type(), " with shape ",
+                target.sizes(), input.dim() > 2 && target.scalar_type() == at::kByte
+                    ? " (uint8 only for inputs (C) and (N, C), as torch)" : "");
   }
   if (weight.defined()) {
+    TORCH_CHECK(weight.dim() == 1 && weight.size(0) == p.classes, "torchmodules.", op, ": weight of shape ",
+                weight.sizes(), " must have one entry per class, [", p.classes, "]");
     check_same_dtype_device(op, "input", input, "weight", weight);
-    TORCH_CHECK_VALUE(weight.dim() == 1 && weight.size(0) == p.classes, "torchmodules.", op, ": weight of shape ",
-                      weight.sizes(), " must have one entry per class, [", p.classes, "]");
   }
   return p;
 }
@@ -93,17 +94,17 @@ void ce_check_saved(const char* op, const at::Tensor& input, const at::Tensor& g
                     const at::Tensor& total_weight, const CeParams& p) {
   check_same_dtype_device(op, "input", input, "grad_loss", grad_loss);
   const std::vector<int64_t> rows = ce_row_shape(input);
-  TORCH_CHECK_VALUE(p.reduction == 0 ? grad_loss.sizes() == at::IntArrayRef(rows) : grad_loss.dim() == 0,
-                    "torchmodules.", op, ": grad_loss of shape ", grad_loss.sizes(), " does not match the loss of ",
-                    "input ", input.sizes(), " with reduction ", p.reduction);
-  TORCH_CHECK_TYPE(lse.scalar_type() == ce_acc_dtype(input) && total_weight.scalar_type() == ce_acc_dtype(input),
-                   "torchmodules.", op, ": lse and total_weight must be ", ce_acc_dtype(input), ", got ",
-                   lse.scalar_type(), " and ", total_weight.scalar_type());
+  TORCH_CHECK(p.reduction == 0 ? grad_loss.sizes() == at::IntArrayRef(rows) : grad_loss.dim() == 0,
+              "torchmodules.", op, ": grad_loss of shape ", grad_loss.sizes(), " does not match the loss of input ",
+              input.sizes(), " with reduction ", p.reduction);
+  TORCH_CHECK(lse.scalar_type() == ce_acc_dtype(input) && total_weight.scalar_type() == ce_acc_dtype(input),
+              "torchmodules.", op, ": lse and total_weight must be ", ce_acc_dtype(input), ", got ", lse.scalar_type(),
+              " and ", total_weight.scalar_type());
   check_same_device(op, "input", input, "lse", lse);
   check_same_device(op, "input", input, "total_weight", total_weight);
-  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef(rows) && total_weight.numel() == 2, "torchmodules.", op,
-                    ": lse of shape ", lse.sizes(), " and total_weight of shape ", total_weight.sizes(),
-                    " are not those of input ", input.sizes());
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(rows) && total_weight.numel() == 2, "torchmodules.", op,
+              ": lse of shape ", lse.sizes(), " and total_weight of shape ", total_weight.sizes(),
+              " are not those of input ", input.sizes());
 }
 
 // One device-to-host copy of bad = [count, 1 + row] (a sync on CUDA), and an IndexError naming
@@ -119,6 +120,27 @@ void ce_raise_bad_targets(const at::Tensor& bad, const at::Tensor& target, const
                     p.ignore_index, ")");
 }
 
+// No classes (C = 0), as torch: a class-index target other than ignore_index is out of range; a row's
+// loss is 0 (an empty sum; -0.0 for probabilities, torch's -sum), NaN with label smoothing (torch adds
+// (eps / C) * 0 = 0 * inf); the mean is NaN (nothing kept; for probabilities torch's NaN of an empty
+// input). No kernel runs (they assume C >= 1).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_no_classes(const at::Tensor& input, const at::Tensor& target,
+                                                             const CeParams& p) {
+  const std::vector<int64_t> rows = ce_row_shape(input);
+  if (!p.prob && target.numel() > 0 && !(input.is_cuda() && cuda_stream_capturing(input))) {
+    const at::Tensor tc = target.contiguous();
+    const at::Tensor out = (tc.reshape({-1}) != p.ignore_index).nonzero().cpu();  // one sync
+    if (out.size(0) > 0)
+      ce_raise_bad_targets(at::tensor({out.size(0), out[-1][0].item<int64_t>() + 1}, at::kLong), tc, p);
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double row = p.prob ? -0.0 : p.smoothing > 0 ? nan : 0.0;
+  const auto acc = input.options().dtype(ce_acc_dtype(input));
+  at::Tensor loss = p.reduction == 0 ? at::full(rows, row, input.options())
+                                     : at::full({}, p.reduction == 1 ? nan : row, input.options());
+  return {loss, at::full(rows, -std::numeric_limits<double>::infinity(), acc), at::zeros({2}, acc)};
+}
+
 at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 at::Tensor contig(const at::Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
@@ -130,6 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(const at::T
                                                                      double label_smoothing) {
   const at::Tensor w = opt(weight);
   const CeParams p = ce_params(kOp, input, target, w, reduction, ignore_index, label_smoothing);
+  if (p.classes == 0) return ce_no_classes(input, target, p);
   const at::Tensor xc = input.contiguous(), tc = target.contiguous(), wc = contig(w);
   const std::vector<int64_t> rows = ce_row_shape(input);
   const auto acc = input.options().dtype(ce_acc_dtype(input));
@@ -151,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(const at::Tensor& grad
   const at::Tensor w = opt(weight);
   const CeParams p = ce_params(op, input, target, w, reduction, ignore_index, label_smoothing);
   ce_check_saved(op, input, grad_loss, lse, total_weight, p);
-  TORCH_CHECK_VALUE(!target_grad || p.prob, "torchmodules.", op, ": class indices have no gradient");
+  TORCH_CHECK(!target_grad || p.prob, "torchmodules.", op, ": class indices have no gradient");
   const at::Tensor gc = grad_loss.contiguous(), xc = input.contiguous(), tc = target.contiguous(), wc = contig(w),
                    lc = lse.contiguous(), twc = total_weight.contiguous();
   at::Tensor dx = new_output(input.sizes(), input.options());
@@ -170,21 +193,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_double_backward(
   ce_check_saved(op, input, grad_loss, lse, total_weight, p);
   if (gg.defined()) {
     check_same_dtype_device(op, "input", input, "gg_input", gg);
-    TORCH_CHECK_VALUE(gg.sizes() == input.sizes(), "torchmodules.", op, ": gg_input of shape ", gg.sizes(),
-                      " does not match input ", input.sizes());
+    TORCH_CHECK(gg.sizes() == input.sizes(), "torchmodules.", op, ": gg_input of shape ", gg.sizes(),
+                " does not match input ", input.sizes());
   }
   if (hh.defined()) {
-    TORCH_CHECK_VALUE(p.prob, "torchmodules.", op, ": gg_target given for class indices");
+    TORCH_CHECK(p.prob, "torchmodules.", op, ": gg_target given for class indices");
     check_same_dtype_device(op, "input", input, "gg_target", hh);
-    TORCH_CHECK_VALUE(hh.sizes() == input.sizes(), "torchmodules.", op, ": gg_target of shape ", hh.sizes(),
-                      " does not match input ", input.sizes());
+    TORCH_CHECK(hh.sizes() == input.sizes(), "torchmodules.", op, ": gg_target of shape ", hh.sizes(),
+                " does not match input ", input.sizes());
   }
   const at::Tensor ggc = contig(gg), hhc = contig(hh), gc = grad_loss.contiguous(), xc = input.contiguous(),
                    tc = target.contiguous(), wc = contig(w), lc = lse.contiguous(), twc = total_weight.contiguous();
   at::Tensor d_g = new_output(grad_loss.sizes(), grad_loss.options());
   at::Tensor d_x = new_output(input.sizes(), input.options());
   at::Tensor d_q = p.prob ? new_output(target.sizes(), target.options()) : at::Tensor();
-  TM_LAUNCH(cross_entropy_double_backward, input, d_g, d_x, d_q, ggc, hhc, gc, xc, tc, wc, lc, twc, p);
+  if (p.classes == 0) d_g.zero_();  // the gradient (empty) does not depend on grad_loss
+  else TM_LAUNCH(cross_entropy_double_backward, input, d_g, d_x, d_q, ggc, hhc, gc, xc, tc, wc, lc, twc, p);
   return {d_g, d_x, p.prob ? d_q : new_output({0}, input.options())};
 }
 
@@ -203,6 +227,13 @@ inline double tm_log(double v) { return std::log(v); }
 
 template <typename A>
 A nan_v() { return std::numeric_limits<A>::quiet_NaN(); }
+
+// Class indices, label smoothing, mean, kept targets of total weight 0: torch divides its nll
+// and smoothing parts by that 0 apart, and the nll part is 0 / 0 (each kept w_t is 0 when no
+// weight is negative): the loss and the kept rows' gradient are NaN (ours would be +-inf).
+inline bool ce_smooth_zero_den(const CeParams& P, double den) {
+  return !P.prob && P.smoothing > 0 && P.reduction == 1 && den == 0;
+}
 
 // The online pass: m = max x, s = sum exp(x - m), and with kU: up = sum u, a = sum u (m - x).
 template <typename A>
@@ -284,6 +315,20 @@ A fixed_sum(int64_t n, const F& f) {
   return s;
 }
 
+// A probability row's loss as torch computes it, sum_c u_c ((m - x_c) + log s) (its -sum u
+// log_softmax(x)), in double, for the rare rows where the one-pass a + up log s is not finite: an
+// infinite u_c makes inf - inf or 0 * inf there where torch's sum is +-inf (or NaN where torch's is).
+template <typename T>
+double ce_prob_row_exact(const T* xr, const T* qr, int64_t D, int64_t C, const T* w, double keep, double epsc) {
+  double m = -INFINITY, s = 0, L = 0;
+  for (int64_t c = 0; c < C; ++c) m = std::max(m, double(xr[c * D]));  // (NaN reaches s below)
+  for (int64_t c = 0; c < C; ++c) s += std::exp(double(xr[c * D]) - m);
+  const double ls = std::log(s);
+  for (int64_t c = 0; c < C; ++c)
+    L += (w ? double(w[c]) : 1.0) * (keep * double(qr[c * D]) + epsc) * ((m - double(xr[c * D])) + ls);
+  return L;
+}
+
 template <typename T>
 void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const T* x, const void* tgt,
                        const T* w, const CeParams& P) {
@@ -308,6 +353,8 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
         const A ls = tm_log(st.s);
         L = st.a + st.up * ls;
         l = st.m + ls;
+        if (!std::isfinite(L))
+          L = A(ce_prob_row_exact(xr, qr, row.D, C, w, 1.0 - P.smoothing, P.smoothing / double(C)));
       } else {
         const int64_t tr = t[r];
         if (tr == P.ignore_index) {
@@ -347,7 +394,7 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
   tw[1] = w ? fixed_sum<A>(C, [&](int64_t c) { return A(w[c]); }) : A(C);
   if (!rows_out) {
     const A s = fixed_sum<A>(R, [&](int64_t r) { return buf[r]; });
-    loss[0] = static_cast<T>(P.reduction == 1 ? s / den : s);
+    loss[0] = static_cast<T>(P.reduction != 1 ? s : ce_smooth_zero_den(P, den) ? nan_v<A>() : s / den);
   }
 }
 
@@ -359,7 +406,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   const int64_t C = P.classes, R = P.rows();
   const A eps = A(P.smoothing), keep = A(1) - eps, epsc = eps / A(C);
   const bool smooth = P.smoothing > 0;
-  const A sc = P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
+  const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
@@ -411,7 +458,7 @@ void ce_double_backward_kernel(T* d_g, T* d_x, T* d_q, const T* gg, const T* hh,
   const int64_t C = P.classes, R = P.rows();
   const A eps = A(P.smoothing), keep = A(1) - eps, epsc = eps / A(C);
   const bool smooth = P.smoothing > 0, rows_out = P.reduction == 0;
-  const A sc = P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
+  const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
   std::vector<A> buf(rows_out ? 0 : R);

@@ -9,7 +9,7 @@ namespace torchmodules {
 
 std::vector<at::Tensor> duplicate_forward(const at::Tensor& x, int64_t n) {
   check_floating("duplicate", "input", x);
-  TORCH_CHECK_VALUE(n >= 1, "torchmodules.duplicate: n must be at least 1, got ", n);
+  TORCH_CHECK(n >= 1, "torchmodules.duplicate: n must be at least 1, got ", n);
   const at::Tensor xc = x.contiguous();
   std::vector<at::Tensor> ys;
   for (int64_t k = 0; k < n; ++k) ys.push_back(new_output(x.sizes(), x.options()));
@@ -18,13 +18,13 @@ std::vector<at::Tensor> duplicate_forward(const at::Tensor& x, int64_t n) {
 }
 
 at::Tensor duplicate_backward(at::TensorList grads) {
-  TORCH_CHECK_VALUE(!grads.empty(), "torchmodules.duplicate_backward: needs at least one gradient");
+  TORCH_CHECK(!grads.empty(), "torchmodules.duplicate_backward: needs at least one gradient");
   std::vector<at::Tensor> gs;
   for (size_t k = 0; k < grads.size(); ++k) {
     check_floating("duplicate_backward", "grads", grads[k]);
     check_same_dtype_device("duplicate_backward", "grads[0]", grads[0], "grads[k]", grads[k]);
-    TORCH_CHECK_VALUE(grads[k].sizes() == grads[0].sizes(), "torchmodules.duplicate_backward: gradients must ",
-                      "share one shape, got ", grads[0].sizes(), " and ", grads[k].sizes());
+    TORCH_CHECK(grads[k].sizes() == grads[0].sizes(), "torchmodules.duplicate_backward: gradients must ",
+                "share one shape, got ", grads[0].sizes(), " and ", grads[k].sizes());
     gs.push_back(grads[k].contiguous());
   }
   at::Tensor dx = new_output(grads[0].sizes(), grads[0].options());

@@ -44,19 +44,19 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const s
   check_floating("linear", "input", x);
   check_floating("linear", "weight", weight);
   check_same_dtype_device("linear", "input", x, "weight", weight);
-  TORCH_CHECK_VALUE(weight.dim() == 2,
-                    "torchmodules.linear: weight must be 2-D [out_features, in_features], got shape ", weight.sizes());
-  TORCH_CHECK_VALUE(x.dim() >= 1, "torchmodules.linear: input must have at least 1 dim, got shape ", x.sizes());
-  TORCH_CHECK_VALUE(x.size(-1) == weight.size(1), "torchmodules.linear: input of shape ", x.sizes(),
-                    " and weight of shape ", weight.sizes(), " do not match: input.size(-1) = ", x.size(-1),
-                    " but weight.size(1) = ", weight.size(1));
+  TORCH_CHECK(weight.dim() == 2,
+              "torchmodules.linear: weight must be 2-D [out_features, in_features], got shape ", weight.sizes());
+  TORCH_CHECK(x.dim() >= 1, "torchmodules.linear: input must have at least 1 dim, got shape ", x.sizes());
+  TORCH_CHECK(x.size(-1) == weight.size(1), "torchmodules.linear: input of shape ", x.sizes(),
+              " and weight of shape ", weight.sizes(), " do not match: input.size(-1) = ", x.size(-1),
+              " but weight.size(1) = ", weight.size(1));
   const int64_t M = leading_numel(x), K = weight.size(1), N = weight.size(0);
   const bool has_bias = bias.has_value() && bias->defined();
   if (has_bias) {
     check_floating("linear", "bias", *bias);
     check_same_dtype_device("linear", "input", x, "bias", *bias);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "torchmodules.linear: bias must have shape [", N,
-                      "] for weight of shape ", weight.sizes(), ", got ", bias->sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "torchmodules.linear: bias must have shape [", N,
+                "] for weight of shape ", weight.sizes(), ", got ", bias->sizes());
   }
   const at::Tensor xc = x.contiguous();
   const at::Tensor x2d = xc.view({M, K});
@@ -72,13 +72,13 @@ at::Tensor linear_backward_input(const at::Tensor& grad_y, const at::Tensor& wei
   check_floating("linear_backward_input", "grad_y", grad_y);
   check_floating("linear_backward_input", "weight", weight);
   check_same_dtype_device("linear_backward_input", "grad_y", grad_y, "weight", weight);
-  TORCH_CHECK_VALUE(weight.dim() == 2, "torchmodules.linear_backward_input: weight must be 2-D, got shape ",
-                    weight.sizes());
-  TORCH_CHECK_VALUE(grad_y.dim() >= 1,
-                    "torchmodules.linear_backward_input: grad_y must have at least 1 dim, got shape ", grad_y.sizes());
-  TORCH_CHECK_VALUE(grad_y.size(-1) == weight.size(0), "torchmodules.linear_backward_input: grad_y of shape ",
-                    grad_y.sizes(), " and weight of shape ", weight.sizes(), " do not match: grad_y.size(-1) = ",
-                    grad_y.size(-1), " but weight.size(0) = ", weight.size(0));
+  TORCH_CHECK(weight.dim() == 2, "torchmodules.linear_backward_input: weight must be 2-D, got shape ",
+              weight.sizes());
+  TORCH_CHECK(grad_y.dim() >= 1,
+              "torchmodules.linear_backward_input: grad_y must have at least 1 dim, got shape ", grad_y.sizes());
+  TORCH_CHECK(grad_y.size(-1) == weight.size(0), "torchmodules.linear_backward_input: grad_y of shape ",
+              grad_y.sizes(), " and weight of shape ", weight.sizes(), " do not match: grad_y.size(-1) = ",
+              grad_y.size(-1), " but weight.size(0) = ", weight.size(0));
   const int64_t M = leading_numel(grad_y), N = weight.size(0), K = weight.size(1);
   const at::Tensor dyc = grad_y.contiguous();
   const at::Tensor dy2d = dyc.view({M, N});
@@ -93,10 +93,10 @@ at::Tensor linear_backward_weight(const at::Tensor& grad_y, const at::Tensor& x)
   check_floating("linear_backward_weight", "grad_y", grad_y);
   check_floating("linear_backward_weight", "input", x);
   check_same_dtype_device("linear_backward_weight", "grad_y", grad_y, "input", x);
-  TORCH_CHECK_VALUE(grad_y.dim() >= 1 && grad_y.dim() == x.dim() &&
-                        grad_y.sizes().slice(0, grad_y.dim() - 1).equals(x.sizes().slice(0, x.dim() - 1)),
-                    "torchmodules.linear_backward_weight: grad_y of shape ", grad_y.sizes(), " and input of shape ",
-                    x.sizes(), " must have at least 1 dim and the same sizes but the last");
+  TORCH_CHECK(grad_y.dim() >= 1 && grad_y.dim() == x.dim() &&
+                  grad_y.sizes().slice(0, grad_y.dim() - 1).equals(x.sizes().slice(0, x.dim() - 1)),
+              "torchmodules.linear_backward_weight: grad_y of shape ", grad_y.sizes(), " and input of shape ",
+              x.sizes(), " must have at least 1 dim and the same sizes but the last");
   const int64_t M = leading_numel(x), N = grad_y.size(-1), K = x.size(-1);
   const at::Tensor dyc = grad_y.contiguous();
   const at::Tensor dy2d = dyc.view({M, N});

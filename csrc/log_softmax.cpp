@@ -33,8 +33,8 @@ at::Tensor log_softmax_forward(const at::Tensor& x, int64_t dim) {
 at::Tensor log_softmax_backward(const at::Tensor& grad_y, const at::Tensor& y, int64_t dim) {
   check_floating("log_softmax_backward", "grad_y", grad_y);
   check_same_dtype_device("log_softmax_backward", "grad_y", grad_y, "y", y);
-  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), "torchmodules.log_softmax_backward: grad_y has shape ",
-                    grad_y.sizes(), ", y has shape ", y.sizes());
+  TORCH_CHECK(grad_y.sizes() == y.sizes(), "torchmodules.log_softmax_backward: grad_y has shape ",
+              grad_y.sizes(), ", y has shape ", y.sizes());
   const Rows r = softmax_rows("log_softmax_backward", y, dim);
   const at::Tensor dyc = grad_y.contiguous(), yc = y.contiguous();
   at::Tensor dx = new_output(y.sizes(), y.options());
@@ -48,8 +48,8 @@ std::tuple<at::Tensor, at::Tensor> log_softmax_double_backward(const at::Tensor&
   check_floating(op, "gg", gg);
   check_same_dtype_device(op, "gg", gg, "grad_y", grad_y);
   check_same_dtype_device(op, "gg", gg, "y", y);
-  TORCH_CHECK_VALUE(gg.sizes() == y.sizes() && grad_y.sizes() == y.sizes(), "torchmodules.", op,
-                    ": gg, grad_y and y must share one shape, got ", gg.sizes(), ", ", grad_y.sizes(), ", ", y.sizes());
+  TORCH_CHECK(gg.sizes() == y.sizes() && grad_y.sizes() == y.sizes(), "torchmodules.", op,
+              ": gg, grad_y and y must share one shape, got ", gg.sizes(), ", ", grad_y.sizes(), ", ", y.sizes());
   const Rows r = softmax_rows(op, y, dim);
   const at::Tensor ggc = gg.contiguous(), dyc = grad_y.contiguous(), yc = y.contiguous();
   at::Tensor d_dy = new_output(y.sizes(), y.options()), d_y = new_output(y.sizes(), y.options());

@@ -62,8 +62,8 @@ inline at::ScalarType acc_dtype(at::ScalarType t) {
 enum LossReduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
 inline void check_reduction(const char* op, int64_t reduction) {
-  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kSum, "torchmodules.", op, ": reduction must be 0 (none), ",
-                    "1 (mean) or 2 (sum), got ", reduction);
+  TORCH_CHECK(reduction >= kNone && reduction <= kSum, "torchmodules.", op, ": reduction must be 0 (none), ",
+              "1 (mean) or 2 (sum), got ", reduction);
 }
 
 }  // namespace torchmodules

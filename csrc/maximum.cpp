@@ -27,7 +27,7 @@ std::tuple<at::Tensor, at::Tensor> maximum_forward(const at::Tensor& a, const at
 
 at::Tensor maximum_backward(const at::Tensor& grad_y, const at::Tensor& mask, int64_t which) {
   check_floating("maximum_backward", "grad_y", grad_y);
-  TORCH_CHECK_VALUE(which == 0 || which == 1, "torchmodules.maximum_backward: which must be 0 or 1, got ", which);
+  TORCH_CHECK(which == 0 || which == 1, "torchmodules.maximum_backward: which must be 0 or 1, got ", which);
   const at::Tensor dyc = grad_y.contiguous();
   const at::Tensor mc = checked_mask("maximum_backward", mask, maximum_mask_bytes(grad_y.numel()), grad_y);
   at::Tensor d = new_output(grad_y.sizes(), grad_y.options());

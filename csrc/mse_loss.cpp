@@ -16,11 +16,12 @@ namespace torchmodules {
 
 namespace {
 std::vector<int64_t> mse_shape(const char* op, const at::Tensor& x, const at::Tensor& t, int64_t reduction) {
+  check_reduction(op, reduction);
+  std::vector<int64_t> shape = broadcast_shape(op, x.sizes(), t.sizes());  // first, as torch
   check_floating(op, "input", x);
   check_floating(op, "target", t);
   check_same_dtype_device(op, "input", x, "target", t);
-  check_reduction(op, reduction);
-  return broadcast_shape(op, x.sizes(), t.sizes());
+  return shape;
 }
 
 int64_t numel_of(const std::vector<int64_t>& shape) {
@@ -35,8 +36,8 @@ void check_grad(const char* op, const char* name, const at::Tensor& g, const at:
   check_floating(op, name, g);
   check_same_dtype_device(op, "input", x, name, g);
   const bool ok = reduction == kNone ? g.sizes() == at::IntArrayRef(shape) : g.dim() == 0;
-  TORCH_CHECK_VALUE(ok, "torchmodules.", op, ": ", name, " has shape ", g.sizes(), ", expected ",
-                    reduction == kNone ? at::IntArrayRef(shape) : at::IntArrayRef(), " for reduction ", reduction);
+  TORCH_CHECK(ok, "torchmodules.", op, ": ", name, " has shape ", g.sizes(), ", expected ",
+              reduction == kNone ? at::IntArrayRef(shape) : at::IntArrayRef(), " for reduction ", reduction);
 }
 }  // namespace
 

@@ -23,15 +23,15 @@ void check_nn(const char* op, const at::Tensor& x, const at::Tensor& w) {
   check_floating(op, "input", x);
   check_floating(op, "weight", w);
   check_same_dtype_device(op, "input", x, "weight", w);
-  TORCH_CHECK_VALUE(w.dim() == 2, "torchmodules.", op, ": weight must be 2-D [K, D] (K prototypes of D features), "
-                    "got shape ", w.sizes());
-  TORCH_CHECK_VALUE(x.dim() >= 1, "torchmodules.", op, ": input must have shape (*, D), at least 1-D, got shape ",
-                    x.sizes());
-  TORCH_CHECK_VALUE(x.size(-1) == w.size(1), "torchmodules.", op, ": input of shape ", x.sizes(), " has ", x.size(-1),
-                    " features but weight of shape ", w.sizes(), " has ", w.size(1));
-  TORCH_CHECK_VALUE(w.size(0) > 0, "torchmodules.", op, ": weight of shape ", w.sizes(),
+  TORCH_CHECK(w.dim() == 2, "torchmodules.", op, ": weight must be 2-D [K, D] (K prototypes of D features), "
+              "got shape ", w.sizes());
+  TORCH_CHECK(x.dim() >= 1, "torchmodules.", op, ": input must have shape (*, D), at least 1-D, got shape ",
+              x.sizes());
+  TORCH_CHECK(x.size(-1) == w.size(1), "torchmodules.", op, ": input of shape ", x.sizes(), " has ", x.size(-1),
+              " features but weight of shape ", w.sizes(), " has ", w.size(1));
+  TORCH_CHECK_INDEX(w.size(0) > 0, "torchmodules.", op, ": weight of shape ", w.sizes(),  // (argmin's type)
                     " has no prototypes (argmin over an empty set)");
-  TORCH_CHECK_VALUE(w.size(0) <= INT32_MAX, "torchmodules.", op, ": at most 2^31 - 1 prototypes, got ", w.size(0));
+  TORCH_CHECK(w.size(0) <= INT32_MAX, "torchmodules.", op, ": at most 2^31 - 1 prototypes, got ", w.size(0));
 }
 
 // grad (x's dtype) and index (int64) must have x's shape without its last dim, on x's device.
@@ -42,12 +42,12 @@ void check_backward(const char* op, const at::Tensor& grad, const at::Tensor& x,
   check_same_dtype_device(op, "input", x, "grad", grad);
   check_same_device(op, "input", x, "index", index);
   const at::IntArrayRef rows = x.sizes().slice(0, x.dim() - 1);
-  TORCH_CHECK_VALUE(grad.sizes() == rows, "torchmodules.", op, ": grad has shape ", grad.sizes(), ", expected ", rows,
-                    " for input of shape ", x.sizes());
-  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "torchmodules.", op, ": index must be int64, got ",
-                   index.scalar_type());
-  TORCH_CHECK_VALUE(index.sizes() == rows, "torchmodules.", op, ": index has shape ", index.sizes(), ", expected ",
-                    rows, " for input of shape ", x.sizes());
+  TORCH_CHECK(grad.sizes() == rows, "torchmodules.", op, ": grad has shape ", grad.sizes(), ", expected ", rows,
+              " for input of shape ", x.sizes());
+  TORCH_CHECK(index.scalar_type() == at::kLong, "torchmodules.", op, ": index must be int64, got ",
+              index.scalar_type());
+  TORCH_CHECK(index.sizes() == rows, "torchmodules.", op, ": index has shape ", index.sizes(), ", expected ",
+              rows, " for input of shape ", x.sizes());
 }
 }  // namespace
 

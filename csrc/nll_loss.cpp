@@ -25,32 +25,26 @@ struct NllShape {
 
 NllShape nll_checks(const char* op, at::IntArrayRef in, const at::Tensor& like, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, int64_t reduction) {
+  // torch's checks in torch's order where the exception types differ (see common.h)
   check_reduction(op, reduction);
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte, "torchmodules.", op,
-                   ": target must hold int64 (or uint8) class indices, got ", target.scalar_type(), " with shape ",
-                   target.sizes());
   check_same_device(op, "input", like, "target", target);
   TORCH_CHECK_VALUE(!in.empty(), "torchmodules.", op, ": input must have 1 or more dims ([C], [N, C] or ",
                     "[N, C, d1, ...]), got shape ", in);
+  check_class_target_shape(op, in, target);
+  // uint8 as torch: its (N, C, d1, ...) kernel takes int64 only (an empty target passes).
+  const bool byte_ok = in.size() <= 2 || target.numel() == 0;
+  TORCH_CHECK(target.scalar_type() == at::kLong || (target.scalar_type() == at::kByte && byte_ok), "torchmodules.",
+              op, ": target must hold int64 ", in.size() <= 2 ? "(or uint8) " : "", "class indices, got ",
+              target.scalar_type(), " with shape ", target.sizes(), " for input of shape ", in);
   NllShape s{1, in[0], 1, {}};
-  if (in.size() == 1) {  // unbatched; torch also takes a target of shape [1] here
-    TORCH_CHECK_VALUE(target.dim() == 0 || (target.dim() == 1 && target.size(0) == 1), "torchmodules.", op,
-                      ": input of shape ", in, " (one sample of C classes) needs a 0-d target, got shape ",
-                      target.sizes());
-  } else {
-    bool ok = target.dim() == (int64_t)in.size() - 1 && target.size(0) == in[0];
-    for (int64_t k = 1; ok && k < target.dim(); ++k) ok = target.size(k) == in[k + 1];
-    std::vector<int64_t> want{in[0]};
-    for (size_t k = 2; k < in.size(); ++k) want.push_back(in[k]);
-    TORCH_CHECK_VALUE(ok, "torchmodules.", op, ": target of shape ", target.sizes(), " does not match input of shape ",
-                      in, " (expected target shape ", at::IntArrayRef(want), ")");
-    s = NllShape{in[0], in[1], 1, want};
+  if (in.size() > 1) {
+    s = NllShape{in[0], in[1], 1, std::vector<int64_t>(target.sizes().begin(), target.sizes().end())};
     for (size_t k = 2; k < in.size(); ++k) s.D *= in[k];
   }
   if (weight.has_value() && weight->defined()) {
+    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == s.C, "torchmodules.", op, ": weight must have shape [", s.C,
+                "] (one per class) for input of shape ", in, ", got shape ", weight->sizes());
     check_same_dtype_device(op, "input", like, "weight", *weight);
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == s.C, "torchmodules.", op, ": weight must have shape [",
-                      s.C, "] (one per class) for input of shape ", in, ", got shape ", weight->sizes());
   }
   return s;
 }
@@ -70,8 +64,8 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward(const at::Tensor& x, const a
                                                     const std::optional<at::Tensor>& weight, int64_t reduction,
                                                     int64_t ignore_index) {
   const char* op = "nll_loss";
-  check_floating(op, "input", x);
   const NllShape s = nll_checks(op, x.sizes(), x, target, weight, reduction);
+  check_floating(op, "input", x);  // after the target's checks, as torch's kernel
   const NllArgs a{s.N, s.C, s.D, reduction, ignore_index};
   const at::Tensor xc = x.contiguous(), tc = target.contiguous(), wc = weight_or_undefined(weight);
   at::Tensor out = new_output(reduction == kNone ? at::IntArrayRef(s.loss) : at::IntArrayRef(), x.options());
@@ -90,13 +84,13 @@ at::Tensor nll_loss_backward(const at::Tensor& grad_y, const at::Tensor& target,
   check_floating(op, "grad_y", grad_y);
   const NllShape s = nll_checks(op, size, grad_y, target, weight, reduction);
   const bool ok = reduction == kNone ? grad_y.sizes() == at::IntArrayRef(s.loss) : grad_y.dim() == 0;
-  TORCH_CHECK_VALUE(ok, "torchmodules.", op, ": grad_y has shape ", grad_y.sizes(), ", expected ",
-                    reduction == kNone ? at::IntArrayRef(s.loss) : at::IntArrayRef(), " for reduction ", reduction);
+  TORCH_CHECK(ok, "torchmodules.", op, ": grad_y has shape ", grad_y.sizes(), ", expected ",
+              reduction == kNone ? at::IntArrayRef(s.loss) : at::IntArrayRef(), " for reduction ", reduction);
   check_same_device(op, "grad_y", grad_y, "total_weight", total_weight);
-  TORCH_CHECK_VALUE(total_weight.dim() == 0 && total_weight.scalar_type() == acc_dtype(grad_y.scalar_type()),
-                    "torchmodules.", op, ": total_weight must be a 0-d ", acc_dtype(grad_y.scalar_type()),
-                    " tensor (the forward's second output), got ", total_weight.scalar_type(), " of shape ",
-                    total_weight.sizes());
+  TORCH_CHECK(total_weight.dim() == 0 && total_weight.scalar_type() == acc_dtype(grad_y.scalar_type()),
+              "torchmodules.", op, ": total_weight must be a 0-d ", acc_dtype(grad_y.scalar_type()),
+              " tensor (the forward's second output), got ", total_weight.scalar_type(), " of shape ",
+              total_weight.sizes());
   const NllArgs a{s.N, s.C, s.D, reduction, ignore_index};
   const at::Tensor dyc = grad_y.contiguous(), tc = target.contiguous(), wc = weight_or_undefined(weight);
   at::Tensor dx = new_output(size, grad_y.options());

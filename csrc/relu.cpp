@@ -1,7 +1,8 @@
-// ReLU.  Forward: y = max(x, 0), and one saved bit per element, m = !(x <= 0).
+// ReLU.  Forward: y = x < 0 ? 0 : x, and one saved bit per element, m = !(x <= 0).
 //        Backward: dx = m ? dy : 0.
 // The bit is all the backward needs: 1/32 of the memory of saving x in float32.
-// NaN: y = NaN and m = 1 (the gradient passes), as torch's threshold_backward.
+// As torch: relu(-0.0) = -0.0 (only x < 0 becomes 0) and its gradient 0 (threshold_backward
+// passes the gradient where y > 0 only); NaN: y = NaN and m = 1 (the gradient passes).
 #include "ops.h"
 #include "simd.h"
 
@@ -34,7 +35,7 @@ at::Tensor relu_backward(const at::Tensor& grad_y, const at::Tensor& mask) {
 // One call per chunk of whole 32-element words, compiled per ISA (simd.h); the last,
 // partial word runs through the same code on a zero-padded copy.
 
-// y = max(x, 0) (NaN kept); bit i of word w = !(x[32w+i] <= 0).
+// y = x < 0 ? 0 : x (NaN and -0.0 kept); bit i of word w = !(x[32w+i] <= 0).
 template <typename T>
 TM_SIMD static void relu_forward_words(T* __restrict y, uint32_t* __restrict m, const T* __restrict x, int64_t w0,
                                        int64_t w1) {
@@ -45,8 +46,9 @@ TM_SIMD static void relu_forward_words(T* __restrict y, uint32_t* __restrict m, 
     for (int i = 0; i < 32; ++i) {
       // Compare in the element's own accumulation type (double stays double), as torch:
       // a float64 1e-310 is > 0 though it would round to 0 as a float.
-      const bool pass = !(static_cast<acc_t<T>>(xw[i]) <= acc_t<T>(0));
-      yw[i] = pass ? xw[i] : T(0);
+      const acc_t<T> v = static_cast<acc_t<T>>(xw[i]);
+      const bool pass = !(v <= acc_t<T>(0));
+      yw[i] = v < acc_t<T>(0) ? T(0) : xw[i];
       bits |= uint32_t(pass) << i;
     }
     m[w] = bits;

@@ -22,11 +22,11 @@ std::string item(const char* list, size_t k) { return std::string(list) + "[" + 
 // t (grads[k] or momentum_buffers[k]) must match params[k] in dtype, device, shape and layout kind.
 void check_like_param(const at::Tensor& p, size_t k, const char* list, const at::Tensor& t) {
   const std::string pn = item("params", k), tn = item(list, k);
-  TORCH_CHECK_VALUE(t.layout() == at::kStrided, "torchmodules.sgd_step: sparse ", list,
-                    " are not supported, got ", tn, " with layout ", t.layout());
+  TORCH_CHECK(t.layout() == at::kStrided, "torchmodules.sgd_step: sparse ", list,
+              " are not supported, got ", tn, " with layout ", t.layout());
   check_same_dtype_device("sgd_step", pn.c_str(), p, tn.c_str(), t);
-  TORCH_CHECK_VALUE(t.sizes() == p.sizes(), "torchmodules.sgd_step: ", tn, " has shape ", t.sizes(), " but ", pn,
-                    " has shape ", p.sizes());
+  TORCH_CHECK(t.sizes() == p.sizes(), "torchmodules.sgd_step: ", tn, " has shape ", t.sizes(), " but ", pn,
+              " has shape ", p.sizes());
 }
 
 }  // namespace
@@ -35,27 +35,27 @@ void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList moment
               double momentum, double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step) {
   const size_t n = params.size();
   const bool use_buf = momentum != 0;
-  TORCH_CHECK_VALUE(grads.size() == n, "torchmodules.sgd_step: got ", n, " params but ", grads.size(), " grads");
-  TORCH_CHECK_VALUE(momentum_buffers.size() == (use_buf ? n : 0), "torchmodules.sgd_step: got ", n,
-                    " params and ", momentum_buffers.size(), " momentum_buffers; momentum ", momentum,
-                    use_buf ? " needs one buffer per param" : " needs none");
+  TORCH_CHECK(grads.size() == n, "torchmodules.sgd_step: got ", n, " params but ", grads.size(), " grads");
+  TORCH_CHECK(momentum_buffers.size() == (use_buf ? n : 0), "torchmodules.sgd_step: got ", n,
+              " params and ", momentum_buffers.size(), " momentum_buffers; momentum ", momentum,
+              use_buf ? " needs one buffer per param" : " needs none");
   if (n == 0) return;
   for (size_t k = 0; k < n; ++k) {
     const at::Tensor& p = params[k];
     const std::string pn = item("params", k);
-    TORCH_CHECK_VALUE(p.layout() == at::kStrided, "torchmodules.sgd_step: sparse params are not supported, got ", pn,
-                      " with layout ", p.layout());
+    TORCH_CHECK(p.layout() == at::kStrided, "torchmodules.sgd_step: sparse params are not supported, got ", pn,
+                " with layout ", p.layout());
     check_floating("sgd_step", pn.c_str(), p);
     check_same_dtype_device("sgd_step", "params[0]", params[0], pn.c_str(), p);
-    TORCH_CHECK_VALUE(at::has_internal_overlap(p) != at::MemOverlap::Yes, "torchmodules.sgd_step: ", pn,
-                      " (shape ", p.sizes(), ", strides ", p.strides(),
-                      ") has elements sharing memory, so it cannot be updated in place");
+    TORCH_CHECK(at::has_internal_overlap(p) != at::MemOverlap::Yes, "torchmodules.sgd_step: ", pn,
+                " (shape ", p.sizes(), ", strides ", p.strides(),
+                ") has elements sharing memory, so it cannot be updated in place");
     check_like_param(p, k, "grads", grads[k]);
     if (use_buf) {
       check_like_param(p, k, "momentum_buffers", momentum_buffers[k]);
-      TORCH_CHECK_VALUE(at::has_internal_overlap(momentum_buffers[k]) != at::MemOverlap::Yes,
-                        "torchmodules.sgd_step: ", item("momentum_buffers", k),
-                        " has elements sharing memory, so it cannot be updated in place");
+      TORCH_CHECK(at::has_internal_overlap(momentum_buffers[k]) != at::MemOverlap::Yes,
+                  "torchmodules.sgd_step: ", item("momentum_buffers", k),
+                  " has elements sharing memory, so it cannot be updated in place");
     }
   }
 

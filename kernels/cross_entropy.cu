@@ -55,6 +55,25 @@ struct CeArgs {
 
 // ---- forward ---------------------------------------------------------------------------------
 
+// A probability row's loss as torch computes it, sum_c u_c ((m - x_c) + log s) (its -sum u
+// log_softmax(x)), in double by the one thread that writes the row, for the rare rows where the
+// one-pass a + up log s is not finite (an infinite u_c makes inf - inf or 0 * inf there where torch's
+// sum is +-inf): as the CPU's ce_prob_row_exact.
+template <class T>
+__device__ __noinline__ double ce_prob_row_exact(const CeArgs<T>& g, int64_t r) {
+  double m = -INFINITY, s = 0, L = 0;
+  for (int64_t c = 0; c < g.C; ++c) m = fmax(m, double(to_float(g.x[ce_elem(r, c, g.C, g.inner)])));  // (NaN: s)
+  for (int64_t c = 0; c < g.C; ++c) s += exp(double(to_float(g.x[ce_elem(r, c, g.C, g.inner)])) - m);
+  const double ls = log(s);
+  for (int64_t c = 0; c < g.C; ++c) {
+    const int64_t e = ce_elem(r, c, g.C, g.inner);
+    const double wc = g.w ? double(to_float(g.w[c])) : 1.0;
+    const double u = wc * (double(g.keep) * double(to_float(g.q[e])) + double(g.epsc));
+    L += u * ((m - double(to_float(g.x[e]))) + ls);
+  }
+  return L;
+}
+
 template <class T, int M>
 struct CeForward {
   using A = dacc<T>;
@@ -156,6 +175,7 @@ struct CeForward {
     A L, l = st.m + ls;
     if constexpr (M == kProb) {
       L = st.a + st.up * ls;
+      if (!isfinite(L)) L = A(ce_prob_row_exact(g, r));
     } else {
       const int64_t tr = g.t[r];
       const int mode = g.row_mode(tr);
@@ -188,11 +208,12 @@ struct CeRed {
   __device__ static State combine(const State& a, const State& b) { return {a.l + b.l, a.d + b.d, a.ws + b.ws}; }
 };
 
-// out[0] = sum_r buf_r (/ den when divide); tw = [den, sum_c w_c], den = sum of w_t over kept
-// rows (t given) or the row count. Thread k sums rows k, k + 1024, ... in order, then a fixed tree.
+// out[0] = sum_r buf_r (/ den when divide; NaN for den = 0 with nan_zero_den: label smoothing, as
+// the CPU's ce_smooth_zero_den); tw = [den, sum_c w_c], den = sum of w_t over kept rows (t given) or
+// the row count. Thread k sums rows k, k + 1024, ... in order, then a fixed tree.
 template <class T>
 __global__ void __launch_bounds__(kRedThreads) ce_reduce(T* out, dacc<T>* tw, const dacc<T>* buf, CeArgs<T> g,
-                                                         int64_t rows, bool divide) {
+                                                         int64_t rows, bool divide, bool nan_zero_den) {
   using A = dacc<T>;
   using R = CeRed<A>;
   __shared__ typename R::State red[32];
@@ -210,7 +231,7 @@ __global__ void __launch_bounds__(kRedThreads) ce_reduce(T* out, dacc<T>* tw, co
   if (threadIdx.x == 0) {
     const A den = g.t ? st.d : A(rows);
     if (tw) tw[0] = den, tw[1] = st.ws;
-    if (out) out[0] = from_acc<T>(divide ? st.l / den : st.l);
+    if (out) out[0] = from_acc<T>(!divide ? st.l : nan_zero_den && den == A(0) ? ce_nan<A>() : st.l / den);
   }
 }
 
@@ -239,7 +260,9 @@ struct CeBackwardClass {
     o.mode = g.row_mode(o.t);
     if (o.mode != 0) return o;
     const A wt = g.weight(o.t);
-    o.G = to_float(grad[g.rows_out ? r : 0]) * (g.mean ? A(1) / tw[0] : A(1));
+    // (smoothed mean over kept targets of total weight 0: NaN, as the CPU's ce_smooth_zero_den)
+    const A sc = !g.mean ? A(1) : kSmoothM && tw[0] == A(0) ? ce_nan<A>() : A(1) / tw[0];
+    o.G = to_float(grad[g.rows_out ? r : 0]) * sc;
     o.U = g.keep * wt + (kSmoothM ? g.epsc * tw[1] : A(0));
     o.kw = g.keep * wt;
     o.l = lse[r];
@@ -459,7 +482,7 @@ struct CeDoubleClass {
       st.dg = ce_fill<A>(st.mode);
       return;
     }
-    const A sc = g.mean ? A(1) / tw[0] : A(1), wt = g.weight(tr);
+    const A sc = !g.mean ? A(1) : kSmoothM && tw[0] == A(0) ? ce_nan<A>() : A(1) / tw[0], wt = g.weight(tr);
     const A ggt = gg ? to_float(gg[ce_elem(r, tr, g.C, g.inner)]) : A(0);
     st.G = to_float(grad[g.rows_out ? r : 0]) * sc;
     st.U = g.keep * wt + (kSmoothM ? g.epsc * tw[1] : A(0));
@@ -607,7 +630,8 @@ void cross_entropy_forward_cuda(at::Tensor& loss, at::Tensor& lse, at::Tensor& t
     else if (P.smoothing > 0) ce_forward_rows<T, kSmooth>(x, g, lo, bp, mptr<A>(lse), bd, P);
     else ce_forward_rows<T, kClass>(x, g, lo, bp, mptr<A>(lse), bd, P);
     tm_launch(x, dim3(1), dim3(kRedThreads), 0, ce_reduce<T>, rows_out ? nullptr : mptr<T>(loss),
-              mptr<A>(total_weight), static_cast<const A*>(bp), g, P.rows(), P.reduction == 1);
+              mptr<A>(total_weight), static_cast<const A*>(bp), g, P.rows(), P.reduction == 1,
+              !P.prob && P.smoothing > 0);
   });
 }
 
@@ -658,7 +682,7 @@ void cross_entropy_double_backward_cuda(at::Tensor& d_g, at::Tensor& d_x, at::Te
       CeArgs<T> none = g;
       none.t = nullptr;
       tm_launch(x, dim3(1), dim3(kRedThreads), 0, ce_reduce<T>, mptr<T>(d_g), static_cast<A*>(nullptr),
-                static_cast<const A*>(mptr<A>(buf)), none, P.rows(), false);
+                static_cast<const A*>(mptr<A>(buf)), none, P.rows(), false, false);
     }
   });
 }

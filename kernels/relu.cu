@@ -1,5 +1,5 @@
-// ReLU on CUDA.  Forward: y = max(x, 0) (NaN kept), bit m_i = !(x_i <= 0) packed 32 to a
-// little-endian uint32 word.  Backward: dx = m ? dy : 0.
+// ReLU on CUDA.  Forward: y = x < 0 ? 0 : x (NaN and -0.0 kept, as torch), bit m_i = !(x_i <= 0)
+// packed 32 to a little-endian uint32 word.  Backward: dx = m ? dy : 0.
 #include <type_traits>
 
 #include "elementwise.cuh"
@@ -12,7 +12,7 @@ __device__ __forceinline__ T zero() {
   return from_acc<T>(dacc_t<T>(0));
 }
 
-// y_i = !(x_i <= 0) ? x_i : 0, bit i%32 of m[i/32] = !(x_i <= 0).
+// y_i = x_i < 0 ? 0 : x_i, bit i%32 of m[i/32] = !(x_i <= 0).
 // Lane l of a warp owns elements [V(w+l), V(w+l)+V) (one 16-byte vector when V > 1); the
 // 32/V lanes that share a mask word OR their bits together by shuffles (a ballot if V == 1).
 template <typename T, int V>
@@ -30,17 +30,17 @@ __global__ void __launch_bounds__(kThreads)
       Pack<T, V> p = *reinterpret_cast<const Pack<T, V>*>(x + e0);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const bool pass = !(to_float(p.v[k]) <= dacc_t<T>(0));
-        bits |= uint32_t(pass) << k;
-        if (!pass) p.v[k] = zero<T>();
+        const dacc_t<T> v = to_float(p.v[k]);
+        bits |= uint32_t(!(v <= dacc_t<T>(0))) << k;
+        if (v < dacc_t<T>(0)) p.v[k] = zero<T>();
       }
       *reinterpret_cast<Pack<T, V>*>(y + e0) = p;
     } else {
       for (int k = 0; k < V && e0 + k < n; ++k) {
         const T v = x[e0 + k];
-        const bool pass = !(to_float(v) <= dacc_t<T>(0));
-        bits |= uint32_t(pass) << k;
-        y[e0 + k] = pass ? v : zero<T>();
+        const dacc_t<T> f = to_float(v);
+        bits |= uint32_t(!(f <= dacc_t<T>(0))) << k;
+        y[e0 + k] = f < dacc_t<T>(0) ? zero<T>() : v;
       }
     }
     if constexpr (V == 1) {

@@ -1,5 +1,6 @@
 """Functional API, drop-in for torch.nn.functional / torch: each call is one of our ops
 (fakes in torchmodules/_ops.py, autograd in csrc/autograd*.cpp)."""
+import functools
 import warnings
 from typing import Optional, Sequence, Tuple, Union
 
@@ -12,12 +13,46 @@ __all__ = ["linear", "relu", "duplicate", "add", "maximum", "amax", "log_softmax
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """y = input weight^T + bias, as torch.nn.functional.linear."""
-    return ops.linear_forward(input, weight, bias)
+    """y = input weight^T + bias, as torch.nn.functional.linear: weight [out, in] (or [in]: then y
+    has no out dim), bias [out] (or any shape that broadcasts to y's: [1], 0-d)."""
+    if weight.dim() == 2 and (bias is None or bias.shape == weight.shape[:1]):
+        return ops.linear_forward(input, weight, bias)
+    return _linear_other(input, weight, bias)
+
+
+def _linear_other(input, weight, bias):
+    """linear's other shapes, around our op: a 1-d weight is one output feature, squeezed away;
+    any other bias is added by our add (whose backward sums its gradient back to the bias's
+    shape), of y's dtype as torch's addmm requires (under autocast cast first, as torch does)."""
+    if input.dim() == 0 or weight.dim() == 0:
+        raise RuntimeError(f"torchmodules.linear: input and weight need at least 1 dim, got shapes "
+                           f"{list(input.shape)} and {list(weight.shape)}")
+    if weight.dim() == 1:
+        if input.shape[-1] != weight.shape[0]:
+            raise RuntimeError(f"torchmodules.linear: input of shape {list(input.shape)} and weight of shape "
+                               f"{list(weight.shape)} do not match: input.size(-1) = {input.shape[-1]} but "
+                               f"weight.size(0) = {weight.shape[0]}")
+        if bias is not None and input.dim() == 2:  # torch's addmm there takes no 1-d weight
+            raise RuntimeError(f"torchmodules.linear: a 1-d weight (shape {list(weight.shape)}) with a bias "
+                               f"needs an input other than 2-d (as torch), got {list(input.shape)}")
+        y = ops.linear_forward(input, weight.unsqueeze(0), None).squeeze(-1)
+    else:
+        y = ops.linear_forward(input, weight, None)  # (a weight of 3 or more dims: the op's error)
+    if bias is None:
+        return y
+    dev = y.device.type
+    if torch.is_autocast_enabled(dev) and bias.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        bias = bias.to(torch.get_autocast_dtype(dev))
+    if bias.dtype != y.dtype or bias.device != y.device or len(bias.shape) > len(y.shape) or any(
+            b not in (1, n) for b, n in zip(reversed(bias.shape), reversed(y.shape))):
+        raise RuntimeError(f"torchmodules.linear: bias of shape {list(bias.shape)} ({bias.dtype}, {bias.device}) "
+                           f"does not broadcast to the output of shape {list(y.shape)} ({y.dtype}, {y.device})")
+    return ops.add_forward(y, bias)
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """max(input, 0), as torch.nn.functional.relu. The backward keeps 1 bit per element.
+    """max(input, 0), as torch.nn.functional.relu (relu(-0.0) is -0.0 and NaN stays NaN, as
+    torch's). The backward keeps 1 bit per element.
     inplace=True writes the result back into input (a copy), as torch's in-place variant."""
     y = ops.relu_forward(input)[0]
     return input.copy_(y) if inplace else y
@@ -121,8 +156,16 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
     red = _reduction_enum("cross_entropy", size_average, reduce, reduction)
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("torchmodules.cross_entropy: weight is not differentiable; pass weight.detach()")
-    if target.dtype == torch.uint8 and input.dim() <= 2:  # uint8 class indices for (C) and (N, C) inputs, as
-        target = target.long()                              # torch takes them (our kernels read int64)
+    if target.dtype == torch.uint8 and (input.dim() <= 2 or target.numel() == 0):
+        # uint8 class indices where torch takes them (our kernels read int64); for a non-empty
+        # (N, d1, ...) target torch raises a RuntimeError, so does the op.
+        target = target.long()
+    elif target.shape == input.shape and target.is_floating_point():
+        # Probabilities: torch's result has the promoted dtype of input, target (and weight).
+        dts = {input.dtype, target.dtype, input.dtype if weight is None else weight.dtype}
+        if len(dts) > 1:
+            dt = functools.reduce(torch.promote_types, dts)
+            input, target, weight = input.to(dt), target.to(dt), None if weight is None else weight.to(dt)
     return ops.cross_entropy_forward(input, target, weight, red, ignore_index, float(label_smoothing))[0]
 
 
@@ -158,12 +201,16 @@ def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.T
 def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: Optional[bool] = None,
              reduce: Optional[bool] = None, reduction: str = "mean") -> torch.Tensor:
     """(input - target)^2, as torch.nn.functional.mse_loss: none, mean or sum. Shapes that
-    differ are broadcast with torch's warning; each gradient is summed back to its input."""
+    differ are broadcast with torch's warning; each gradient is summed back to its input. Mixed
+    dtypes are promoted as torch's."""
     if target.size() != input.size() and not torch.compiler.is_compiling():  # (dynamo cannot trace warn)
         warnings.warn(f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
                       "This will likely lead to incorrect results due to broadcasting. "
                       "Please ensure they have the same size.", stacklevel=2)
     red = _reduction_enum("mse_loss", size_average, reduce, reduction)
+    if input.dtype != target.dtype:  # torch promotes (after broadcasting: a 0-d operand counts in full)
+        dt = torch.promote_types(input.dtype, target.dtype)
+        input, target = input.to(dt), target.to(dt)
     return ops.mse_loss_forward(input, target, red)
 
 
