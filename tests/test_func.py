@@ -173,13 +173,16 @@ def _stack(vals, base, d):
 def _batched(case, device, B, pattern):
     """B draws of the case's inputs stacked, and the in_dims: `dim0` every tensor at dim 0,
     `first` only the first tensor (the others shared), `last` every tensor at its last dim,
-    `alt` every second tensor (from the second) at dim 0."""
+    `alt` every second tensor (from the second) at dim 0, `but_last` all but the last tensor,
+    `only_last` only the last one."""
     draws = [_inputs(case, device) for _ in range(max(B, 1))]
     base = draws[0]
     tensors = [i for i, v in enumerate(base) if isinstance(v, torch.Tensor)]
     dims = [None] * len(base)
     for j, i in enumerate(tensors):
-        dims[i] = {"dim0": 0, "first": 0 if j == 0 else None, "last": -1, "alt": 0 if j % 2 else None}[pattern]
+        last = j == len(tensors) - 1
+        dims[i] = {"dim0": 0, "first": 0 if j == 0 else None, "last": -1, "alt": 0 if j % 2 else None,
+                   "but_last": None if last else 0, "only_last": 0 if last else None}[pattern]
     if all(d is None for d in dims):
         pytest.skip("a single tensor input")
     args = [_stack([s[i] for s in draws[:B]], base[i], d) if d is not None else base[i]
@@ -205,14 +208,16 @@ def _ref_vmap(fn, dims, out_dims, args):
     return tuple(o.narrow(out_dims, 0, 0) if B == 0 else o for o in outs)
 
 
-# (pattern, B, the largest cases): every case batched at dim 0, the smaller ones in the other layouts
-_VMAP = [("dim0", 3, 5000), ("first", 3, 1000), ("last", 3, 200), ("alt", 3, 200), ("dim0", 1, 60), ("dim0", 0, 60)]
+# (pattern, B, the largest cases, smooth cases only): every case batched at dim 0 and on the first
+# or all but the last input, the smaller smooth ones in the other layouts and batch sizes
+_VMAP = [("dim0", 3, 5000, False), ("first", 3, 1000, False), ("but_last", 3, 1000, False), ("last", 3, 60, True),
+         ("alt", 3, 60, True), ("only_last", 3, 60, True), ("dim0", 1, 30, True), ("dim0", 0, 30, True)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op,case,pattern,B", [
     pytest.param(*p.values, pattern, B, id=f"{p.id}-{pattern}-{B}")
-    for pattern, B, n in _VMAP for p in _cases(n, smooth=False)])
+    for pattern, B, n, smooth in _VMAP for p in _cases(n, smooth=smooth)])
 def test_vmap(op, case, device, pattern, B):
     args, dims = _batched(case, device, B, pattern)
     out_dims = -1 if pattern == "last" else 0
@@ -244,7 +249,7 @@ def test_vmap_reduced_losses_low_precision(name, case_name, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op,case", _cases(100, smooth=False))
+@pytest.mark.parametrize("op,case", _cases(100))
 def test_vmap_nested(op, case, device):
     """vmap of vmap: 2 x 3 samples, the inner level over every tensor, the outer over the first."""
     inner = [_batched(case, device, 3, "dim0") for _ in range(2)]
