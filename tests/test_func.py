@@ -387,6 +387,27 @@ def test_jacobians_of_linear_and_relu(device):
         torch.testing.assert_close(vmap(jac(TF.relu))(X), vmap(jac(torch.relu))(X), rtol=0, atol=0)
 
 
+def test_functionalize():
+    """torch.func.functionalize (alone, under make_fx, under grad) passes our ops through: they
+    mutate nothing."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.func import functionalize
+    x = torch.randn(4, 5, dtype=F64)
+    w = torch.randn(3, 5, dtype=F64)
+
+    def f(x, w):
+        return TF.log_softmax(TF.relu(TF.linear(x, w)), 1)
+
+    def ref(x, w):
+        return torch.log_softmax(torch.relu(torch.nn.functional.linear(x, w)), 1)
+    _close(functionalize(f)(x, w), ref(x, w))
+    graph = make_fx(functionalize(f))(x, w)  # a graph of our ops
+    assert [str(n.target) for n in graph.graph.nodes if isinstance(n.target, torch._ops.OpOverload)] == \
+        [f"torchmodules.{name}_forward.default" for name in ("linear", "relu", "log_softmax")]
+    _close(graph(x, w), ref(x, w))
+    _close(grad(lambda w: functionalize(f)(x, w).sum())(w), grad(lambda w: ref(x, w).sum())(w))
+
+
 def test_eager_path_unchanged():
     """Outside transforms the ops keep their C++ autograd nodes; a dual tensor takes the Python
     Function (the one with a jvp)."""

@@ -12,7 +12,10 @@ op's rows). With no level left, forward calls the op as in eager (the C++ kernel
 and vmap are written with our ops, which under an outer transform come back here: vmap of grad,
 jacrev of jacrev, jacfwd of jacrev compose.
 
-Plain eager never meets this key, so the fast path (C++ autograd) is untouched. The C++ Autograd
+Under torch.func.functionalize, which has no rule for autograd.Functions, the kernel passes the op
+through one level down (our ops mutate nothing); functionalize of grad / vjp stays unsupported
+(torch's NYI for any autograd.Function). Plain eager never meets this key, so the fast path (C++
+autograd) is untouched. The C++ Autograd
 kernels send a call carrying a forward-mode tangent (torch.autograd.forward_ad) here too, for the
 jvp staticmethods (csrc/autograd.h).
 
@@ -25,6 +28,9 @@ backward of relu_forward / maximum_forward recomputes the mask from batched tens
 import math
 
 import torch
+from torch._C._functorch import TransformType, peek_interpreter_stack
+from torch._functorch.pyfunctorch import coerce_cinterpreter
+from torch._subclasses.functional_tensor import FunctorchFunctionalizeAPI
 from torch.autograd import Function
 
 from ._ops import ops
@@ -33,10 +39,27 @@ _lib = torch.library.Library("torchmodules", "IMPL")
 _KEY = "FuncTorchDynamicLayerFrontMode"
 
 
-def _register(name):
-    """Class decorator: the Function becomes op `name`'s kernel under torch.func (and for dual tensors)."""
+def _functionalized(interpreter, op, args):
+    """op under torch.func.functionalize, which has no rule for an autograd.Function: our ops mutate
+    nothing, so the op itself one level down, on the unwrapped tensors."""
+    ctx = FunctorchFunctionalizeAPI(coerce_cinterpreter(interpreter))
+    with ctx.redispatch_to_next():
+        out = op(*ctx.unwrap_tensors(args))
+    return ctx.wrap_tensors(out)
+
+
+def _register(name, spread=False):
+    """Class decorator: the Function becomes op `name`'s kernel under torch.func (and for dual
+    tensors); with spread, the op's one list argument is passed as the Function's arguments."""
+    op = getattr(ops, name).default
+
     def deco(fn):
-        _lib.impl(name, lambda *args: fn.apply(*args), _KEY)
+        def kernel(*args):
+            top = peek_interpreter_stack()
+            if top is not None and top.key() == TransformType.Functionalize:
+                return _functionalized(top, op, args)
+            return fn.apply(*(args[0] if spread else args))
+        _lib.impl(name, kernel, _KEY)
         return fn
     return deco
 
@@ -358,6 +381,7 @@ class _Duplicate(Function):
         return tuple(ops.duplicate_forward(_front(x, in_dims[0]), n)), (0,) * n
 
 
+@_register("duplicate_backward", spread=True)  # a list of gradients: one argument each
 class _DuplicateBackward(Function):
     @staticmethod
     def forward(*gys):
@@ -380,8 +404,6 @@ class _DuplicateBackward(Function):
     def vmap(info, in_dims, *gys):
         return ops.duplicate_backward([_front(g, d, info.batch_size) for g, d in zip(gys, in_dims)]), 0
 
-
-_lib.impl("duplicate_backward", lambda gys: _DuplicateBackward.apply(*gys), _KEY)  # a list: one argument each
 
 
 # ---- Add: y = a + b (broadcast) ----------------------------------------------------------------
