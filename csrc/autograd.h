@@ -51,19 +51,39 @@ inline at::Tensor saved(AutogradContext* ctx, size_t i) { return ctx->get_saved_
 // Autograd kernel of relu_forward. When AD sees none of the arguments (grad mode off, as in a
 // backward without create_graph, or no tensor requiring grad, and no forward-mode tangent) the
 // kernel calls the op below autograd directly, with no graph node, as torch's own kernels do.
+// A call with a forward-mode tangent (a dual tensor) goes to the op's Python autograd.Function
+// instead (forward_mode below): C++ Functions have no jvp.
 
-// Whether AD sees t: reverse mode (grad mode on and t requires grad) or forward mode (t
-// carries a tangent; our Functions have no jvp, so apply raises then rather than the op
-// dropping the tangent).
-inline bool ad_sees(const at::Tensor& t) {
-  return t.defined() && ((at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
-}
+// Whether reverse-mode AD sees t: grad mode on and t requires grad.
+inline bool ad_sees(const at::Tensor& t) { return t.defined() && at::GradMode::is_enabled() && t.requires_grad(); }
 inline bool ad_sees(const std::optional<at::Tensor>& t) { return t.has_value() && ad_sees(*t); }
 inline bool ad_sees(at::TensorList ts) {
   return std::any_of(ts.begin(), ts.end(), [](const at::Tensor& t) { return ad_sees(t); });
 }
 template <class T>
 bool ad_sees(const T&) { return false; }  // ints, floats, sizes
+
+// Whether t carries a forward-mode tangent (torch.autograd.forward_ad; undefined while forward
+// AD is disabled, as inside a Function's forward).
+inline bool has_tangent(const at::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+inline bool has_tangent(const std::optional<at::Tensor>& t) { return t.has_value() && has_tangent(*t); }
+inline bool has_tangent(at::TensorList ts) {
+  return std::any_of(ts.begin(), ts.end(), [](const at::Tensor& t) { return has_tangent(t); });
+}
+template <class T>
+bool has_tangent(const T&) { return false; }
+
+// The op with forward-mode tangents: its Python torch.autograd.Function (with a jvp), which
+// torchmodules/_func.py registers on the FuncTorchDynamicLayerFrontMode key (where torch.func
+// transforms send every call). Without it (the library loaded without its Python half), the
+// clear error of before.
+template <class Sig, class... Args>
+auto forward_mode(const c10::TypedOperatorHandle<Sig>& op, Args&&... args) {
+  constexpr auto key = c10::DispatchKey::FuncTorchDynamicLayerFrontMode;
+  TORCH_CHECK(op.hasKernelForDispatchKey(key), op.operator_name(),
+              ": forward-mode AD (dual tensors) needs the Python module torchmodules._func; import torchmodules");
+  return op.redispatch(c10::DispatchKeySet(key), std::forward<Args>(args)...);
+}
 
 // A Function's outputs (a Tensor, or a list) as the op's return type.
 template <class R>
@@ -85,6 +105,7 @@ template <class F, class R, class... Args>
 struct AutogradKernel<F, R(Args...)> {
   template <const c10::TypedOperatorHandle<R(Args...)>& (*Op)()>
   static R run(Args... args) {
+    if ((has_tangent(args) || ...)) return forward_mode(Op(), args...);
     if (!(ad_sees(args) || ...)) return below(Op(), args...);
     return as_result<R>(F::apply(args...));
   }

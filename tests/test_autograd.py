@@ -140,20 +140,30 @@ def test_unused_outputs(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_forward_mode_raises_not_zero(device):
-    """Our ops have no forward-mode formula (torch's C++ autograd Functions have no jvp): a
-    tangent through them raises, rather than coming out as zeros. Reverse-mode Jacobians
-    (torch.autograd.functional.jacobian) work, and equal torch's."""
+def test_forward_mode_matches_torch(device):
+    """Forward mode works (each op's Python autograd.Function and its jvp, torchmodules/_func.py):
+    dual tensors, torch.func.jvp and jacfwd give torch's tangents, not zeros. Reverse-mode
+    Jacobians (torch.autograd.functional.jacobian) equal torch's too."""
     import torch.autograd.forward_ad as fwAD
     import torchmodules.functional as TF
     x = torch.randn(5, dtype=torch.float64, device=device)
     w = torch.randn(3, 5, dtype=torch.float64, device=device)
+    t = torch.randn(5, dtype=torch.float64, device=device)
+
+    def ours(v):
+        return TF.log_softmax(TF.relu(TF.linear(v, w)), 0)
+
+    def ref(v):
+        return torch.log_softmax(torch.relu(v @ w.T), 0)
     with fwAD.dual_level():
-        with pytest.raises(RuntimeError, match="jvp"):
-            TF.relu(fwAD.make_dual(x, torch.ones_like(x)))
-    with pytest.raises(RuntimeError):
-        torch.func.jvp(TF.relu, (x,), (torch.ones_like(x),))
+        tangent = fwAD.unpack_dual(ours(fwAD.make_dual(x, t))).tangent
+        ref_tangent = fwAD.unpack_dual(ref(fwAD.make_dual(x, t))).tangent
+    torch.testing.assert_close(tangent, ref_tangent, rtol=1e-12, atol=1e-12)
+    assert tangent.abs().sum() > 0
+    torch.testing.assert_close(torch.func.jvp(ours, (x,), (t,)), torch.func.jvp(ref, (x,), (t,)), rtol=1e-12,
+                               atol=1e-12)
+    torch.testing.assert_close(torch.func.jacfwd(ours)(x), torch.func.jacfwd(ref)(x), rtol=1e-12, atol=1e-12)
     for vec in (False, True):
         j = torch.autograd.functional.jacobian(lambda v: TF.relu(TF.linear(v, w)), x, vectorize=vec)
-        ref = torch.autograd.functional.jacobian(lambda v: torch.relu(v @ w.T), x, vectorize=vec)
-        torch.testing.assert_close(j, ref, rtol=0, atol=1e-12)
+        ref_j = torch.autograd.functional.jacobian(lambda v: torch.relu(v @ w.T), x, vectorize=vec)
+        torch.testing.assert_close(j, ref_j, rtol=0, atol=1e-12)

@@ -2,6 +2,7 @@
 backward kernels (C++ for the CPU, CUDA for the GPU), as drop-in torch.nn modules."""
 from . import functional
 from ._ops import ops
+from . import _func  # noqa: F401  (torch.func transforms over the ops, forward-mode AD)
 from .modules import Add, Duplicate, Linear, LogSoftmax, Maximum, ReLU
 from . import optim
 from .replace import replace_modules, restore_modules
