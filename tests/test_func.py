@@ -202,7 +202,7 @@ def _ref_vmap(fn, dims, out_dims, args):
 
     def sample(i):
         if B == 0:  # no sample: zeros of a sample's shape, for the shapes of the outputs
-            return [a if d is None else a.movedim(d, 0).new_zeros(a.movedim(d, 0).shape[1:]) for a, d in zip(args, dims)]
+            return [a if d is None else a.new_zeros(a.movedim(d, 0).shape[1:]) for a, d in zip(args, dims)]
         return [a if d is None else a.select(d, i) for a, d in zip(args, dims)]
     outs = [torch.stack(o, out_dims) for o in zip(*[as_tuple(fn(*sample(i))) for i in range(max(B, 1))])]
     return tuple(o.narrow(out_dims, 0, 0) if B == 0 else o for o in outs)

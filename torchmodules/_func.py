@@ -12,12 +12,11 @@ op's rows). With no level left, forward calls the op as in eager (the C++ kernel
 and vmap are written with our ops, which under an outer transform come back here: vmap of grad,
 jacrev of jacrev, jacfwd of jacrev compose.
 
-Under torch.func.functionalize, which has no rule for autograd.Functions, the kernel passes the op
-through one level down (our ops mutate nothing); functionalize of grad / vjp stays unsupported
-(torch's NYI for any autograd.Function). Plain eager never meets this key, so the fast path (C++
-autograd) is untouched. The C++ Autograd
+Plain eager never meets this key, so the fast path (C++ autograd) is untouched. The C++ Autograd
 kernels send a call carrying a forward-mode tangent (torch.autograd.forward_ad) here too, for the
-jvp staticmethods (csrc/autograd.h).
+jvp staticmethods (csrc/autograd.h). Under torch.func.functionalize, which has no rule for
+autograd.Functions, the kernel passes the op through one level down (our ops mutate nothing);
+functionalize of grad / vjp stays unsupported (torch's NYI for any autograd.Function).
 
 Batches our kernels cannot take in one call: linear with both the input and the weight batched is
 torch's batched matmul (torch.einsum); per-sample class weights (cross_entropy, nll_loss) and
@@ -68,8 +67,10 @@ def _register(name, spread=False):
 
 def _front(t, bdim, B=None):
     """t with its vmap dim first; an unbatched t as is, or expanded to B samples when B is given."""
-    if t is None or bdim is not None:
-        return None if t is None else t.movedim(bdim, 0)
+    if t is None:
+        return None
+    if bdim is not None:
+        return t.movedim(bdim, 0)
     return t if B is None else t.expand(B, *t.shape)
 
 
@@ -265,10 +266,12 @@ class _LinearBackwardWeight(Function):
         gy_, x_ = _front(gy, dg), _front(x, dx)
         if dx is None:  # the samples' dy side by side as columns: [rows, B*n] -> [B*n, k]
             n, k = gy_.shape[-1], x.shape[-1]
-            return ops.linear_backward_weight(gy_.movedim(0, -2).reshape(*gy_.shape[1:-1], B * n), x).reshape(B, n, k), 0
+            cols = gy_.movedim(0, -2).reshape(*gy_.shape[1:-1], B * n)
+            return ops.linear_backward_weight(cols, x).reshape(B, n, k), 0
         if dg is None:  # likewise the samples' x: [n, B*k]
             n, k = gy.shape[-1], x_.shape[-1]
-            return ops.linear_backward_weight(gy, x_.movedim(0, -2).reshape(*x_.shape[1:-1], B * k)).reshape(n, B, k), 1
+            cols = x_.movedim(0, -2).reshape(*x_.shape[1:-1], B * k)
+            return ops.linear_backward_weight(gy, cols).reshape(n, B, k), 1
         # per-sample dy and x (per-sample gradients): a batched matmul, which our kernels do not have
         return torch.einsum("b...n,b...k->bnk", gy_, x_), 0
 
@@ -974,7 +977,8 @@ def _ce_third(gg, hh, g, x, t, w, tw, reduction, ignore_index, smoothing, a, b, 
     Bg, Ew, Hw = (Bm * p * GS).sum(-1, True), (E * W).sum(-1, True), (HH * W).sum(-1, True)
     d_gg = back(As * (U * p - u) + G * U * p * (Bm - Pb) + k * G * (Ew * p - E * W))
     d_hh = back(-k * W * (As * logp + G * (Bm - Pb)))
-    d_g = scaled(U * Bg - k * ((Bm * HH * W).sum(-1, True) - Pb * Hw) + k * (E * W * (S - GG)).sum(-1, True)).squeeze(-1)
+    d_g = scaled(U * Bg - k * ((Bm * HH * W).sum(-1, True) - Pb * Hw)
+                 + k * (E * W * (S - GG)).sum(-1, True)).squeeze(-1)
     d_g = d_g.sum() if reduction != 0 else (d_g.squeeze(0) if unbatched else d_g)
     d_x = back(As * (U * p * GS - k * (HH * W - p * Hw)) + G * U * (p * Bm * GS - p * Bg - Pb * p * GS)
                + k * G * Hw * p * (Bm - Pb) + k * G * Ew * p * GS)
@@ -1313,7 +1317,8 @@ def _row_dot(a, x, w, index):
 def _nn_fold(B, in_dims, g, x, w, index):
     """Batch-first g, x, index with the samples' prototypes side by side, [B*K, D], and the
     indices shifted to them (sample b's prototype k is row b*K + k)."""
-    g_, x_, i_, w_ = (_front(v, d, B) for v, d in zip((g, x, index, w), (in_dims[0], in_dims[1], in_dims[3], in_dims[2])))
+    dg, dx, dw, di = in_dims[:4]
+    g_, x_, i_, w_ = _front(g, dg, B), _front(x, dx, B), _front(index, di, B), _front(w, dw, B)
     K = w_.shape[1]
     offset = (torch.arange(B, device=i_.device, dtype=i_.dtype) * K).reshape(B, *[1] * (i_.dim() - 1))
     return g_, x_, w_.reshape(B * K, w_.shape[2]), i_ + offset
