@@ -421,7 +421,7 @@ def check_mutants():
         exec(compile(code.replace(old, new) + checks, f"mutant {name}", "exec"), ns)
         rng = np.random.default_rng(1)
         try:
-            ns["run_fixed"](rng, FIXED[1:3])
+            ns["run_fixed"](rng, FIXED[1:2])
             ns["run_pipelines"](rng, 300)
         except AssertionError as e:
             out.append(f"{name}: caught ({str(e)[:70]})")
