@@ -11,7 +11,7 @@
 //   warpgroup 0, producer: one thread loads the A (128 x 64) and B (256 x 64) tiles of each K
 //     step with the tensor memory accelerator (cp.async.bulk.tensor) into a ring of 4
 //     shared-memory stages, 128-byte swizzled; a stage's "full" mbarrier completes when its
-//     48 KB have landed (out-of-range rows and k are filled with zeros by the TMA);
+//     bytes have landed (out-of-range rows and k are filled with zeros by the TMA);
 //   warpgroups 1 and 2, consumers: rows [0, 64) and [64, 128) of the tile. Per K step, four
 //     wgmma.m64n256k16 read A and B through shared-memory descriptors into 128 float
 //     accumulators per thread; one wgmma group stays in flight, and a stage is handed back
@@ -53,6 +53,7 @@ constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;  // 16 KB, 32 KB
 constexpr int kStageBytes = kABytes + kBBytes;
 constexpr int kBox = 64;                                   // 64 elements = one 128-byte swizzled row
 constexpr int kBoxBytes = kBox * kBox * 2;                 // an MN-major box: 64 (mn) x 64 (k)
+constexpr int kKRows = 128, kKBoxBytes = kKRows * kBK * 2; // a K-major box: 128 rows x 64 (k)
 constexpr int kSmemBytes = kStages * kStageBytes + 1024;   // + slack to align the ring to 1024 B
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 // The CTA starts with 65536 / 384 -> 168 registers per thread (launch bounds); setmaxnreg
@@ -60,6 +61,7 @@ constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * 168, "register budget");
 static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 static_assert(kBoxBytes == 8192 && kBM % kBox == 0 && kBN % kBox == 0, "MN-major tiles are whole boxes");
+static_assert(kBM == kKRows && kBN % kKRows == 0 && kBK == kBox, "K-major tiles are whole boxes");
 
 struct Args {
   void* c;            // T*, C[m, n] at c[m*ldc + n]
@@ -183,11 +185,11 @@ __device__ __forceinline__ void wgmma_64x256x16(float* d, uint64_t da, uint64_t 
 // ---- the kernel -----------------------------------------------------------------------------
 
 // ta, tb: 2-D tensor maps of A and B, boxes of 64 contiguous elements (128 B, swizzled) by
-// 128 (A K-major), 256 (B K-major) or 64 (MN-major) rows; their dim 0 is the contiguous one:
+// 128 (K-major) or 64 (MN-major) rows; their dim 0 is the contiguous one:
 //   A K-major: (k, m), A MN-major: (m, k); B K-major: (k, n), B MN-major: (n, k).
 // Shared memory per stage s: A at ring + s * 16 KB, B at ring + 4 * 16 KB + s * 32 KB, each
-// made of TMA boxes whose rows are 128 B: K-major tiles are [rows][64 k] (one box); MN-major
-// ones [column block j of 64][64 k][64 mn] (box j at j * 8 KB).
+// made of TMA boxes whose rows are 128 B: K-major tiles are [row][64 k] (box j = rows
+// 128 j.., at j * 16 KB); MN-major ones [column block j of 64][64 k][64 mn] (box j at j * 8 KB).
 template <typename T, bool AKC, bool BKC>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_sm90_kernel(const __grid_constant__ CUtensorMap ta, const __grid_constant__ CUtensorMap tb, const Args g) {
@@ -220,23 +222,27 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         int m0, n0;
         tile_origin(t, tiles_m, tiles_n, m0, n0);
+        // Boxes that start past the last row or column are not loaded: they would only feed
+        // outputs the epilogue drops. Boxes that reach past it are zero-filled by the TMA,
+        // which still delivers (and counts) all their bytes.
+        const int na = AKC ? 1 : min(kBM / kBox, (g.M - m0 + kBox - 1) / kBox);
+        const int nb = BKC ? min(kBN / kKRows, (g.N - n0 + kKRows - 1) / kKRows) : min(kBN / kBox, (g.N - n0 + kBox - 1) / kBox);
+        const uint32_t bytes = na * (AKC ? kKBoxBytes : kBoxBytes) + nb * (BKC ? kKBoxBytes : kBoxBytes);
         for (int kt = 0; kt < ktiles; ++kt) {
           const uint32_t full = full0 + 8 * s;
           mbar_wait(empty0 + 8 * s, phase ^ 1);  // the consumers are done with this stage
-          mbar_arrive_expect_tx(full, kStageBytes);
+          mbar_arrive_expect_tx(full, bytes);
           const uint32_t sa = ring + s * kABytes, sb = ring + kStages * kABytes + s * kBBytes;
           const int k0 = kt * kBK;
           if constexpr (AKC) {
             tma_load(sa, &ta, full, k0, m0);
           } else {
-#pragma unroll
-            for (int j = 0; j < kBM / kBox; ++j) tma_load(sa + j * kBoxBytes, &ta, full, m0 + j * kBox, k0);
+            for (int j = 0; j < na; ++j) tma_load(sa + j * kBoxBytes, &ta, full, m0 + j * kBox, k0);
           }
           if constexpr (BKC) {
-            tma_load(sb, &tb, full, k0, n0);
+            for (int j = 0; j < nb; ++j) tma_load(sb + j * kKBoxBytes, &tb, full, k0, n0 + j * kKRows);
           } else {
-#pragma unroll
-            for (int j = 0; j < kBN / kBox; ++j) tma_load(sb + j * kBoxBytes, &tb, full, n0 + j * kBox, k0);
+            for (int j = 0; j < nb; ++j) tma_load(sb + j * kBoxBytes, &tb, full, n0 + j * kBox, k0);
           }
           if (++s == kStages) s = 0, phase ^= 1;
         }
@@ -369,7 +375,8 @@ EncodeTiled encode_tiled() {
 }
 
 // A 2-D tensor map over rows of `inner` contiguous elements, `ld` elements apart, `outer` rows;
-// boxes of 64 x box_rows, 128-byte swizzle, zeros outside. False if the driver refuses.
+// boxes of 64 x box_rows (no larger than the tensor: the dispatch asks M, N >= 128, K >= 64),
+// 128-byte swizzle, zeros outside. False if the driver refuses.
 bool make_map(CUtensorMap* map, at::ScalarType dtype, const void* p, int64_t inner, int64_t outer, int64_t ld,
               int box_rows) {
   const EncodeTiled fn = encode_tiled();
@@ -431,8 +438,8 @@ const char* launch(const at::Tensor& on, at::ScalarType dtype, const void* a, co
   const int sms = kernel_ready(on.get_device(), kernel, &why);
   if (sms == 0) return why;
   CUtensorMap ta, tb;
-  const bool ok_a = AKC ? make_map(&ta, dtype, a, g.K, g.M, lda, kBM) : make_map(&ta, dtype, a, g.M, g.K, lda, kBox);
-  const bool ok_b = BKC ? make_map(&tb, dtype, b, g.K, g.N, ldb, kBN) : make_map(&tb, dtype, b, g.N, g.K, ldb, kBox);
+  const bool ok_a = AKC ? make_map(&ta, dtype, a, g.K, g.M, lda, kKRows) : make_map(&ta, dtype, a, g.M, g.K, lda, kBox);
+  const bool ok_b = BKC ? make_map(&tb, dtype, b, g.K, g.N, ldb, kKRows) : make_map(&tb, dtype, b, g.N, g.K, ldb, kBox);
   if (!ok_a || !ok_b) return "cuTensorMapEncodeTiled is not available or refused the operands";
   const int64_t tiles = int64_t((g.M + kBM - 1) / kBM) * ((g.N + kBN - 1) / kBN);
   const dim3 grid(static_cast<unsigned>(tiles < sms ? tiles : sms)), block(kThreads);
