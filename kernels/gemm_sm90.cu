@@ -15,7 +15,8 @@
 //   warpgroups 1 and 2, consumers: rows [0, 64) and [64, 128) of the tile. Per K step, four
 //     wgmma.m64n256k16 read A and B through shared-memory descriptors into 128 float
 //     accumulators per thread; one wgmma group stays in flight, and a stage is handed back
-//     ("empty" mbarrier, one arrival per consumer) once the wgmmas that read it are done.
+//     ("empty" mbarrier, one arrival per consumer warp, each after its own wait for the
+//     wgmmas that read it: no reliance on one warp's wait covering its warpgroup).
 //     Then the epilogue adds the bias and writes C from registers, while the producer is
 //     already loading the next tile's stages.
 // setmaxnreg moves registers from the producer (40 per thread) to the consumers (232).
@@ -203,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full0 + 8 * s, 1);   // the producer's arrive.expect_tx (+ the TMA bytes)
-      mbar_init(empty0 + 8 * s, 2);  // one arrival per consumer warpgroup
+      mbar_init(empty0 + 8 * s, 8);  // one arrival per consumer warp
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the TMA unit
   }
@@ -284,13 +285,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         fence_acc(d);
         asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // the previous step's group is done
-        if (prev >= 0 && tid == 0) mbar_arrive(empty0 + 8 * prev);
+        if (prev >= 0 && l == 0) mbar_arrive(empty0 + 8 * prev);
         prev = s;
         if (++s == kStages) s = 0, phase ^= 1;
       }
       asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
       fence_acc(d);
-      if (prev >= 0 && tid == 0) mbar_arrive(empty0 + 8 * prev);
+      if (prev >= 0 && l == 0) mbar_arrive(empty0 + 8 * prev);
 
       // Epilogue: register 4 j + 2 h + e holds row 16 w + l / 4 + 8 h, column 8 j + 2 (l % 4) + e
       // of the consumer's 64 x 256 block; C = round(acc + float(bias)). Blocks wholly inside C

@@ -25,7 +25,7 @@ formulas (transcribed here from the .cu file, constants parsed from it) are run:
    bytes; try_wait.parity(P) succeeds once the phase of parity P has completed, a fresh
    barrier counting the phase before its first as completed), TMA completions at random
    later times, wgmma groups retired only at wait_group. Random interleavings of the
-   producer thread and the two consumer warpgroups, checking: no deadlock; a consumer reads a
+   producer thread and the eight consumer warps, checking: no deadlock; a consumer reads a
    stage only when the k-step it expects has fully landed there; the producer never writes a
    stage that a consumer may still read (between its full-wait and its release, or in an
    un-retired wgmma group).
@@ -268,15 +268,23 @@ class MBarrier:
         return self.phase % 2 != parity
 
 
+# The kernel's mbarrier arrival counts.
+FULL_COUNT = int(re.search(r"mbar_init\(full0 \+ 8 \* s, (\d+)\)", SRC).group(1))
+EMPTY_COUNT = int(re.search(r"mbar_init\(empty0 \+ 8 \* s, (\d+)\)", SRC).group(1))
+CONSUMER_WARPS = 8  # two warpgroups; each warp waits for its wgmmas and arrives on its own
+
+
 def check_pipeline(rng, tiles_per_cta, ktiles):
-    """Producer and two consumers as generators yielding at every instruction that waits
-    or touches shared state; a random scheduler runs them with asynchronous TMA completions."""
-    full = [MBarrier(1) for _ in range(STAGES)]
-    empty = [MBarrier(2) for _ in range(STAGES)]
+    """The producer thread and the 8 consumer warps as generators yielding at every
+    instruction that waits or touches shared state; a random scheduler runs them with
+    asynchronous TMA completions. A warp's wgmmas count as reading their stage until that
+    warp's own wait_group retires them (warps of a warpgroup may finish at different times)."""
+    full = [MBarrier(FULL_COUNT) for _ in range(STAGES)]
+    empty = [MBarrier(EMPTY_COUNT) for _ in range(STAGES)]
     content = [None] * STAGES        # (tile, kt) the stage holds once landed
     landing = [None] * STAGES        # (tile, kt) in flight
-    in_use = [set() for _ in range(STAGES)]  # consumers between their full-wait and their release
-    inflight = [[], []]              # per consumer: stages of wgmma groups not yet retired, oldest first
+    in_use = [set() for _ in range(STAGES)]  # warps between their full-wait and their release
+    inflight = [[] for _ in range(CONSUMER_WARPS)]  # per warp: stages of un-retired wgmma groups, oldest first
     tma_events = []                  # stages whose copies are in flight
     log = []
 
@@ -287,7 +295,7 @@ def check_pipeline(rng, tiles_per_cta, ktiles):
                 while not empty[s].try_wait(phase ^ 1):
                     yield
                 full[s].arrive(expect_tx=A_BYTES + B_BYTES)
-                assert not in_use[s], f"producer overwrites stage {s} while consumers {in_use[s]} hold it"
+                assert not in_use[s], f"producer overwrites stage {s} while consumer warps {in_use[s]} hold it"
                 assert all(s not in g for g in inflight), f"producer overwrites stage {s} under a running wgmma"
                 assert landing[s] is None
                 landing[s], content[s] = (t, kt), None
@@ -304,7 +312,7 @@ def check_pipeline(rng, tiles_per_cta, ktiles):
                 while not full[s].try_wait(phase):
                     yield
                 in_use[s].add(cw)
-                assert content[s] == (t, kt), f"consumer {cw} reads stage {s} holding {content[s]}, wants {(t, kt)}"
+                assert content[s] == (t, kt), f"consumer warp {cw} reads stage {s} holding {content[s]}, wants {(t, kt)}"
                 groups.append(s)  # wgmmas issued and committed
                 yield
                 while len(groups) > 1:  # wait_group 1
@@ -324,7 +332,7 @@ def check_pipeline(rng, tiles_per_cta, ktiles):
             log.append(("epilogue", cw, t))
             yield
 
-    agents = {"P": producer(), "C0": consumer(0), "C1": consumer(1)}
+    agents = {"P": producer(), **{f"C{i}": consumer(i) for i in range(CONSUMER_WARPS)}}
     live = dict(agents)
     steps = 0
     while live or tma_events:
@@ -341,7 +349,7 @@ def check_pipeline(rng, tiles_per_cta, ktiles):
             next(live[pick])
         except StopIteration:
             del live[pick]
-    assert len(log) == 2 * tiles_per_cta
+    assert len(log) == CONSUMER_WARPS * tiles_per_cta
     assert all(b.pending == b.count and b.tx == 0 for b in full + empty), "barrier left mid-phase"
 
 
@@ -418,6 +426,7 @@ MUTANTS = [
      ""),
     ("a box short", "na = 1 if akc else min(BM // BOX, (M - m0 + BOX - 1) // BOX)",
      "na = 1 if akc else min(BM // BOX, (M - m0) // BOX)"),
+    ("one arrival per warpgroup", "empty = [MBarrier(EMPTY_COUNT)", "empty = [MBarrier(2)"),
     ("empty-wait parity", "while not empty[s].try_wait(phase ^ 1):", "while not empty[s].try_wait(phase):"),
     ("full-wait parity", "while not full[s].try_wait(phase):", "while not full[s].try_wait(phase ^ 1):"),
 ]
