@@ -24,7 +24,8 @@
 //
 // The sm_90a code is compiled only where __CUDA_ARCH_FEAT_SM90_ALL is defined (the
 // compute_90a target); for other targets the kernel is an empty stub, which the host detects
-// (no static shared memory in its attributes) and then leaves the product to linear.cu.
+// (a few registers, no static shared memory in its attributes) and then leaves the product to
+// linear.cu's mma.sync kernel.
 #include "gemm_sm90.cuh"
 #include "launch.cuh"
 
