@@ -35,6 +35,50 @@ def _find_cuda_home():
     return None
 
 
+def _gencode_flags(arch_list):
+    """nvcc -gencode flags for a TORCH_CUDA_ARCH_LIST ("8.0;9.0", "8.6 9.0+PTX", ...), as torch
+    would make them, except that compute capability 9.0 gets an sm_90a cubin instead of sm_90:
+    kernels/gemm_sm90.cu's wgmma, TMA and setmaxnreg code exists only for that target (an
+    sm_90a cubin runs on 9.0 devices only, as an sm_90 one does in practice: no 9.x other than
+    9.0 exists). With sm_90a the only 9.0 cubin, an H100 or H200 loads it for certain; the
+    kernel also checks at run time which image it got and falls back if not sm_90a.
+    "+PTX" adds PTX of the plain compute_XY. None when the list has names torch knows but we
+    do not ("Ampere"): torch's own flags are used then (sm_90 without the "a": the Hopper
+    kernel stays off, the rest works)."""
+    flags = []
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        base = entry[:-4] if ptx else entry
+        feat = base.endswith("a")
+        base = base[:-1] if feat else base
+        parts = base.split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            return None
+        num = parts[0] + parts[1]
+        if num == "90" or feat:
+            flags.append(f"-gencode=arch=compute_{num}a,code=sm_{num}a")
+        else:
+            flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    return flags or None
+
+
+def _arch_list():
+    """TORCH_CUDA_ARCH_LIST, else the visible GPUs' compute capabilities (the last with +PTX,
+    as torch does), else 8.0;9.0 (Ampere and Hopper, for a machine without a GPU, e.g. CI)."""
+    import torch
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{a}.{b}" for a, b in caps) + "+PTX"
+    return "8.0;9.0"
+
+
 def _want_cuda():
     if os.environ.get("TORCHMODULES_CUDA", "1") == "0":
         return False
@@ -47,9 +91,7 @@ if use_cuda:
     # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME then.
     os.environ["CUDA_HOME"] = _find_cuda_home()
     import torch
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        # No GPU to ask: build for Ampere and Hopper.
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
@@ -67,10 +109,14 @@ if use_cuda:
     nv = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
     include_dirs += [d for d in glob.glob(os.path.join(nv, "*", "include")) if os.path.isdir(d)]
     include_dirs += [d for d in glob.glob(os.path.join(nv, "*", "*", "include")) if os.path.isdir(d)]
+    # Our -gencode flags (9.0 as sm_90a); torch then adds none of its own.
+    gencode = _gencode_flags(os.environ["TORCH_CUDA_ARCH_LIST"]) or []
+    print(f"torchmodules: TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} -> "
+          f"{' '.join(gencode) if gencode else 'torch defaults'}")
     ext = CUDAExtension(
         "torchmodules._C", sources, include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx_flags + ["-DTORCHMODULES_CUDA"],
-                            "nvcc": ["-O3", "-lineinfo", "-DTORCHMODULES_CUDA"]
+                            "nvcc": ["-O3", "-lineinfo", "-DTORCHMODULES_CUDA"] + gencode
                             + (["-Xptxas=-v"] if os.environ.get("TORCHMODULES_PTXAS_V") else [])},
         extra_link_args=["-fopenmp"])
 else:

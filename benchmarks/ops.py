@@ -166,7 +166,7 @@ def sizes(op: str, device: str, quick: bool) -> Sequence:
     gpu = device != "cpu"
     if op == "linear":
         if gpu:
-            return [(2048, 2048, 2048), (4096, 4096, 4096)] if quick else \
+            return [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192)] if quick else \
                    [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192)]
         return [(256, 256, 256), (512, 512, 512)] if quick else [(256,) * 3, (512,) * 3, (1024,) * 3]
     if op in ("nll_loss", "cross_entropy", "mse_loss"):

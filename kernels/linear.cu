@@ -4,12 +4,14 @@
 // and a leading dimension, stored k-contiguous or not (a compile-time flag per operand).
 // float, double: shared-memory tiles, FFMA / DFMA register micro-tiles.
 // float16, bfloat16: tensor cores (ldmatrix + mma.sync m16n8k16), float accumulators,
-// bias added in float, one rounding at the end.
+// bias added in float, one rounding at the end; on Hopper (compute capability 9.0) large
+// enough products with TMA-friendly operands go to gemm_sm90.cu instead (wgmma + TMA).
 // float with torch.backends.cuda.matmul.allow_tf32 (sm_80+): the same tensor-core tile in TF32
 // (operands rounded by cvt.rna.tf32.f32, mma.sync m16n8k8, float accumulators), as cuBLAS does.
 // Tiles pass global -> registers -> shared, double-buffered: the next K tile's loads are in
 // flight while the current one is multiplied. Every K step is summed in the same order on
 // every run (no split-K, no atomics): deterministic.
+#include "gemm_sm90.cuh"
 #include "launch.cuh"
 
 #include <ATen/Context.h>
@@ -496,9 +498,15 @@ void gemm_with(const at::Tensor& on, Gemm<typename Tile::T> g) {
 
 // C = A B (+ bias) with T's tile; float honours torch.backends.cuda.matmul.allow_tf32 as
 // cuBLAS does: TF32 tensor cores when it is set and the device has them (sm_80+), else
-// (the default) full-precision FFMA.
+// (the default) full-precision FFMA. float16 / bfloat16 go to the Hopper kernel
+// (gemm_sm90.cu: wgmma + TMA) where it can run them, else to MmaTile.
 template <typename T, bool AKC, bool BKC>
 void gemm(const at::Tensor& on, const Gemm<T>& g) {
+  if constexpr (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>) {
+    if (gemm_sm90(on, std::is_same_v<T, __half> ? at::kHalf : at::kBFloat16, g.a, g.b, g.bias, g.c, g.lda, g.ldb,
+                  g.ldc, g.M, g.N, g.K, AKC, BKC))
+      return;
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (at::globalContext().allowTF32CuBLAS() && cc_major(on) >= 8) return gemm_with<MmaTile<float>, AKC, BKC>(on, g);
   }

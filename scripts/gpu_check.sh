@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# All GPU work in one go (GPU time comes in short slots): build for the card; then at once the
-# CUDA tests (TM_SHARDS pytest processes) and compute-sanitizer over every kernel; then, alone
-# on the GPU so its times mean something, the main job (examples/train.py) and the quick
-# benchmark. Usage: scripts/gpu_check.sh OUTDIR   (TM_COMMIT=<sha>; TM_STAGES picks stages,
-# default "build tests sanitizer train bench"). OUTDIR gets at most 8 files: summary.md,
+# All GPU work in one go (GPU time comes in short slots): build for the card; the Hopper
+# GEMM's tests alone (a failure shows first; later stages then run with it off); then at once
+# the CUDA tests (TM_SHARDS pytest processes) and compute-sanitizer over every kernel; then, alone
+# on the GPU so its times mean something, the main job (examples/train.py), the quick
+# benchmark and the Linear A/B (sm_90 GEMM, mma.sync, torch) appended to summary.md.
+# Usage: scripts/gpu_check.sh OUTDIR   (TM_COMMIT=<sha>; TM_STAGES picks stages,
+# default "build sm90 tests sanitizer train bench"). OUTDIR gets at most 8 files: summary.md,
 # log.txt (build, train, bench output), tests.log, sanitizer.log, bench.{md,json,png},
 # digits_loss.png.
 set -uo pipefail
@@ -33,7 +35,7 @@ except IndexError:
     print("ok")' > /dev/null 2>&1
 echo "- torch's own IndexError (torch.rand(10)[10]): exit $? (0: raised normally, 139: segfault)" >> "$SUM"
 
-STAGES=" ${TM_STAGES:-build tests sanitizer train bench} "
+STAGES=" ${TM_STAGES:-build sm90 tests sanitizer train bench} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 T0=$SECONDS
 
@@ -42,7 +44,26 @@ step "1. build (sm_90)"
 if ! TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 $PY setup.py build_ext --inplace --build-temp build/gpu > "$TMP/build.log" 2>&1; then
   echo "- build: FAILED (see log.txt)" >> "$SUM"; cat "$TMP/build.log" >> "$LOG"; tail -30 "$TMP/build.log"; exit 1
 fi
-echo "- build: ok ($((SECONDS - T0)) s)" >> "$SUM"; tail -5 "$TMP/build.log" >> "$LOG"
+echo "- build: ok ($((SECONDS - T0)) s); $(grep -m1 '^torchmodules: TORCH_CUDA_ARCH_LIST' "$TMP/build.log")" >> "$SUM"
+tail -5 "$TMP/build.log" >> "$LOG"
+fi
+
+# 1b. The Hopper GEMM (kernels/gemm_sm90.cu) first and alone, so that a failure shows at once;
+# if it fails, the later stages run with TORCHMODULES_SM90_GEMM=0 (the mma.sync kernel), so a
+# wrong or hanging sm_90 path cannot take the rest of the check down with it.
+if want sm90; then
+  step "1b. sm_90 GEMM tests (tests/test_linear_sm90.py)"
+  T1=$SECONDS
+  timeout ${TM_SM90_TIMEOUT:-180} $PY -m pytest tests/test_linear_sm90.py -q -rfE -p no:cacheprovider --maxfail=8 \
+    > "$TMP/sm90.log" 2>&1
+  rc=$?
+  echo "- sm_90 GEMM tests (exit $rc, $((SECONDS - T1)) s): $(tail -1 "$TMP/sm90.log")" >> "$SUM"
+  grep -E "^(FAILED|ERROR)|Error|error:" "$TMP/sm90.log" | head -8 | sed 's/^/  - /' >> "$SUM"
+  { echo "==== sm_90 GEMM tests"; cat "$TMP/sm90.log"; } >> "$LOG"
+  if [ $rc -ne 0 ]; then
+    export TORCHMODULES_SM90_GEMM=0
+    echo "- **sm_90 GEMM failed: the later stages run with TORCHMODULES_SM90_GEMM=0**" >> "$SUM"
+  fi
 fi
 
 # 2 and 3 share the GPU: correctness only, nothing timed.
@@ -87,6 +108,15 @@ if want bench && [ -f benchmarks/bench.py ]; then
   timeout ${TM_BENCH_TIMEOUT:-180} $PY benchmarks/bench.py --quick --out "$OUT" > "$TMP/bench.log" 2>&1
   echo "- benchmark (exit $?): see bench.md" >> "$SUM"
   tr '\r' '\n' < "$TMP/bench.log" | tail -200 >> "$LOG"
+  step "6. Linear A/B: sm_90 GEMM vs mma.sync vs torch (benchmarks/linear_ab.py --quick)"
+  if [ "${TORCHMODULES_SM90_GEMM:-}" = 0 ]; then
+    echo "- Linear A/B: skipped (the sm_90 GEMM is off)" >> "$SUM"
+  else
+    timeout ${TM_AB_TIMEOUT:-150} $PY benchmarks/linear_ab.py --quick --md "$TMP/linear_ab.md" > "$TMP/ab.log" 2>&1
+    echo "- Linear A/B (exit $?):" >> "$SUM"
+    { echo; cat "$TMP/linear_ab.md" 2>/dev/null; echo; } >> "$SUM"
+    cat "$TMP/ab.log" >> "$LOG"
+  fi
 fi
 step "done"
 echo "- script wall: $((SECONDS - T0)) s" >> "$SUM"
