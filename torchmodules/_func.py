@@ -65,6 +65,12 @@ def _register(name, spread=False):
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+def _save(ctx, *tensors):
+    """Saved for both the backward and the jvp."""
+    ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
+
+
 def _front(t, bdim, B=None):
     """t with its vmap dim first; an unbatched t as is, or expanded to B samples when B is given."""
     if t is None:
@@ -153,8 +159,7 @@ class _Linear(Function):
     def setup_context(ctx, inputs, output):
         x, w, b = inputs
         ctx.bias = b is not None
-        ctx.save_for_backward(x, w)
-        ctx.save_for_forward(x, w)
+        _save(ctx, x, w)
 
     @staticmethod
     def backward(ctx, gy):
@@ -206,8 +211,7 @@ class _LinearBackwardInput(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        _save(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, gg):
@@ -244,8 +248,7 @@ class _LinearBackwardWeight(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        _save(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, gg):
@@ -291,8 +294,7 @@ class _Relu(Function):
         y, mask = output
         ctx.mark_non_differentiable(mask)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(y)
-        ctx.save_for_forward(y)
+        _save(ctx, y)
 
     @staticmethod
     def backward(ctx, gy, _):
@@ -315,8 +317,7 @@ class _ReluGrad(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-        ctx.save_for_forward(inputs[1])
+        _save(ctx, inputs[1])
 
     @staticmethod
     def backward(ctx, gg):  # linear in dy; zero in y almost everywhere
@@ -341,8 +342,7 @@ class _ReluBackward(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-        ctx.save_for_forward(inputs[1])
+        _save(ctx, inputs[1])
 
     @staticmethod
     def backward(ctx, gg):
@@ -477,8 +477,7 @@ class _Maximum(Function):
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
         ctx.shape = output[0].shape
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        _save(ctx, *inputs)
 
     @staticmethod
     def backward(ctx, gy, _):
@@ -511,8 +510,7 @@ class _MaxGrad(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.which = inputs[3]
-        ctx.save_for_backward(inputs[1], inputs[2])
-        ctx.save_for_forward(inputs[1], inputs[2])
+        _save(ctx, inputs[1], inputs[2])
 
     @staticmethod
     def backward(ctx, gg):  # linear in dy; zero in a and b almost everywhere
@@ -543,8 +541,7 @@ class _MaximumBackward(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.which = inputs[2]
-        ctx.save_for_backward(inputs[1])
-        ctx.save_for_forward(inputs[1])
+        _save(ctx, inputs[1])
 
     @staticmethod
     def backward(ctx, gg):
@@ -580,8 +577,7 @@ class _Amax(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.dim, ctx.keepdim = inputs[1], inputs[2]
-        ctx.save_for_backward(inputs[0], output)
-        ctx.save_for_forward(inputs[0], output)
+        _save(ctx, inputs[0], output)
 
     @staticmethod
     def backward(ctx, gy):
@@ -600,8 +596,7 @@ def _amax_grad_setup(ctx, inputs):
     """amax_backward (dx from dy) and amax_double_backward (its transpose): linear in their first
     argument, x and y only select; each one's backward is the other."""
     ctx.dim, ctx.keepdim = inputs[3], inputs[4]
-    ctx.save_for_backward(inputs[1], inputs[2])
-    ctx.save_for_forward(inputs[1], inputs[2])
+    _save(ctx, inputs[1], inputs[2])
 
 
 def _amax_grad_vmap(op, info, in_dims, g, x, y, dim, keepdim):
@@ -677,8 +672,7 @@ class _LogSoftmax(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.dim = inputs[1]
-        ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
+        _save(ctx, output)
 
     @staticmethod
     def backward(ctx, gy):
@@ -702,8 +696,7 @@ class _LogSoftmaxBackward(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.dim = inputs[2]
-        ctx.save_for_backward(inputs[0], inputs[1])
-        ctx.save_for_forward(inputs[0], inputs[1])
+        _save(ctx, inputs[0], inputs[1])
 
     @staticmethod
     def backward(ctx, gg):
@@ -735,8 +728,7 @@ class _LogSoftmaxDoubleBackward(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.dim = inputs[3]
-        ctx.save_for_backward(*inputs[:3])
-        ctx.save_for_forward(*inputs[:3])
+        _save(ctx, *inputs[:3])
 
     @staticmethod
     def backward(ctx, a, b):
@@ -830,8 +822,7 @@ class _CrossEntropy(Function):
         ctx.args, ctx.prob = inputs[3:], t.is_floating_point()
         ctx.mark_non_differentiable(output[1], output[2])
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, t, w, output[1], output[2])
-        ctx.save_for_forward(x, t, w, output[1], output[2])
+        _save(ctx, x, t, w, output[1], output[2])
 
     @staticmethod
     def backward(ctx, gl, *_):
@@ -888,8 +879,7 @@ class _CrossEntropyBackward(Function):
         if not ctx.tgrad:
             ctx.mark_non_differentiable(output[1])  # an empty placeholder
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*inputs[:6])
-        ctx.save_for_forward(*inputs[:6])
+        _save(ctx, *inputs[:6])
 
     @staticmethod
     def backward(ctx, gg, hh):
@@ -998,8 +988,7 @@ class _CrossEntropyDoubleBackward(Function):
         if not ctx.prob:
             ctx.mark_non_differentiable(output[2])  # an empty placeholder
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*inputs[:8])
-        ctx.save_for_forward(*inputs[:8])
+        _save(ctx, *inputs[:8])
 
     @staticmethod
     def backward(ctx, a, b, e):
@@ -1068,8 +1057,7 @@ class _NllLoss(Function):
         ctx.size, ctx.args = list(x.shape), (reduction, ignore_index)
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(t, w, output[1])
-        ctx.save_for_forward(t, w, output[1])
+        _save(ctx, t, w, output[1])
 
     @staticmethod
     def backward(ctx, gy, _):
@@ -1110,8 +1098,7 @@ class _NllLossBackward(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.size, ctx.args = inputs[4], inputs[5:]
-        ctx.save_for_backward(*inputs[1:4])
-        ctx.save_for_forward(*inputs[1:4])
+        _save(ctx, *inputs[1:4])
 
     @staticmethod
     def backward(ctx, gg):  # linear in dy, free of x: the forward applied to gg
@@ -1171,8 +1158,7 @@ class _MseLoss(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.reduction = inputs[2]
-        ctx.save_for_backward(*inputs[:2])
-        ctx.save_for_forward(*inputs[:2])
+        _save(ctx, *inputs[:2])
 
     @staticmethod
     def backward(ctx, gy):
@@ -1217,8 +1203,7 @@ class _MseLossBackward(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.reduction = inputs[3]
-        ctx.save_for_backward(*inputs[:3])
-        ctx.save_for_forward(*inputs[:3])
+        _save(ctx, *inputs[:3])
 
     @staticmethod
     def backward(ctx, gg):
@@ -1258,8 +1243,7 @@ class _MseLossDoubleBackward(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.reduction = inputs[4]
-        ctx.save_for_backward(*inputs[:4])
-        ctx.save_for_forward(*inputs[:4])
+        _save(ctx, *inputs[:4])
 
     @staticmethod
     def backward(ctx, p, q, r):
@@ -1334,8 +1318,7 @@ class _NearestNeighbor(Function):
     def setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*inputs, output[1])
-        ctx.save_for_forward(*inputs, output[1])
+        _save(ctx, *inputs, output[1])
 
     @staticmethod
     def backward(ctx, g, _):
@@ -1362,8 +1345,7 @@ class _NearestNeighbor(Function):
 class _NearestNeighborGradBase(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        _save(ctx, *inputs)
 
 
 @_register("nearest_neighbor_backward_input")
