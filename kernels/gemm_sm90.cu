@@ -49,13 +49,13 @@ namespace {
 
 // ---- the tiling -----------------------------------------------------------------------------
 
-constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4, kGroup = 16;
+[[maybe_unused]] constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4, kGroup = 16;
 constexpr int kThreads = 384;                              // producer + 2 consumer warpgroups
 constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;  // 16 KB, 32 KB per stage
 constexpr int kStageBytes = kABytes + kBBytes;
 constexpr int kBox = 64;                                   // 64 elements = one 128-byte swizzled row
 constexpr int kBoxBytes = kBox * kBox * 2;                 // an MN-major box: 64 (mn) x 64 (k)
-constexpr int kKRows = 128, kKBoxBytes = kKRows * kBK * 2; // a K-major box: 128 rows x 64 (k)
+[[maybe_unused]] constexpr int kKRows = 128, kKBoxBytes = kKRows * kBK * 2; // a K-major box: 128 rows x 64 (k)
 constexpr int kSmemBytes = kStages * kStageBytes + 1024;   // + slack to align the ring to 1024 B
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 // The CTA starts with 65536 / 384 -> 168 registers per thread (launch bounds); setmaxnreg
