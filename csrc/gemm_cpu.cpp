@@ -14,13 +14,17 @@
 //     AVX-512 float: 12 x 32 (24 zmm accumulators; 2 loads + 12 broadcasts per 24 FMAs, so
 //     the two FMA ports, not the loads, set the pace); double 12 x 16.
 //   - cache blocks: A's micro-panel (MR x KC) stays in L1 while it meets every B panel of a
-//     KC x NC block of B, which is packed once and stays in the core's L2 (2 MB here:
-//     KC = NC = 512 floats -> a 1 MB block). C is read and written once per KC block, so a
-//     large KC keeps that traffic small.
-//   - packing: A's micro-panel is copied per use (row-major with a fixed row stride, or
-//     k-major when A's rows are not contiguous); B's block is copied into zero-padded k-major
-//     panels, transposed in registers when B is k-contiguous; the half types are converted
-//     to float while packing. B with contiguous rows and few A panels to meet is read in place.
+//     KC x NC block of B, which is packed once and stays in the core's L2 (here L1 48 KB,
+//     L2 2 MB: AVX-512 float KC = 256, NC = 512: a 12 KB panel, a 512 KB block). A is packed
+//     MC = 144 rows at a time, so a column-major A is read in runs of 144 elements. C is read
+//     and written once per KC block (prefetched at the start of each micro-kernel).
+//   - packing: A's block is copied into micro-panels, row by row when A is k-contiguous
+//     (rows KC + one cache line apart, so they fall in different L1 sets), k by k when A is
+//     column-major (dW); B's block is copied into zero-padded k-major panels, transposed in
+//     registers (L x L blocks) when B is k-contiguous (the forward's W). The half types are
+//     converted to float while packing. B with contiguous rows, close together, is read in
+//     place (not packed) when a thread's block of C has few rows: packing would cost more
+//     than it saves (the skinny products of small batches).
 //   - threads: C is cut into one block per thread (columns, or rows when A is the bigger
 //     operand to repack), each done start to finish by one thread with its own packing
 //     space: no barrier but the final join, and every element of C is summed in the same
@@ -76,11 +80,6 @@ struct IsaGemm {
 // close (at most kInPlaceBStride bytes apart: a block of B then spans few pages).
 constexpr int64_t kInPlaceBRows = 128;
 constexpr size_t kInPlaceBStride = 2048;
-
-inline int64_t tune(const char* name, int64_t dflt) {  // TUNE: temporary
-  const char* e = std::getenv(name);
-  return e ? std::atoll(e) : dflt;
-}
 
 // Per-thread packing space, kept between calls and grown on demand, 64-byte aligned.
 char* scratch(size_t bytes) {
@@ -252,7 +251,8 @@ template <>
 struct Simd<float> {
   using V = __m512;
   static constexpr int L = 16, MR = 12, NV = 2;  // 12 x 32: 24 zmm accumulators
-  static constexpr int64_t KC = 512, NC = 512, MC = 144;  // B block 1 MB, A block 288 KB (L2: 2 MB), A panel 24 KB (L1: 48 KB)
+  // A panel 12 KB (L1: 48 KB); B block 512 KB and A block 150 KB (L2: 2 MB).
+  static constexpr int64_t KC = 256, NC = 512, MC = 144;
   static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
@@ -298,7 +298,7 @@ template <>
 struct Simd<double> {
   using V = __m512d;
   static constexpr int L = 8, MR = 12, NV = 2;  // 12 x 16
-  static constexpr int64_t KC = 256, NC = 512, MC = 144;  // B block 1 MB, A block 288 KB, A panel 24 KB
+  static constexpr int64_t KC = 256, NC = 512, MC = 144;  // A panel 24 KB, B block 1 MB, A block 300 KB
   static __mmask8 mask(int n) { return static_cast<__mmask8>((1u << n) - 1u); }
   static V zero() { return _mm512_setzero_pd(); }
   static V load(const double* p) { return _mm512_loadu_pd(p); }
@@ -375,7 +375,7 @@ IsaGemm<T> pick_isa_gemm() {
 }
 
 // Below this many FLOPs per thread a GEMM runs on fewer threads (a fork / join costs a few us).
-constexpr int64_t kMinFlopsPerThread = int64_t(1) << 21;
+constexpr int64_t kMinFlopsPerThread = int64_t(1) << 19;
 
 // Start of part i of n items cut into `parts` near-equal parts.
 inline int64_t split_at(int64_t n, int64_t parts, int64_t i) { return n * i / parts; }
@@ -395,7 +395,7 @@ void gemm_compute(const GemmProblem<T>& g) {
   const int64_t mp = (g.M + isa.MR - 1) / isa.MR, np = (g.N + isa.NR - 1) / isa.NR;  // micro-panels
   const double flops = 2.0 * g.M * g.N * g.K;
   int64_t nt = at::in_parallel_region() ? 1 : at::get_num_threads();
-  nt = std::max<int64_t>(1, std::min<int64_t>(nt, int64_t(flops / tune("TM_MINFLOPS", kMinFlopsPerThread))));
+  nt = std::max<int64_t>(1, std::min<int64_t>(nt, int64_t(flops / kMinFlopsPerThread)));
   // One block of C per thread: cut the columns (every block then packs all of A), or the rows
   // (every block packs all of B) when A is the bigger operand; B's packing counts double when
   // it transposes.

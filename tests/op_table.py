@@ -298,11 +298,11 @@ OPS = [
         Case("empty_batch", _lin(0, 4, 3)),
         Case("k0", _lin(3, 0, 2)),
         Case("big", lambda: [randn(5, 8) * 1e3, randn(4, 8), randn(4)], scale=1e3),
-        # The CPU GEMM's edges (gemm_cpu.cpp; AVX-512 float: 12 x 32 tiles of 16-lane vectors, k
-        # blocks of 512 (float64: 256), 144-row A blocks, 512-column B blocks, B read in place up
-        # to 128 rows): 1, 15, 16, 17, 127, 1025 in M, K and N (each is the inner dim of one of
-        # the three products), K over several k blocks, and both operands transposed. The big
-        # ones are left out of gradcheck and opcheck (smooth=False): the small ones cover that.
+        # The CPU GEMM's edges (gemm_cpu.cpp; AVX-512: 12 x 32 float tiles of 16-lane vectors,
+        # k blocks of 256, 144-row A blocks, 512-column B blocks, B read in place up to 128
+        # rows): 1, 15, 16, 17, 127, 1025 in M, K and N (each is the inner dim of one of the
+        # three products), K over several k blocks, and both operands transposed. The big ones
+        # are left out of gradcheck and opcheck (smooth=False): the small ones cover those.
         Case("15x16x17", _lin(15, 16, 17)),
         Case("16x17x15", _lin(16, 17, 15)),
         Case("17x15x16_nobias", _lin(17, 15, 16, bias=False)),
