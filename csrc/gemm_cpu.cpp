@@ -81,6 +81,10 @@ struct IsaGemm {
 constexpr int64_t kInPlaceBRows = 128;
 constexpr size_t kInPlaceBStride = 2048;
 
+// The packing loops that read short runs far apart (a column-major A, B's rows) prefetch the
+// run this many rows ahead: those reads are bound by latency, not bandwidth.
+constexpr int64_t kPrefetchRows = 8;
+
 // Per-thread packing space, kept between calls and grown on demand, 64-byte aligned.
 char* scratch(size_t bytes) {
   struct Buffer {
