@@ -81,6 +81,10 @@ struct IsaGemm {
 constexpr int64_t kInPlaceBRows = 128;
 constexpr size_t kInPlaceBStride = 2048;
 
+// At most this many rows of C, with A's rows and B's columns both contiguous in k (the forward
+// of a batch of 1 to 4), are done as dot products (gemm_dot): no transpose of B into panels.
+constexpr int64_t kDotRows = 4;
+
 // The packing loops that read short runs far apart (a column-major A, B's rows) prefetch the
 // run this many rows ahead: those reads are bound by latency, not bandwidth.
 constexpr int64_t kPrefetchRows = 8;
@@ -129,6 +133,14 @@ struct Simd {
   static V bcast(const R* p) { return V{} + *p; }
   static V fma(V a, V b, V c) { return a * b + c; }
   static V add(V a, V b) { return a + b; }
+  static R sum(V v) {  // the lanes, pairwise
+    for (int w = L / 2; w > 0; w /= 2)
+      for (int i = 0; i < w; ++i) v[i] += v[i + w];
+    return v[0];
+  }
+  static void sum4(const V (&v)[4], R* out) {
+    for (int q = 0; q < 4; ++q) out[q] = sum(v[q]);
+  }
   template <typename T>
   static V load_cvt(const T* p, int n) {
     V v{};
@@ -174,6 +186,14 @@ struct Simd<float> {
   static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static float sum(V v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  }
+  static void sum4(const V (&v)[4], float* out) {
+    for (int q = 0; q < 4; ++q) out[q] = sum(v[q]);
+  }
   static V load_cvt(const float* p, int n) { return load_n(p, n); }
   static __m128i load16(const void* p, int n) {  // n <= 8 16-bit values, the rest 0
     if (n == L) return _mm_loadu_si128(static_cast<const __m128i*>(p));
@@ -224,6 +244,13 @@ struct Simd<double> {
   static V bcast(const double* p) { return _mm256_broadcast_sd(p); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static double sum(V v) {
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+  }
+  static void sum4(const V (&v)[4], double* out) {
+    for (int q = 0; q < 4; ++q) out[q] = sum(v[q]);
+  }
   static V load_cvt(const double* p, int n) { return load_n(p, n); }
   static void transpose(V (&r)[4]) {
     const V t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
@@ -266,6 +293,15 @@ struct Simd<float> {
   static V bcast(const float* p) { return _mm512_set1_ps(*p); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }
+  static void sum4(const V (&v)[4], float* out) {  // the four sums together: halves, quarters, lanes
+    const V u0 = _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], 0x44), _mm512_shuffle_f32x4(v[0], v[1], 0xee));
+    const V u1 = _mm512_add_ps(_mm512_shuffle_f32x4(v[2], v[3], 0x44), _mm512_shuffle_f32x4(v[2], v[3], 0xee));
+    V w = _mm512_add_ps(_mm512_shuffle_f32x4(u0, u1, 0x88), _mm512_shuffle_f32x4(u0, u1, 0xdd));
+    w = _mm512_add_ps(w, _mm512_permute_ps(w, 0x4e));  // 128-bit block q: partial sums of v[q]
+    w = _mm512_add_ps(w, _mm512_permute_ps(w, 0xb1));
+    _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), w)));
+  }
   static V load_cvt(const float* p, int n) { return load_n(p, n); }
   static V load_cvt(const c10::Half* p, int n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), p)); }
   static V load_cvt(const c10::BFloat16* p, int n) {
@@ -312,6 +348,10 @@ struct Simd<double> {
   static V bcast(const double* p) { return _mm512_set1_pd(*p); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static double sum(V v) { return _mm512_reduce_add_pd(v); }
+  static void sum4(const V (&v)[4], double* out) {
+    for (int q = 0; q < 4; ++q) out[q] = sum(v[q]);
+  }
   static V load_cvt(const double* p, int n) { return load_n(p, n); }
   static void transpose(V (&r)[8]) {  // 8 x 8: pairs, then 128-bit blocks
     V t[8];
