@@ -303,6 +303,8 @@ OPS = [
         # rows): 1, 15, 16, 17, 127, 1025 in M, K and N (each is the inner dim of one of the
         # three products), K over several k blocks, and both operands transposed. The big ones
         # are left out of gradcheck and opcheck (smooth=False): the small ones cover those.
+        Case("2x17x5", _lin(2, 17, 5)),                                  # 1-4 rows: dot products
+        Case("4x1025x9", _lin(4, 1025, 9), scale=8, smooth=False),
         Case("15x16x17", _lin(15, 16, 17)),
         Case("16x17x15", _lin(16, 17, 15)),
         Case("17x15x16_nobias", _lin(17, 15, 16, bias=False)),
