@@ -298,6 +298,24 @@ OPS = [
         Case("empty_batch", _lin(0, 4, 3)),
         Case("k0", _lin(3, 0, 2)),
         Case("big", lambda: [randn(5, 8) * 1e3, randn(4, 8), randn(4)], scale=1e3),
+        # The CPU GEMM's edges (gemm_cpu.cpp; AVX-512: 12 x 32 float tiles of 16-lane vectors,
+        # k blocks of 256, 144-row A blocks, 512-column B blocks, B read in place up to 128
+        # rows): 1, 15, 16, 17, 127, 1025 in M, K and N (each is the inner dim of one of the
+        # three products), K over several k blocks, and both operands transposed. The big ones
+        # are left out of gradcheck and opcheck (smooth=False): the small ones cover those.
+        Case("2x17x5", _lin(2, 17, 5)),                                  # 1-4 rows: dot products
+        Case("4x1025x9", _lin(4, 1025, 9), scale=8, smooth=False),
+        Case("15x16x17", _lin(15, 16, 17)),
+        Case("16x17x15", _lin(16, 17, 15)),
+        Case("17x15x16_nobias", _lin(17, 15, 16, bias=False)),
+        Case("127x1025x16", _lin(127, 1025, 16), scale=8, smooth=False),
+        Case("1025x17x127", _lin(1025, 17, 127), scale=8, smooth=False),
+        Case("16x127x1025", _lin(16, 127, 1025), scale=4, smooth=False),
+        Case("1x4097x15", _lin(1, 4097, 15), scale=16, smooth=False),
+        Case("33x4097x65", _lin(33, 4097, 65), scale=16, smooth=False),
+        Case("1025x127x1025", _lin(1025, 127, 1025), scale=8, smooth=False),
+        Case("x_and_w_transposed", lambda: [randn(33, 50).t(), (randn(33, 129) / math.sqrt(33)).t(), randn(129)],
+             scale=2),
     ]),
     OpSpec("relu", TF.relu, torch.relu, [
         Case("0d", lambda: [randn()]),

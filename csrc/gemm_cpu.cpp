@@ -1,0 +1,520 @@
+// The CPU GEMM behind Linear:  C[M,N] = A[M,K] B[K,N] (+ bias[N]),  A and B with any strides.
+//
+// Linear's three products are all this one GEMM (see linear.cpp):
+//   forward   y  = x W^T + b:  A = x,    B(k, j) = W[j, k]   (B is k-contiguous: transposed)
+//   dX        dx = dy W:       A = dy,   B = W               (B rows contiguous)
+//   dW        dW = dy^T x:     A(i, k) = dy[k, i],  B = x    (A is column-major)
+// The packing routines absorb these layouts, so one micro-kernel serves all three.
+//
+// Scheme (Goto / BLIS: K. Goto and R. van de Geijn, "Anatomy of high-performance matrix
+// multiplication", 2008; F. Van Zee and R. van de Geijn, "BLIS", 2015), with the roles of the
+// operands as in gemm_cpu_kernels.inc:
+//   - micro-kernel: an MR x NR tile of C in vector registers (NR = NV vectors of L lanes);
+//     per k, NV vector loads of B, MR broadcasts of A, MR * NV FMAs.
+//     AVX-512 float: 12 x 32 (24 zmm accumulators; 2 loads + 12 broadcasts per 24 FMAs, so
+//     the two FMA ports, not the loads, set the pace); double 12 x 16.
+//   - cache blocks: A's micro-panel (MR x KC) stays in L1 while it meets every B panel of a
+//     KC x NC block of B, which is packed once and stays in the core's L2 (here L1 48 KB,
+//     L2 2 MB: AVX-512 float KC = 256, NC = 512: a 12 KB panel, a 512 KB block). A is packed
+//     MC = 144 rows at a time, so a column-major A is read in runs of 144 elements. C is read
+//     and written once per KC block (prefetched at the start of each micro-kernel).
+//   - packing: A's block is copied into micro-panels, row by row when A is k-contiguous
+//     (rows KC + one cache line apart, so they fall in different L1 sets), k by k when A is
+//     column-major (dW); B's block is copied into zero-padded k-major panels, transposed in
+//     registers (L x L blocks) when B is k-contiguous (the forward's W). The half types are
+//     converted to float while packing. B with contiguous rows, close together, is read in
+//     place (not packed) when a thread's block of C has few rows: packing would cost more
+//     than it saves (the skinny products of small batches).
+//   - threads: C is cut into one block per thread (columns, or rows when A is the bigger
+//     operand to repack), each done start to finish by one thread with its own packing
+//     space: no barrier but the final join, and every element of C is summed in the same
+//     order (k blocks in order, k in order within a block) whatever the thread count, so
+//     results are bitwise the same for any number of threads.
+//   - instruction sets: the kernels are compiled for AVX-512, AVX2+FMA and the baseline
+//     (the build has no -march) and the widest one this CPU has is picked at run time.
+#include "gemm_cpu.h"
+
+#include "common.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define TM_GEMM_X86 1
+#endif
+
+namespace torchmodules {
+namespace {
+
+// The problem as the per-ISA code sees it: C and bias in the compute type R (for the half
+// types, a float copy of C).
+template <typename T>
+struct GemmProblem {
+  using R = acc_t<T>;
+  int64_t M, N, K;
+  const T* a;
+  int64_t rs_a, cs_a;
+  const T* b;
+  int64_t rs_b, cs_b;
+  R* c;
+  int64_t ldc;
+  const R* bias;
+};
+
+// One instruction set's GEMM: its micro-tile, and the loops over one block of C.
+template <typename T>
+struct IsaGemm {
+  int MR, NR;
+  void (*block)(const GemmProblem<T>&, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+};
+
+// B is read in place (not packed) when its rows are contiguous, a thread's block of C has at
+// most kInPlaceBRows rows (each B element is then read a few times only) and B's rows are
+// close (at most kInPlaceBStride bytes apart: a block of B then spans few pages).
+constexpr int64_t kInPlaceBRows = 128;
+constexpr size_t kInPlaceBStride = 2048;
+
+// At most this many rows of C, with A's rows and B's columns both contiguous in k (the forward
+// of a batch of 1 to 4), are done as dot products (gemm_dot): no transpose of B into panels.
+constexpr int64_t kDotRows = 4;
+
+// The packing loops that read short runs far apart (a column-major A, B's rows) prefetch the
+// run this many rows ahead: those reads are bound by latency, not bandwidth.
+constexpr int64_t kPrefetchRows = 8;
+
+// Per-thread packing space, kept between calls and grown on demand, 64-byte aligned.
+char* scratch(size_t bytes) {
+  struct Buffer {
+    char* p = nullptr;
+    size_t n = 0;
+    ~Buffer() { std::free(p); }
+  };
+  static thread_local Buffer buf;
+  if (buf.n < bytes) {
+    std::free(buf.p);
+    buf.n = 0;
+    buf.p = static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!buf.p) throw std::bad_alloc();
+    buf.n = bytes;
+  }
+  return buf.p;
+}
+
+// ---- the baseline: 16-byte GCC vectors (SSE2 on x86-64, NEON on arm64) ---------------------
+namespace isa_base {
+
+template <typename R>
+struct Simd {
+  typedef R V __attribute__((vector_size(16)));
+  static constexpr int L = 16 / sizeof(R), MR = 6, NV = 2;  // 6 x 8 floats: 12 accumulators
+  static constexpr int64_t KC = 256, NC = 256, MC = 96;
+  static V zero() { return V{}; }
+  static V load(const R* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static void store(R* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+  static V load_n(const R* p, int n) {  // n <= L lanes, the rest 0
+    V v{};
+    for (int i = 0; i < n; ++i) v[i] = p[i];
+    return v;
+  }
+  static void store_n(R* p, V v, int n) {
+    for (int i = 0; i < n; ++i) p[i] = v[i];
+  }
+  static V bcast(const R* p) { return V{} + *p; }
+  static V fma(V a, V b, V c) { return a * b + c; }
+  static V add(V a, V b) { return a + b; }
+  static R sum(V v) {  // the lanes, pairwise
+    for (int w = L / 2; w > 0; w /= 2)
+      for (int i = 0; i < w; ++i) v[i] += v[i + w];
+    return v[0];
+  }
+  static void sum4(const V (&v)[4], R* out) {
+    for (int q = 0; q < 4; ++q) out[q] = sum(v[q]);
+  }
+  template <typename T>
+  static V load_cvt(const T* p, int n) {
+    V v{};
+    for (int i = 0; i < n; ++i) v[i] = static_cast<R>(p[i]);
+    return v;
+  }
+  static void transpose(V (&r)[L]) {
+    R t[L][L];
+    for (int i = 0; i < L; ++i)
+      for (int j = 0; j < L; ++j) t[j][i] = r[i][j];
+    for (int i = 0; i < L; ++i) std::memcpy(&r[i], t[i], sizeof(V));
+  }
+};
+
+#include "gemm_cpu_kernels.inc"
+
+}  // namespace isa_base
+
+#ifdef TM_GEMM_X86
+
+// ---- AVX2 + FMA (+ F16C for float16) ---------------------------------------------------------
+namespace isa_avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+template <typename R>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  using V = __m256;
+  static constexpr int L = 8, MR = 6, NV = 2;  // 6 x 16: 12 ymm accumulators
+  static constexpr int64_t KC = 256, NC = 256, MC = 96;
+  static __m256i mask(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V load_n(const float* p, int n) { return n == L ? load(p) : _mm256_maskload_ps(p, mask(n)); }
+  static void store_n(float* p, V v, int n) {
+    if (n == L) store(p, v);
+    else _mm256_maskstore_ps(p, mask(n), v);
+  }
+  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static float sum(V v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  }
+  static void sum4(const V (&v)[4], float* out) {
+    for (int q = 0; q < 4; ++q) out[q] = sum(v[q]);
+  }
+  static V load_cvt(const float* p, int n) { return load_n(p, n); }
+  static __m128i load16(const void* p, int n) {  // n <= 8 16-bit values, the rest 0
+    if (n == L) return _mm_loadu_si128(static_cast<const __m128i*>(p));
+    alignas(16) uint16_t t[8] = {};
+    std::memcpy(t, p, n * 2);
+    return _mm_load_si128(reinterpret_cast<const __m128i*>(t));
+  }
+  static V load_cvt(const c10::Half* p, int n) { return _mm256_cvtph_ps(load16(p, n)); }
+  static V load_cvt(const c10::BFloat16* p, int n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load16(p, n)), 16));
+  }
+  static void transpose(V (&r)[8]) {  // 8 x 8: pairs, then pairs of pairs, then 128-bit halves
+    V t[8], u[8];
+    for (int g = 0; g < 2; ++g) {
+      t[4 * g + 0] = _mm256_unpacklo_ps(r[4 * g + 0], r[4 * g + 1]);
+      t[4 * g + 1] = _mm256_unpackhi_ps(r[4 * g + 0], r[4 * g + 1]);
+      t[4 * g + 2] = _mm256_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]);
+      t[4 * g + 3] = _mm256_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+      for (int e = 0; e < 2; ++e) {
+        u[4 * g + 2 * e] = _mm256_castpd_ps(
+            _mm256_unpacklo_pd(_mm256_castps_pd(t[4 * g + e]), _mm256_castps_pd(t[4 * g + 2 + e])));
+        u[4 * g + 2 * e + 1] = _mm256_castpd_ps(
+            _mm256_unpackhi_pd(_mm256_castps_pd(t[4 * g + e]), _mm256_castps_pd(t[4 * g + 2 + e])));
+      }
+    }
+    // u[4g + e], 128-bit lane l: rows 4g .. 4g+3 at column 4l + e
+    for (int e = 0; e < 4; ++e) {
+      r[e] = _mm256_permute2f128_ps(u[e], u[4 + e], 0x20);
+      r[4 + e] = _mm256_permute2f128_ps(u[e], u[4 + e], 0x31);
+    }
+  }
+};
+
+template <>
+struct Simd<double> {
+  using V = __m256d;
+  static constexpr int L = 4, MR = 6, NV = 2;  // 6 x 8
+  static constexpr int64_t KC = 256, NC = 256, MC = 96;
+  static __m256i mask(int n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
+  static V zero() { return _mm256_setzero_pd(); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static V load_n(const double* p, int n) { return n == L ? load(p) : _mm256_maskload_pd(p, mask(n)); }
+  static void store_n(double* p, V v, int n) {
+    if (n == L) store(p, v);
+    else _mm256_maskstore_pd(p, mask(n), v);
+  }
+  static V bcast(const double* p) { return _mm256_broadcast_sd(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static double sum(V v) {
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+  }
+  static void sum4(const V (&v)[4], double* out) {
+    for (int q = 0; q < 4; ++q) out[q] = sum(v[q]);
+  }
+  static V load_cvt(const double* p, int n) { return load_n(p, n); }
+  static void transpose(V (&r)[4]) {
+    const V t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const V t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+  }
+};
+
+#include "gemm_cpu_kernels.inc"
+
+#pragma GCC pop_options
+}  // namespace isa_avx2
+
+// ---- AVX-512 (F, BW and VL: masked 16-bit loads for the half types) --------------------------
+namespace isa_avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+// GCC 12's AVX-512 shuffles and conversions pass an "undefined" register that -Wall reports.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+template <typename R>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  using V = __m512;
+  static constexpr int L = 16, MR = 12, NV = 2;  // 12 x 32: 24 zmm accumulators
+  // A panel 12 KB (L1: 48 KB); B block 512 KB and A block 150 KB (L2: 2 MB).
+  static constexpr int64_t KC = 256, NC = 512, MC = 144;
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static void store_n(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static V bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }
+  static void sum4(const V (&v)[4], float* out) {  // the four sums together: halves, quarters, lanes
+    const V u0 = _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], 0x44), _mm512_shuffle_f32x4(v[0], v[1], 0xee));
+    const V u1 = _mm512_add_ps(_mm512_shuffle_f32x4(v[2], v[3], 0x44), _mm512_shuffle_f32x4(v[2], v[3], 0xee));
+    V w = _mm512_add_ps(_mm512_shuffle_f32x4(u0, u1, 0x88), _mm512_shuffle_f32x4(u0, u1, 0xdd));
+    w = _mm512_add_ps(w, _mm512_permute_ps(w, 0x4e));  // 128-bit block q: partial sums of v[q]
+    w = _mm512_add_ps(w, _mm512_permute_ps(w, 0xb1));
+    _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), w)));
+  }
+  static V load_cvt(const float* p, int n) { return load_n(p, n); }
+  static V load_cvt(const c10::Half* p, int n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), p)); }
+  static V load_cvt(const c10::BFloat16* p, int n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(n), p)), 16));
+  }
+  static void transpose(V (&r)[16]) {  // 16 x 16: pairs, pairs of pairs, then 128-bit blocks
+    V t[16], u[16];
+    for (int g = 0; g < 4; ++g) {
+      t[4 * g + 0] = _mm512_unpacklo_ps(r[4 * g + 0], r[4 * g + 1]);
+      t[4 * g + 1] = _mm512_unpackhi_ps(r[4 * g + 0], r[4 * g + 1]);
+      t[4 * g + 2] = _mm512_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]);
+      t[4 * g + 3] = _mm512_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+      for (int e = 0; e < 2; ++e) {
+        u[4 * g + 2 * e] = _mm512_castpd_ps(
+            _mm512_unpacklo_pd(_mm512_castps_pd(t[4 * g + e]), _mm512_castps_pd(t[4 * g + 2 + e])));
+        u[4 * g + 2 * e + 1] = _mm512_castpd_ps(
+            _mm512_unpackhi_pd(_mm512_castps_pd(t[4 * g + e]), _mm512_castps_pd(t[4 * g + 2 + e])));
+      }
+    }
+    // u[4g + e], 128-bit lane l: rows 4g .. 4g+3 at column 4l + e; gather lane l of the four
+    // groups into r[4l + e].
+    for (int e = 0; e < 4; ++e) {
+      const V v0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x88), v1 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xdd);
+      const V v2 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x88), v3 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xdd);
+      r[e] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+      r[4 + e] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+      r[8 + e] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+      r[12 + e] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+    }
+  }
+};
+
+template <>
+struct Simd<double> {
+  using V = __m512d;
+  static constexpr int L = 8, MR = 12, NV = 2;  // 12 x 16
+  static constexpr int64_t KC = 256, NC = 512, MC = 144;  // A panel 24 KB, B block 1 MB, A block 300 KB
+  static __mmask8 mask(int n) { return static_cast<__mmask8>((1u << n) - 1u); }
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static V load_n(const double* p, int n) { return _mm512_maskz_loadu_pd(mask(n), p); }
+  static void store_n(double* p, V v, int n) { _mm512_mask_storeu_pd(p, mask(n), v); }
+  static V bcast(const double* p) { return _mm512_set1_pd(*p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static double sum(V v) { return _mm512_reduce_add_pd(v); }
+  static void sum4(const V (&v)[4], double* out) {
+    for (int q = 0; q < 4; ++q) out[q] = sum(v[q]);
+  }
+  static V load_cvt(const double* p, int n) { return load_n(p, n); }
+  static void transpose(V (&r)[8]) {  // 8 x 8: pairs, then 128-bit blocks
+    V t[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm512_unpacklo_pd(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_pd(r[2 * i], r[2 * i + 1]);
+    }
+    // t[2i + e], 128-bit lane l: rows 2i, 2i+1 at column 2l + e
+    for (int e = 0; e < 2; ++e) {
+      const V v0 = _mm512_shuffle_f64x2(t[e], t[2 + e], 0x88), v1 = _mm512_shuffle_f64x2(t[e], t[2 + e], 0xdd);
+      const V v2 = _mm512_shuffle_f64x2(t[4 + e], t[6 + e], 0x88), v3 = _mm512_shuffle_f64x2(t[4 + e], t[6 + e], 0xdd);
+      r[e] = _mm512_shuffle_f64x2(v0, v2, 0x88);
+      r[2 + e] = _mm512_shuffle_f64x2(v1, v3, 0x88);
+      r[4 + e] = _mm512_shuffle_f64x2(v0, v2, 0xdd);
+      r[6 + e] = _mm512_shuffle_f64x2(v1, v3, 0xdd);
+    }
+  }
+};
+
+#include "gemm_cpu_kernels.inc"
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+}  // namespace isa_avx512
+
+#endif  // TM_GEMM_X86
+
+// ---- run-time choice of the instruction set ---------------------------------------------------
+
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+Isa cpu_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::kBase;
+#ifdef TM_GEMM_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      best = Isa::kAvx2;
+    if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      best = Isa::kAvx512;
+#endif
+    const char* env = std::getenv("TORCHMODULES_CPU_ISA");  // a cap, for tests of the fallbacks
+    const std::string cap = env ? env : "";
+    if (cap == "base") best = Isa::kBase;
+    if (cap == "avx2" && best == Isa::kAvx512) best = Isa::kAvx2;
+    return best;
+  }();
+  return isa;
+}
+
+template <typename T>
+IsaGemm<T> pick_isa_gemm() {
+#ifdef TM_GEMM_X86
+  switch (cpu_isa()) {
+    case Isa::kAvx512:
+      return isa_avx512::isa_gemm<T>();
+    case Isa::kAvx2:
+      return isa_avx2::isa_gemm<T>();
+    default:
+      break;
+  }
+#endif
+  return isa_base::isa_gemm<T>();
+}
+
+// Below this many FLOPs per thread a GEMM runs on fewer threads (a fork / join costs a few us).
+constexpr int64_t kMinFlopsPerThread = int64_t(1) << 19;
+
+// Start of part i of n items cut into `parts` near-equal parts.
+inline int64_t split_at(int64_t n, int64_t parts, int64_t i) { return n * i / parts; }
+
+// C (compute type, row stride ldc) = A B + bias over the threads.
+template <typename T>
+void gemm_compute(const GemmProblem<T>& g) {
+  using R = acc_t<T>;
+  if (g.K == 0) {  // no products: C = bias (or 0)
+    at::parallel_for(0, g.M, std::max<int64_t>(1, kGrain / g.N), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int64_t n = 0; n < g.N; ++n) g.c[m * g.ldc + n] = g.bias ? g.bias[n] : R(0);
+    });
+    return;
+  }
+  static const IsaGemm<T> isa = pick_isa_gemm<T>();
+  const int64_t mp = (g.M + isa.MR - 1) / isa.MR, np = (g.N + isa.NR - 1) / isa.NR;  // micro-panels
+  const double flops = 2.0 * g.M * g.N * g.K;
+  int64_t nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+  nt = std::max<int64_t>(1, std::min<int64_t>(nt, int64_t(flops / kMinFlopsPerThread)));
+  // One block of C per thread: cut the columns (every block then packs all of A), or the rows
+  // (every block packs all of B) when A is the bigger operand; B's packing counts double when
+  // it transposes.
+  const bool b_transposed = g.cs_b != 1;
+  const bool cut_rows = g.M > (b_transposed ? 2 : 1) * g.N;
+  int64_t gm = cut_rows ? std::min(nt, mp) : 1;
+  int64_t gn = std::min(nt / gm, np);
+  if (!cut_rows) gm = std::min(nt / gn, mp);
+  auto run = [&](int64_t cell) {
+    const int64_t ci = cell / gn, cj = cell % gn;
+    const int64_t i0 = split_at(mp, gm, ci) * isa.MR, i1 = std::min(g.M, split_at(mp, gm, ci + 1) * isa.MR);
+    const int64_t j0 = split_at(np, gn, cj) * isa.NR, j1 = std::min(g.N, split_at(np, gn, cj + 1) * isa.NR);
+    if (i0 < i1 && j0 < j1) isa.block(g, i0, i1, j0, j1);
+  };
+  if (gm * gn == 1) {
+    run(0);
+  } else {
+    at::parallel_for(0, gm * gn, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t cell = c0; cell < c1; ++cell) run(cell);
+    });
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t cs_a, const T* b, int64_t rs_b,
+              int64_t cs_b, T* c, int64_t ldc, const T* bias) {
+  if (M <= 0 || N <= 0) return;
+  using R = acc_t<T>;
+  if constexpr (std::is_same<T, R>::value) {
+    gemm_compute<T>({M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, c, ldc, bias});
+  } else {  // the half types: sums in a float copy of C, rounded once at the end
+    const auto opts = at::TensorOptions().dtype(at::kFloat);
+    at::Tensor cbuf = at::empty({M, N}, opts), bbuf;
+    R* bias_r = nullptr;
+    if (bias) {
+      bbuf = at::empty({N}, opts);
+      bias_r = bbuf.data_ptr<R>();
+      for (int64_t j = 0; j < N; ++j) bias_r[j] = static_cast<R>(bias[j]);
+    }
+    R* cr = cbuf.data_ptr<R>();
+    gemm_compute<T>({M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, cr, N, bias_r});
+    at::parallel_for(0, M, std::max<int64_t>(1, kGrain / N), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int64_t j = 0; j < N; ++j) c[m * ldc + j] = static_cast<T>(cr[m * N + j]);
+    });
+  }
+}
+
+template void gemm_cpu<float>(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t,
+                              int64_t, float*, int64_t, const float*);
+template void gemm_cpu<double>(int64_t, int64_t, int64_t, const double*, int64_t, int64_t, const double*, int64_t,
+                               int64_t, double*, int64_t, const double*);
+template void gemm_cpu<c10::Half>(int64_t, int64_t, int64_t, const c10::Half*, int64_t, int64_t, const c10::Half*,
+                                  int64_t, int64_t, c10::Half*, int64_t, const c10::Half*);
+template void gemm_cpu<c10::BFloat16>(int64_t, int64_t, int64_t, const c10::BFloat16*, int64_t, int64_t,
+                                      const c10::BFloat16*, int64_t, int64_t, c10::BFloat16*, int64_t,
+                                      const c10::BFloat16*);
+
+const char* gemm_cpu_isa() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "base";
+  }
+}
+
+// torch.ops.torchmodules_cpu.gemm_isa(): which kernels run here, for tests and benchmarks (in
+// a namespace of its own: the torchmodules namespace holds the ops of the op table only).
+TORCH_LIBRARY(torchmodules_cpu, m) {
+  m.def("gemm_isa() -> str", []() { return std::string(gemm_cpu_isa()); });
+}
+
+}  // namespace torchmodules

@@ -1,0 +1,24 @@
+// The CPU GEMM behind Linear's three products (see gemm_cpu.cpp for the design).
+#pragma once
+
+#include <cstdint>
+
+namespace torchmodules {
+
+// C[M,N] = A[M,K] B[K,N] (+ bias[N]), with
+//   A(i,k) = a[i * rs_a + k * cs_a],  B(k,j) = b[k * rs_b + j * cs_b],  C(i,j) = c[i * ldc + j].
+// Any strides work; a transposed operand is handled by the packing, not by the caller.
+// bias is [N] or nullptr. K == 0 gives C = bias (or 0). C must not overlap A, B or bias.
+// T is float, double, c10::Half or c10::BFloat16; the half types are summed in float and
+// rounded once. Runs on at::get_num_threads() threads when the product is big enough; the
+// result does not depend on the thread count (bitwise: every element is summed in the same
+// order whatever the split).
+template <typename T>
+void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t cs_a, const T* b, int64_t rs_b,
+              int64_t cs_b, T* c, int64_t ldc, const T* bias);
+
+// The instruction set the GEMM runs with on this CPU: "avx512", "avx2" or "base".
+// TORCHMODULES_CPU_ISA=avx2 or =base in the environment caps it (for tests of the fallbacks).
+const char* gemm_cpu_isa();
+
+}  // namespace torchmodules
