@@ -6,7 +6,7 @@ Per shape (M, K, N) of y[M,N] = x[M,K] W[N,K]^T + b and per product:
   forward  y  = x W^T + b     ours: linear_forward          torch: F.linear
   dX       dx = dy W          ours: linear_backward_input   torch: dy @ W   (what autograd runs)
   dW       dW = dy^T x        ours: linear_backward_weight  torch: dy.t() @ x
-2MNK FLOPs each. Ours and torch alternate in rounds (>= 0.3 ms of calls each); the median
+2MNK FLOPs each (--autograd: the whole backward through autograd, 4MNK). Ours and torch alternate in rounds (>= 0.3 ms of calls each); the median
 and the best per-call time of each are kept, ratios are torch_time / ours_time. On a shared
 machine the median carries the other processes' load; the best round is the closest to an
 idle machine.
@@ -34,12 +34,18 @@ SKINNY = [(m, k, n) for m in (1, 8, 32, 64) for (k, n) in ((64, 128), (128, 128)
 MID = [(256, 256, 256), (512, 512, 512)]
 
 
-def products(m, k, n, dtype, aten=False):
+def products(m, k, n, dtype, aten=False, autograd=False):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(m, k, generator=g).to(dtype)
     w = torch.randn(n, k, generator=g).to(dtype)
     b = torch.randn(n, generator=g).to(dtype)
     dy = torch.randn(m, n, generator=g).to(dtype)
+    if autograd:  # the backward as training runs it: dX, dW and db through each one's C++ autograd
+        xs, ws, bs = (t.detach().requires_grad_(True) for t in (x, w, b))
+        y_ours, y_torch = torchmodules.functional.linear(xs, ws, bs), F.linear(xs, ws, bs)
+        return {"backward (dX+dW+db)": (
+            lambda: torch.autograd.grad(y_ours, (xs, ws, bs), dy, retain_graph=True),
+            lambda: torch.autograd.grad(y_torch, (xs, ws, bs), dy, retain_graph=True))}
     if aten:  # torch through torch.ops.aten: the same Python-to-dispatcher path as ours
         dyt = dy.t()
         return {
@@ -81,6 +87,9 @@ def main():
     p.add_argument("--only", default="", help="comma list of products")
     p.add_argument("--mkn", default="", help="explicit M,K,N shape")
     p.add_argument("--root", default=ROOT, help="checkout whose torchmodules to import")
+    p.add_argument("--autograd", action="store_true",
+                   help="time the backward (dX + dW + db) through autograd, ours (tm.functional.linear) "
+                        "against torch's (F.linear): the path training takes, 4MNK FLOPs")
     p.add_argument("--aten", action="store_true",
                    help="call torch as torch.ops.aten.linear / mm (the call path of ours; F.linear and "
                         "torch.mm have lighter Python bindings, ~1-2 us less per call)")
@@ -98,15 +107,15 @@ def main():
         isa = "?"
     print(f"torchmodules from {os.path.dirname(torchmodules.__file__)} (GEMM: {isa}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {a.dtype}, {'process CPU time' if a.cpu_time else 'wall clock'}, "
-          f"torch called {'as torch.ops.aten' if a.aten else 'as F.linear / torch.mm'}")
+          f"torch called {'as torch.ops.aten' if a.aten else 'through autograd' if a.autograd else 'as F.linear / torch.mm'}")
     print("| M | K | N | product | ours GFLOP/s | torch GFLOP/s | ours/torch | best: ours | best: torch | best: ours/torch |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (m, k, n) in shapes:
-        for name, (fa, fb) in products(m, k, n, dtype, a.aten).items():
+        for name, (fa, fb) in products(m, k, n, dtype, a.aten, a.autograd).items():
             if a.only and name not in a.only.split(","):
                 continue
             ta, tb, ba, bb = time_pair(fa, fb, a.budget, time.process_time if a.cpu_time else time.perf_counter)
-            fl = 2 * m * n * k
+            fl = (4 if a.autograd else 2) * m * n * k
             print(f"| {m} | {k} | {n} | {name} | {fl / ta / 1e9:.1f} | {fl / tb / 1e9:.1f} | {tb / ta:.2f} "
                   f"| {fl / ba / 1e9:.1f} | {fl / bb / 1e9:.1f} | {bb / ba:.2f} |", flush=True)
 

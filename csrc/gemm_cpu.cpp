@@ -25,11 +25,12 @@
 //     converted to float while packing. B with contiguous rows, close together, is read in
 //     place (not packed) when a thread's block of C has few rows: packing would cost more
 //     than it saves (the skinny products of small batches).
-//   - threads: C is cut into one block per thread (columns, or rows when A is the bigger
-//     operand to repack), each done start to finish by one thread with its own packing
-//     space: no barrier but the final join, and every element of C is summed in the same
-//     order (k blocks in order, k in order within a block) whatever the thread count, so
-//     results are bitwise the same for any number of threads.
+//   - threads: C is cut into cells, column blocks of at most NC (or row blocks when A is the
+//     bigger operand to repack), each done start to finish by one thread with its own packing
+//     space; the threads take cells from a shared counter. No barrier but the final join, and
+//     every element of C is summed in the same order (k blocks in order, k in order within a
+//     block) whatever the thread count or the cell, so results are bitwise the same for any
+//     number of threads.
 //   - instruction sets: the kernels are compiled for AVX-512, AVX2+FMA and the baseline
 //     (the build has no -march) and the widest one this CPU has is picked at run time.
 #include "gemm_cpu.h"
@@ -38,6 +39,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -68,10 +70,10 @@ struct GemmProblem {
   const R* bias;
 };
 
-// One instruction set's GEMM: its micro-tile, and the loops over one block of C.
+// One instruction set's GEMM: its micro-tile and column block, and the loops over one block of C.
 template <typename T>
 struct IsaGemm {
-  int MR, NR;
+  int MR, NR, NC;
   void (*block)(const GemmProblem<T>&, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 };
 
@@ -440,25 +442,30 @@ void gemm_compute(const GemmProblem<T>& g) {
   const double flops = 2.0 * g.M * g.N * g.K;
   int64_t nt = at::in_parallel_region() ? 1 : at::get_num_threads();
   nt = std::max<int64_t>(1, std::min<int64_t>(nt, int64_t(flops / kMinFlopsPerThread)));
-  // One block of C per thread: cut the columns (every block then packs all of A), or the rows
-  // (every block packs all of B) when A is the bigger operand; B's packing counts double when
-  // it transposes.
+  // Cells of C, each done start to finish by one thread: column blocks (every cell then packs
+  // all of A) of at most NC columns, so a cell packs A no more often than one thread would;
+  // or row blocks (every cell packs all of B) when A is the bigger operand, B's packing
+  // counting double when it transposes; rows also when there are too few columns to go round.
+  // The threads take cells in turn from a counter, so one held up by another process leaves
+  // its share to the others.
   const bool b_transposed = g.cs_b != 1;
   const bool cut_rows = g.M > (b_transposed ? 2 : 1) * g.N;
-  int64_t gm = cut_rows ? std::min(nt, mp) : 1;
-  int64_t gn = std::min(nt / gm, np);
-  if (!cut_rows) gm = std::min(nt / gn, mp);
+  const int64_t cell_np = cut_rows ? np : std::min<int64_t>((np + nt - 1) / nt, isa.NC / isa.NR);  // panels per cell
+  const int64_t gn = (np + cell_np - 1) / cell_np;
+  const int64_t gm = std::max<int64_t>(1, std::min(mp, nt / gn));
   auto run = [&](int64_t cell) {
     const int64_t ci = cell / gn, cj = cell % gn;
     const int64_t i0 = split_at(mp, gm, ci) * isa.MR, i1 = std::min(g.M, split_at(mp, gm, ci + 1) * isa.MR);
-    const int64_t j0 = split_at(np, gn, cj) * isa.NR, j1 = std::min(g.N, split_at(np, gn, cj + 1) * isa.NR);
+    const int64_t j0 = cj * cell_np * isa.NR, j1 = std::min(g.N, (cj + 1) * cell_np * isa.NR);
     if (i0 < i1 && j0 < j1) isa.block(g, i0, i1, j0, j1);
   };
-  if (gm * gn == 1) {
-    run(0);
+  const int64_t cells = gm * gn;
+  if (nt == 1 || cells == 1) {
+    for (int64_t cell = 0; cell < cells; ++cell) run(cell);
   } else {
-    at::parallel_for(0, gm * gn, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t cell = c0; cell < c1; ++cell) run(cell);
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min(nt, cells), 1, [&](int64_t, int64_t) {
+      for (int64_t cell = next++; cell < cells; cell = next++) run(cell);
     });
   }
 }
