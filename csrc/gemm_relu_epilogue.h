@@ -50,22 +50,26 @@ void relu_part_word(S* x, uint32_t* mask, int64_t f0, int64_t f1) {
   if (bits) std::atomic_ref<uint32_t>(mask[f0 / 32]).fetch_or(bits, std::memory_order_relaxed);
 }
 
+// Flat indices [f0, f1), element f at base[f]: whole words plainly, the partial ones at the ends OR-ed.
+template <typename S>
+void relu_segment(S* base, uint32_t* mask, int64_t f0, int64_t f1) {
+  const int64_t wa = (f0 + 31) / 32, wb = f1 / 32;  // whole words [wa, wb)
+  if (wa >= wb) {  // within at most two words, neither whole
+    const int64_t cut = std::min(f1, wa * 32);
+    relu_part_word(base + f0, mask, f0, cut);
+    if (cut < f1) relu_part_word(base + cut, mask, cut, f1);
+    return;
+  }
+  if (f0 < wa * 32) relu_part_word(base + f0, mask, f0, wa * 32);
+  relu_words(base + wa * 32, mask + wa, wb - wa);
+  if (wb * 32 < f1) relu_part_word(base + wb * 32, mask, wb * 32, f1);
+}
+
 template <typename S>
 void relu_epilogue(S* c, int64_t ldc, int64_t N, int64_t i0, int64_t i1, int64_t j0, int64_t j1, uint32_t* mask) {
-  for (int64_t i = i0; i < i1; ++i) {
-    S* row = c + i * ldc - i * N;  // row[f] = C(i, f - i * N) for f in the segment
-    const int64_t f0 = i * N + j0, f1 = i * N + j1;
-    const int64_t wa = (f0 + 31) / 32, wb = f1 / 32;  // whole words [wa, wb)
-    if (wa >= wb) {  // within at most two words, neither whole
-      const int64_t cut = std::min(f1, wa * 32);
-      relu_part_word(row + f0, mask, f0, cut);
-      if (cut < f1) relu_part_word(row + cut, mask, cut, f1);
-      continue;
-    }
-    if (f0 < wa * 32) relu_part_word(row + f0, mask, f0, wa * 32);
-    relu_words(row + wa * 32, mask + wa, wb - wa);
-    if (wb * 32 < f1) relu_part_word(row + wb * 32, mask, wb * 32, f1);
-  }
+  if (j0 == 0 && j1 == N && ldc == N) return relu_segment(c, mask, i0 * N, i1 * N);  // whole rows: one run
+  for (int64_t i = i0; i < i1; ++i)
+    relu_segment(c + i * ldc - i * N, mask, i * N + j0, i * N + j1);  // C(i, j) at flat index i * N + j
 }
 
 }  // namespace
