@@ -12,9 +12,11 @@
 //
 // Scheme (as the vector kernels, gemm_cpu_kernels.inc): for each KC x NC block of B (packed
 // into tiles, in L2), each MC x KC block of A (packed into tiles), each 32-row panel of A (in
-// L1) and each 32-column panel of B: a 32 x 32 block of C in four tile registers (2 A tiles x 2
-// B tiles per 32 values of k: 4 tile loads per 4 TDPBF16PS), stored to a float buffer and
-// added to C (C = C + block for the k blocks after the first, + bias after the last). Every
+// L2) and each 32-column panel of B: a 32 x 32 block of C in four tile registers (2 A tiles x 2
+// B tiles per 32 values of k: 4 tile loads per 4 TDPBF16PS), stored to the thread's float row
+// panel of C; then the panel is added to C (C = C + panel for the k blocks after the first,
+// + bias after the last), or, with one k block (K <= kKC), given bias and rounded to bfloat16
+// into the output by gemm_cpu's store step (no float copy of C). Every
 // element of C is summed in the same order (k blocks of KC in order, 32 k at a time within) for
 // any cell or thread count, so results are bitwise the same for any number of threads.
 // Packing (zero-padded to whole tiles in k, rows and columns) absorbs the three layouts of
