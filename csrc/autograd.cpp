@@ -170,6 +170,7 @@ struct AddBackward : torch::autograd::Function<AddBackward> {
 
 TM_OP(maximum_forward_op, "maximum_forward", std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&))
 TM_OP(maximum_backward_op, "maximum_backward", Tensor(const Tensor&, const Tensor&, int64_t))
+TM_OP(maximum_backward_both_op, "maximum_backward_both", std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&))
 
 struct MaximumForward : torch::autograd::Function<MaximumForward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& b) {
@@ -185,9 +186,16 @@ struct MaximumForward : torch::autograd::Function<MaximumForward> {
     const Tensor mask = saved(ctx, 0);
     variable_list out(2);
     if (!dy[0].defined()) return out;
+    if (ctx->needs_input_grad(0) && ctx->needs_input_grad(1)) {  // one pass for both
+      auto [da, db] = maximum_backward_both_op().call(dy[0], mask);
+      out[0] = da;
+      out[1] = db;
+    } else {
+      for (int64_t k = 0; k < 2; ++k)
+        if (ctx->needs_input_grad(k)) out[k] = maximum_backward_op().call(dy[0], mask, k);
+    }
     for (int64_t k = 0; k < 2; ++k)
-      if (ctx->needs_input_grad(k))
-        out[k] = sum_down(maximum_backward_op().call(dy[0], mask, k), ctx->saved_data[k ? "b" : "a"].toSymIntVector());
+      if (out[k].defined()) out[k] = sum_down(out[k], ctx->saved_data[k ? "b" : "a"].toSymIntVector());
     return out;
   }
 };
@@ -201,6 +209,26 @@ struct MaximumBackward : torch::autograd::Function<MaximumBackward> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list gg) {
     return {maximum_backward_op().call(gg[0], saved(ctx, 0), ctx->saved_data["which"].toInt()), Tensor(), Tensor()};
+  }
+};
+
+// (da, db) = dy * (share_0, share_1): d/d(dy) of <gga, da> + <ggb, db> = gga * share_0 + ggb * share_1.
+struct MaximumBackwardBoth : torch::autograd::Function<MaximumBackwardBoth> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& dy, const Tensor& mask) {
+    ctx->save_for_backward({mask});
+    ctx->set_materialize_grads(false);
+    auto [da, db] = below(maximum_backward_both_op(), dy, mask);
+    return {da, db};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list gg) {
+    const Tensor mask = saved(ctx, 0);
+    Tensor d;
+    for (int64_t k = 0; k < 2; ++k) {
+      if (!gg[k].defined()) continue;
+      Tensor dk = maximum_backward_op().call(gg[k], mask, k);
+      d = d.defined() ? add_forward_op().call(d, dk) : dk;
+    }
+    return {d, Tensor()};
   }
 };
 
@@ -219,6 +247,7 @@ TORCH_LIBRARY_IMPL(torchmodules, Autograd, m) {
   TM_AUTOGRAD(m, "add_backward", AddBackward, add_backward_op);
   TM_AUTOGRAD(m, "maximum_forward", MaximumForward, maximum_forward_op);
   TM_AUTOGRAD(m, "maximum_backward", MaximumBackward, maximum_backward_op);
+  TM_AUTOGRAD(m, "maximum_backward_both", MaximumBackwardBoth, maximum_backward_both_op);
 }
 
 }  // namespace torchmodules

@@ -33,7 +33,12 @@
 //     number of threads.
 //   - instruction sets: the kernels are compiled for AVX-512, AVX2+FMA and the baseline
 //     (the build has no -march) and the widest one this CPU has is picked at run time.
+//     bfloat16 runs on Intel AMX tiles where the CPU and OS allow (gemm_cpu_amx.cpp), in the
+//     same cells of C; when its k blocks cover K in one it rounds each finished block of C
+//     itself, with the same store step (store_run) as the final rounding of the float copy.
 #include "gemm_cpu.h"
+
+#include "gemm_cpu_amx.h"
 
 #include "common.h"
 #include "gemm_relu_epilogue.h"
@@ -69,7 +74,9 @@ struct GemmProblem {
   R* c;
   int64_t ldc;
   const R* bias;
-  uint32_t* relu_mask;  // or nullptr: see relu_epilogue
+  T* out = nullptr;  // set (and c unused) when the back end stores finished blocks itself (AMX)
+  int64_t ldo = 0;
+  uint32_t* relu_mask = nullptr;  // float, double: see relu_epilogue (half types: in gemm_cpu's store step)
 };
 
 // One instruction set's GEMM: its micro-tile and column block, and the loops over one block of C.
@@ -385,7 +392,7 @@ struct Simd<double> {
 
 // ---- run-time choice of the instruction set ---------------------------------------------------
 
-enum class Isa { kBase, kAvx2, kAvx512 };
+enum class Isa { kBase, kAvx2, kAvx512, kAmx };  // kAmx: AVX-512, and AMX for bfloat16
 
 Isa cpu_isa() {
   static const Isa isa = [] {
@@ -402,6 +409,7 @@ Isa cpu_isa() {
     const std::string cap = env ? env : "";
     if (cap == "base") best = Isa::kBase;
     if (cap == "avx2" && best == Isa::kAvx512) best = Isa::kAvx2;
+    if (best == Isa::kAvx512 && cap != "avx512" && cap != "avx2" && amx::available()) best = Isa::kAmx;
     return best;
   }();
   return isa;
@@ -411,6 +419,7 @@ template <typename T>
 IsaGemm<T> pick_isa_gemm() {
 #ifdef TM_GEMM_X86
   switch (cpu_isa()) {
+    case Isa::kAmx:
     case Isa::kAvx512:
       return isa_avx512::isa_gemm<T>();
     case Isa::kAvx2:
@@ -420,6 +429,35 @@ IsaGemm<T> pick_isa_gemm() {
   }
 #endif
   return isa_base::isa_gemm<T>();
+}
+
+// bfloat16 on AMX tiles (gemm_cpu_amx.cpp): for all but the smallest products, where the
+// vector kernels (no tile set-up, dot products for a few rows) are quicker.
+template <typename T>
+bool use_amx(const GemmProblem<T>& g) {
+  if constexpr (std::is_same<T, c10::BFloat16>::value)
+    return cpu_isa() == Isa::kAmx && !(g.cs_a == 1 && g.rs_b == 1 && g.M <= kDotRows);
+  return false;
+}
+
+// The store step of the half types: the finished C[i, j .. j + n) (float, at src) rounded
+// once to T into out (row stride ldo).
+template <typename T>
+void store_run(T* out, int64_t ldo, const float* src, int64_t i, int64_t j, int64_t n) {
+  T* o = out + i * ldo + j;
+  if constexpr (std::is_same<T, c10::BFloat16>::value)
+    if (cpu_isa() >= Isa::kAvx512) return amx::round_bf16(src, o, n);
+  for (int64_t q = 0; q < n; ++q) o[q] = static_cast<T>(src[q]);
+}
+
+template <typename T>
+IsaGemm<T> amx_gemm() {
+  if constexpr (std::is_same<T, c10::BFloat16>::value)
+    return {amx::kMR, amx::kNR, amx::kNC, [](const GemmProblem<T>& g, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+              amx::gemm_bf16_block(g.K, g.a, g.rs_a, g.cs_a, g.b, g.rs_b, g.cs_b, g.c, g.ldc, g.bias, g.out, g.ldo,
+                                   &store_run<c10::BFloat16>, i0, i1, j0, j1);
+            }};
+  return {};
 }
 
 // Below this many FLOPs per thread a GEMM runs on fewer threads (a fork / join costs a few us).
@@ -440,7 +478,8 @@ void gemm_compute(const GemmProblem<T>& g) {
     });
     return;
   }
-  static const IsaGemm<T> isa = pick_isa_gemm<T>();
+  static const IsaGemm<T> isa_vec = pick_isa_gemm<T>();
+  const IsaGemm<T> isa = use_amx(g) ? amx_gemm<T>() : isa_vec;
   const int64_t mp = (g.M + isa.MR - 1) / isa.MR, np = (g.N + isa.NR - 1) / isa.NR;  // micro-panels
   const double flops = 2.0 * g.M * g.N * g.K;
   int64_t nt = at::in_parallel_region() ? 1 : at::get_num_threads();
@@ -482,21 +521,32 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t
   using R = acc_t<T>;
   if (relu_mask) std::memset(relu_mask, 0, (M * N + 31) / 32 * sizeof(uint32_t));
   if constexpr (std::is_same<T, R>::value) {
-    gemm_compute<T>({M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, c, ldc, bias, relu_mask});
+    GemmProblem<T> g{M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, c, ldc, bias};
+    g.relu_mask = relu_mask;
+    gemm_compute<T>(g);
   } else {  // the half types: sums in a float copy of C, rounded once at the end
     const auto opts = at::TensorOptions().dtype(at::kFloat);
-    at::Tensor cbuf = at::empty({M, N}, opts), bbuf;
+    at::Tensor cbuf, bbuf;
     R* bias_r = nullptr;
     if (bias) {
       bbuf = at::empty({N}, opts);
       bias_r = bbuf.data_ptr<R>();
       for (int64_t j = 0; j < N; ++j) bias_r[j] = static_cast<R>(bias[j]);
     }
-    R* cr = cbuf.data_ptr<R>();
-    gemm_compute<T>({M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, cr, N, bias_r});
+    GemmProblem<T> g{M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, nullptr, N, bias_r};
+    // One k block: AMX stores finished blocks itself. (Not with the ReLU epilogue, which runs
+    // in the store step below: AMX's own store step does not take the mask yet.)
+    if (!relu_mask && K > 0 && K <= amx::kKC && use_amx(g)) {
+      g.out = c;
+      g.ldo = ldc;
+      return gemm_compute<T>(g);
+    }
+    cbuf = at::empty({M, N}, opts);
+    g.c = cbuf.data_ptr<R>();
+    gemm_compute<T>(g);
     at::parallel_for(0, M, std::max<int64_t>(1, kGrain / N), [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m) {
-        for (int64_t j = 0; j < N; ++j) c[m * ldc + j] = static_cast<T>(cr[m * N + j]);
+        store_run(c, ldc, g.c + m * N, m, 0, N);
         if (relu_mask) relu_epilogue(c, ldc, N, m, m + 1, 0, N, relu_mask);  // on the rounded values
       }
     });
@@ -515,6 +565,8 @@ template void gemm_cpu<c10::BFloat16>(int64_t, int64_t, int64_t, const c10::BFlo
 
 const char* gemm_cpu_isa() {
   switch (cpu_isa()) {
+    case Isa::kAmx:
+      return "amx";
     case Isa::kAvx512:
       return "avx512";
     case Isa::kAvx2:

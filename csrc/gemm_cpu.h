@@ -21,8 +21,9 @@ template <typename T>
 void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t cs_a, const T* b, int64_t rs_b,
               int64_t cs_b, T* c, int64_t ldc, const T* bias, uint32_t* relu_mask = nullptr);
 
-// The instruction set the GEMM runs with on this CPU: "avx512", "avx2" or "base".
-// TORCHMODULES_CPU_ISA=avx2 or =base in the environment caps it (for tests of the fallbacks).
+// The instruction set the GEMM runs with on this CPU: "amx" (AVX-512, and AMX tiles for
+// bfloat16), "avx512", "avx2" or "base". TORCHMODULES_CPU_ISA=avx512, =avx2 or =base in the
+// environment caps it (for tests of the fallbacks).
 const char* gemm_cpu_isa();
 
 }  // namespace torchmodules

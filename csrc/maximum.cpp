@@ -1,7 +1,8 @@
 // Maximum.  Forward: y = max(a, b), broadcasting as torch.maximum; NaN if either is NaN.
 //           Saves a 2-bit code per element: a won, b won, tie, or NaN (unordered).
 //           Backward: da = dy * share(code, 0), db = dy * share(code, 1), where share is
-//           1 for the winner, 0 for the loser, 1/2 each at a tie and 1 to both at NaN (as torch).
+//           1 for the winner, 0 for the loser, 1/2 each at a tie and 1 to both at NaN (as torch);
+//           maximum_backward_both writes both in one pass over dy and the codes.
 #include "ops.h"
 #include "simd.h"
 
@@ -30,9 +31,19 @@ at::Tensor maximum_backward(const at::Tensor& grad_y, const at::Tensor& mask, in
   TORCH_CHECK(which == 0 || which == 1, "torchmodules.maximum_backward: which must be 0 or 1, got ", which);
   const at::Tensor dyc = grad_y.contiguous();
   const at::Tensor mc = checked_mask("maximum_backward", mask, maximum_mask_bytes(grad_y.numel()), grad_y);
-  at::Tensor d = new_output(grad_y.sizes(), grad_y.options());
-  if (d.numel() > 0) TM_LAUNCH(maximum_backward, grad_y, d, dyc, mc, which);
+  at::Tensor d = new_output(grad_y.sizes(), grad_y.options()), none;
+  if (d.numel() > 0) TM_LAUNCH(maximum_backward, grad_y, which ? none : d, which ? d : none, dyc, mc);
   return d;
+}
+
+std::tuple<at::Tensor, at::Tensor> maximum_backward_both(const at::Tensor& grad_y, const at::Tensor& mask) {
+  check_floating("maximum_backward_both", "grad_y", grad_y);
+  const at::Tensor dyc = grad_y.contiguous();
+  const at::Tensor mc = checked_mask("maximum_backward_both", mask, maximum_mask_bytes(grad_y.numel()), grad_y);
+  at::Tensor da = new_output(grad_y.sizes(), grad_y.options());
+  at::Tensor db = new_output(grad_y.sizes(), grad_y.options());
+  if (da.numel() > 0) TM_LAUNCH(maximum_backward, grad_y, da, db, dyc, mc);
+  return {da, db};
 }
 
 // ---- CPU kernels ---------------------------------------------------------------------------
@@ -99,11 +110,12 @@ static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, co
   });
 }
 
-// d = dy where this input won (or at a NaN), dy * 1/2 at a tie (in the acc type), and an
-// exact 0 where it lost, even for an infinite or NaN dy (as torch): a select, not dy * share.
-template <typename T>
-TM_SIMD static void maximum_backward_words(T* __restrict d, const T* __restrict dy, const uint32_t* __restrict m,
-                                           uint32_t which, int64_t w0, int64_t w1) {
+// da = dy where a won (or at a NaN), dy * 1/2 at a tie (in the acc type), and an exact 0
+// where it lost, even for an infinite or NaN dy (as torch): a select, not dy * share; db
+// likewise. W: 0 writes da only, 1 db only, 2 both (one pass over dy and the codes).
+template <typename T, int W>
+TM_SIMD static void maximum_backward_words(T* __restrict da, T* __restrict db, const T* __restrict dy,
+                                           const uint32_t* __restrict m, int64_t w0, int64_t w1) {
   using A = acc_t<T>;
   for (int64_t w = w0; w < w1; ++w) {
     const uint32_t codes = m[w];
@@ -111,21 +123,23 @@ TM_SIMD static void maximum_backward_words(T* __restrict d, const T* __restrict 
       const uint32_t c = (codes >> (2 * k)) & 3u;
       const T g = dy[w * 16 + k];
       const T half = static_cast<T>(static_cast<A>(g) * A(0.5));
-      d[w * 16 + k] = c == kMaxTie ? half : c == kMaxNaN || c == which ? g : T(0);
+      if constexpr (W != 1) da[w * 16 + k] = c == kMaxTie ? half : c == kMaxNaN || c == kMaxFirst ? g : T(0);
+      if constexpr (W != 0) db[w * 16 + k] = c == kMaxTie ? half : c == kMaxNaN || c == kMaxSecond ? g : T(0);
     }
   }
 }
 
-template <typename T>
-static void maximum_backward_kernel(T* d, const T* dy, const uint32_t* m, int64_t which, int64_t n) {
+template <typename T, int W>
+static void maximum_backward_kernel(T* da, T* db, const T* dy, const uint32_t* m, int64_t n) {
   const int64_t full = n / 16, rest = n % 16;
   at::parallel_for(0, full, kGrain / 16,
-                   [&](int64_t w0, int64_t w1) { maximum_backward_words(d, dy, m, uint32_t(which), w0, w1); });
+                   [&](int64_t w0, int64_t w1) { maximum_backward_words<T, W>(da, db, dy, m, w0, w1); });
   if (rest) {
-    T gt[16] = {}, dt[16];
+    T gt[16] = {}, at[16], bt[16];
     std::copy(dy + full * 16, dy + n, gt);
-    maximum_backward_words(dt, gt, m + full, uint32_t(which), 0, 1);
-    std::copy(dt, dt + rest, d + full * 16);
+    maximum_backward_words<T, W>(at, bt, gt, m + full, 0, 1);
+    if (W != 1) std::copy(at, at + rest, da + full * 16);
+    if (W != 0) std::copy(bt, bt + rest, db + full * 16);
   }
 }
 
@@ -137,16 +151,22 @@ void maximum_forward_cpu(at::Tensor& y, at::Tensor& mask, const at::Tensor& a, c
   });
 }
 
-void maximum_backward_cpu(at::Tensor& d, const at::Tensor& dy, const at::Tensor& mask, int64_t which) {
-  TM_DISPATCH_FLOATING(d.scalar_type(), "maximum_backward_cpu", [&] {
-    maximum_backward_kernel<scalar_t>(d.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
-                                      reinterpret_cast<const uint32_t*>(mask.data_ptr<uint8_t>()), which, d.numel());
+void maximum_backward_cpu(at::Tensor& da, at::Tensor& db, const at::Tensor& dy, const at::Tensor& mask) {
+  TM_DISPATCH_FLOATING(dy.scalar_type(), "maximum_backward_cpu", [&] {
+    scalar_t* pa = da.defined() ? da.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pb = db.defined() ? db.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pdy = dy.data_ptr<scalar_t>();
+    const uint32_t* pm = reinterpret_cast<const uint32_t*>(mask.data_ptr<uint8_t>());
+    if (pa && pb) maximum_backward_kernel<scalar_t, 2>(pa, pb, pdy, pm, dy.numel());
+    else if (pa) maximum_backward_kernel<scalar_t, 0>(pa, pb, pdy, pm, dy.numel());
+    else maximum_backward_kernel<scalar_t, 1>(pa, pb, pdy, pm, dy.numel());
   });
 }
 
 TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
   m.impl("maximum_forward", &maximum_forward);
   m.impl("maximum_backward", &maximum_backward);
+  m.impl("maximum_backward_both", &maximum_backward_both);
 }
 
 }  // namespace torchmodules

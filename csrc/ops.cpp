@@ -31,6 +31,8 @@ TORCH_LIBRARY(torchmodules, m) {
   // da = dy * share(code, 0), db = dy * share(code, 1): 1 to the larger, 1/2 each at ties.
   m.def("maximum_forward(Tensor a, Tensor b) -> (Tensor, Tensor)");
   m.def("maximum_backward(Tensor grad_y, Tensor mask, int which) -> Tensor");
+  // Both gradients in one pass over dy and the codes (the backward when a and b both need one).
+  m.def("maximum_backward_both(Tensor grad_y, Tensor mask) -> (Tensor, Tensor)");
 
   // Max over dims: y = max_dims x.   dx = dy * [x == y] / #{x == y}.
   m.def("amax_forward(Tensor x, int[] dim, bool keepdim) -> Tensor");

@@ -33,6 +33,7 @@ at::Tensor add_forward(const at::Tensor& a, const at::Tensor& b);
 at::Tensor add_backward(const at::Tensor& grad_y, c10::SymIntArrayRef size);
 std::tuple<at::Tensor, at::Tensor> maximum_forward(const at::Tensor& a, const at::Tensor& b);
 at::Tensor maximum_backward(const at::Tensor& grad_y, const at::Tensor& mask, int64_t which);
+std::tuple<at::Tensor, at::Tensor> maximum_backward_both(const at::Tensor& grad_y, const at::Tensor& mask);
 at::Tensor amax_forward(const at::Tensor& x, at::IntArrayRef dim, bool keepdim);
 at::Tensor amax_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& y,
                          at::IntArrayRef dim, bool keepdim);
@@ -103,10 +104,11 @@ TM_DECLARE_LAUNCHER(add_forward, at::Tensor& y, const at::Tensor& a, const at::T
 TM_DECLARE_LAUNCHER(add_backward, at::Tensor& out, const at::Tensor& dy, const SumToPlan& plan);
 
 // Maximum: as Add; mask uint8 of maximum_mask_bytes(numel), 2-bit MaxCode per element,
-// element i in bits 2*(i%16) of word i/16. dy contiguous.
+// element i in bits 2*(i%16) of word i/16. dy contiguous. The backward writes da and db
+// (dy's shape, contiguous); an undefined one is skipped.
 TM_DECLARE_LAUNCHER(maximum_forward, at::Tensor& y, at::Tensor& mask, const at::Tensor& a, const at::Tensor& b,
                     const Broadcast2& bc);
-TM_DECLARE_LAUNCHER(maximum_backward, at::Tensor& d, const at::Tensor& dy, const at::Tensor& mask, int64_t which);
+TM_DECLARE_LAUNCHER(maximum_backward, at::Tensor& da, at::Tensor& db, const at::Tensor& dy, const at::Tensor& mask);
 
 // amax and LogSoftmax: x, y, dy, gg contiguous, reduced over the middle of Rows
 // [outer, reduce, inner]; amax's y and dy are [outer, inner], reduce >= 1.

@@ -1,5 +1,5 @@
 // Maximum on CUDA.  Forward: y = max(a, b) (broadcast, NaN propagates) and a 2-bit MaxCode
-// per element, 16 to a little-endian uint32 word.  Backward: d = dy * share(code, which).
+// per element, 16 to a little-endian uint32 word.  Backward: da, db = dy * share(code, 0 / 1), one or both.
 #include <type_traits>
 
 #include "elementwise.cuh"
@@ -68,43 +68,62 @@ void launch_maximum(const at::Tensor& on, T* y, uint32_t* m, const T* a, const T
             maximum_forward_kernel<T, V, M, Idx>, y, m, a, b, n, idx);
 }
 
-// d_i = dy_i * share(code_i, which): dy where this input won (or at a NaN), dy / 2 at a tie,
-// 0 where it lost (a true 0 even for an infinite or NaN dy, as torch's masked_fill).
+// da_i = dy_i * share(code_i, 0), db_i = dy_i * share(code_i, 1): dy where this input won
+// (or at a NaN), dy / 2 at a tie, 0 where it lost (a true 0 even for an infinite or NaN dy,
+// as torch's masked_fill). W: 0 writes da only, 1 db only, 2 both from one read of dy.
 // One vector of V elements per thread (V | 16: a vector never straddles two words).
-template <typename T, int V, bool kAlignedMask>
-__global__ void __launch_bounds__(kThreads)
-    maximum_backward_kernel(T* __restrict__ d, const T* __restrict__ dy, const uint8_t* __restrict__ m, int64_t n,
-                            int which) {
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> maximum_select(const Pack<T, V>& g, uint32_t word, int which) {
   using A = dacc_t<T>;
+  Pack<T, V> p;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const float share = maximum_share((word >> (2 * j)) & 3u, which);
+    p.v[j] = share == 0.f ? from_acc<T>(A(0)) : share == 1.f ? g.v[j] : from_acc<T>(to_float(g.v[j]) * A(share));
+  }
+  return p;
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_pack(T* d, const Pack<T, V>& p, int64_t e0, int cnt) {
+  if (cnt == V) {
+    *reinterpret_cast<Pack<T, V>*>(d + e0) = p;
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+      if (j < cnt) d[e0 + j] = p.v[j];
+  }
+}
+
+template <typename T, int V, bool kAlignedMask, int W>
+__global__ void __launch_bounds__(kThreads)
+    maximum_backward_kernel(T* __restrict__ da, T* __restrict__ db, const T* __restrict__ dy,
+                            const uint8_t* __restrict__ m, int64_t n) {
   const int64_t nvec = (n + V - 1) / V;
   const int64_t step = (int64_t)gridDim.x * kThreads;
-  const T zero = from_acc<T>(A(0));
   for (int64_t v = (int64_t)blockIdx.x * kThreads + threadIdx.x; v < nvec; v += step) {
     const int64_t e0 = v * V;
     const int cnt = (int)imin(V, n - e0);
     const uint32_t word = load_word<kAlignedMask>(m, e0 / 16) >> (2 * (e0 % 16));
-    Pack<T, V> p;
+    Pack<T, V> g;
     if (cnt == V) {
-      p = *reinterpret_cast<const Pack<T, V>*>(dy + e0);
+      g = *reinterpret_cast<const Pack<T, V>*>(dy + e0);
     } else {
 #pragma unroll
       for (int j = 0; j < V; ++j)
-        if (j < cnt) p.v[j] = dy[e0 + j];
+        if (j < cnt) g.v[j] = dy[e0 + j];
     }
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const float share = maximum_share((word >> (2 * j)) & 3u, which);
-      if (share == 0.f) p.v[j] = zero;
-      else if (share != 1.f) p.v[j] = from_acc<T>(to_float(p.v[j]) * A(share));
-    }
-    if (cnt == V) {
-      *reinterpret_cast<Pack<T, V>*>(d + e0) = p;
-    } else {
-#pragma unroll
-      for (int j = 0; j < V; ++j)
-        if (j < cnt) d[e0 + j] = p.v[j];
-    }
+    if constexpr (W != 1) store_pack(da, maximum_select(g, word, 0), e0, cnt);
+    if constexpr (W != 0) store_pack(db, maximum_select(g, word, 1), e0, cnt);
   }
+}
+
+template <typename T, int V, bool kAlignedMask>
+void launch_maximum_backward(const at::Tensor& on, T* da, T* db, const T* dy, const uint8_t* m, int64_t n) {
+  const dim3 blocks(tm_blocks((n + V - 1) / V, kThreads)), threads(kThreads);
+  if (da && db) tm_launch(on, blocks, threads, 0, maximum_backward_kernel<T, V, kAlignedMask, 2>, da, db, dy, m, n);
+  else if (da) tm_launch(on, blocks, threads, 0, maximum_backward_kernel<T, V, kAlignedMask, 0>, da, db, dy, m, n);
+  else tm_launch(on, blocks, threads, 0, maximum_backward_kernel<T, V, kAlignedMask, 1>, da, db, dy, m, n);
 }
 
 }  // namespace
@@ -140,33 +159,29 @@ void maximum_forward_cuda(at::Tensor& y, at::Tensor& mask, const at::Tensor& a, 
   });
 }
 
-void maximum_backward_cuda(at::Tensor& d, const at::Tensor& dy, const at::Tensor& mask, int64_t which) {
+void maximum_backward_cuda(at::Tensor& da, at::Tensor& db, const at::Tensor& dy, const at::Tensor& mask) {
   const int64_t n = dy.numel();
   if (n == 0) return;
   TM_DISPATCH_FLOATING(dy.scalar_type(), "maximum_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     constexpr int V = 16 / sizeof(T);
-    T* pd = dptr<scalar_t>(d);
+    T* pa = da.defined() ? dptr<scalar_t>(da) : nullptr;
+    T* pb = db.defined() ? dptr<scalar_t>(db) : nullptr;
     const T* pdy = dptr<scalar_t>(dy);
     const uint8_t* pm = mask.data_ptr<uint8_t>();
-    const bool vec = tm_aligned(16, {pd, pdy});
+    const bool vec = tm_aligned(16, {pa, pb, pdy});
     const bool am = tm_aligned(4, {pm});
-    const int w = (int)which;
-    const int64_t blocks = tm_blocks(vec ? (n + V - 1) / V : n, kThreads);
-    if (vec && am)
-      tm_launch(dy, dim3(blocks), dim3(kThreads), 0, maximum_backward_kernel<T, V, true>, pd, pdy, pm, n, w);
-    else if (vec)
-      tm_launch(dy, dim3(blocks), dim3(kThreads), 0, maximum_backward_kernel<T, V, false>, pd, pdy, pm, n, w);
-    else if (am)
-      tm_launch(dy, dim3(blocks), dim3(kThreads), 0, maximum_backward_kernel<T, 1, true>, pd, pdy, pm, n, w);
-    else
-      tm_launch(dy, dim3(blocks), dim3(kThreads), 0, maximum_backward_kernel<T, 1, false>, pd, pdy, pm, n, w);
+    if (vec && am) launch_maximum_backward<T, V, true>(dy, pa, pb, pdy, pm, n);
+    else if (vec) launch_maximum_backward<T, V, false>(dy, pa, pb, pdy, pm, n);
+    else if (am) launch_maximum_backward<T, 1, true>(dy, pa, pb, pdy, pm, n);
+    else launch_maximum_backward<T, 1, false>(dy, pa, pb, pdy, pm, n);
   });
 }
 
 TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
   m.impl("maximum_forward", &maximum_forward);
   m.impl("maximum_backward", &maximum_backward);
+  m.impl("maximum_backward_both", &maximum_backward_both);
 }
 
 }  // namespace torchmodules

@@ -2,7 +2,8 @@
 // [N, D], i = n * D + d:
 //   Forward:  l_i = -w[t_i] x[n, t_i, d] (0 where t_i == ignore_index); y = l (none), or the
 //             fixed-order sums of l_i and of W = sum w[t_i] (loss_reduce.cuh), y = sum l [/ W].
-//   Backward: dx[n, c, d] = w[c] * -g_i at c = t_i, 0 elsewhere; g_i = dy_i, dy or dy / W.
+//   Backward: dx[n, c, d] = w[c] * -g_i at c = t_i, 0 elsewhere; g_i = dy_i, dy or dy / W
+//             (a memset of dx, then one write per target).
 // Bad targets (outside [0, C), not ignore_index): the forward kernels record the smallest such
 // i in a device word (an integer atomicMin: the same i whatever the timing) and put NaN in its
 // place; after the kernels the launcher copies that word and the target there back to the host,
@@ -111,71 +112,30 @@ __global__ void nll_forward_status(unsigned long long* status, const I* __restri
 
 // ---- backward --------------------------------------------------------------------------------
 
-// dx[j], j = (n * C + c) * D + d, j >= first: w[c] * -g_i at c = t_i (i = n * D + d), else 0;
-// NaN over the column of a bad target (the forward raised for it).
-template <class T, class I, class DivD, class DivC>
+// The backward writes dx in two steps, as torch does: a memset makes all of it 0 (zero bits
+// are 0.0 in every float type) at the full write bandwidth, then one thread per target
+// i = n * D + d writes dx[n, t_i, d] = w[t_i] * -g_i; NaN over the column of a bad target (the
+// forward raised for it), nothing for ignore_index. (A fused kernel that chose per element or per
+// 16-byte vector between 0 and the target's value ran at half of copy bandwidth on an H100.)
+template <class T, class I, class DivD>
 __global__ void __launch_bounds__(kThreads)
-    nll_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const I* __restrict__ tgt,
-                        const T* __restrict__ w, const dacc_t<T>* __restrict__ total_weight, NllArgs a, DivD dd,
-                        DivC dc, int64_t first) {
+    nll_backward_scatter(T* __restrict__ dx, const T* __restrict__ dy, const I* __restrict__ tgt,
+                         const T* __restrict__ w, const dacc_t<T>* __restrict__ total_weight, NllArgs a, DivD dd) {
   using A = dacc_t<T>;
-  const int64_t total = a.N * a.C * a.D;
+  const int64_t n_targets = a.N * a.D;
   A g1 = A(0);  // the one g of mean and sum
   if (a.reduction != kNone) g1 = a.reduction == kMean ? to_float(dy[0]) / *total_weight : to_float(dy[0]);
-  for (int64_t j = first + (int64_t)blockIdx.x * kThreads + threadIdx.x; j < total;
-       j += (int64_t)gridDim.x * kThreads) {
-    const int64_t nc = dd.div(j), d = j - nc * a.D;
-    const int64_t nn = dc.div(nc), c = nc - nn * a.C;
-    const int64_t i = nn * a.D + d, t = (int64_t)tgt[i];
-    A v = A(0);
-    if (t == a.ignore_index) {
-      v = A(0);
-    } else if (t < 0 || t >= a.C) {
-      v = quiet_nan<A>();
-    } else if (t == c) {
-      const A g = a.reduction == kNone ? to_float(dy[i]) : g1;
-      v = (w ? to_float(w[t]) : A(1)) * -g;
+  for (int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x; i < n_targets; i += (int64_t)gridDim.x * kThreads) {
+    const int64_t n = dd.div(i), d = i - n * a.D;
+    const int64_t t = (int64_t)tgt[i];
+    T* col = dx + n * a.C * a.D + d;  // dx[n, c, d] = col[c * D]
+    if (t == a.ignore_index) continue;
+    if (t < 0 || t >= a.C) {
+      for (int64_t c = 0; c < a.C; ++c) col[c * a.D] = from_acc<T>(quiet_nan<A>());
+      continue;
     }
-    dx[j] = from_acc<T>(v);
-  }
-}
-
-// The same for D == 1 (input [N, C]): each thread writes V consecutive elements, one 16-byte
-// store of zeros but where a row's target falls (one-element stores ran at a third of copy
-// bandwidth on an H100; per-element target logic at half). The vector spans rows n0 .. (one or
-// two when C >= V); only their targets are read. dx is fresh, so 16-byte aligned; the last
-// total % V elements go to the kernel above.
-template <class T, class I, class DivC>
-__global__ void __launch_bounds__(kThreads)
-    nll_backward_rows(T* __restrict__ dx, const T* __restrict__ dy, const I* __restrict__ tgt,
-                      const T* __restrict__ w, const dacc_t<T>* __restrict__ total_weight, NllArgs a, DivC dc) {
-  using A = dacc_t<T>;
-  constexpr int V = 16 / sizeof(T);
-  const int64_t nvec = a.N * a.C / V;
-  A g1 = A(0);
-  if (a.reduction != kNone) g1 = a.reduction == kMean ? to_float(dy[0]) / *total_weight : to_float(dy[0]);
-  for (int64_t k = (int64_t)blockIdx.x * kThreads + threadIdx.x; k < nvec; k += (int64_t)gridDim.x * kThreads) {
-    const int64_t j0 = k * V;
-    Pack<T, V> out;
-#pragma unroll
-    for (int u = 0; u < V; ++u) out.v[u] = from_acc<T>(A(0));
-    for (int64_t n = dc.div(j0); n * a.C < j0 + V; ++n) {  // the rows the vector spans
-      const int64_t t = (int64_t)tgt[n];
-      if (t == a.ignore_index) continue;
-      if (t < 0 || t >= a.C) {  // NaN over the row's part of the vector (the forward raised)
-        const int64_t lo = n * a.C - j0, hi = lo + a.C;
-#pragma unroll
-        for (int u = 0; u < V; ++u)
-          if (u >= lo && u < hi) out.v[u] = from_acc<T>(quiet_nan<A>());
-        continue;
-      }
-      const int64_t at = n * a.C + t - j0;  // the target's lane, if in this vector
-      const A v = (w ? to_float(w[t]) : A(1)) * -(a.reduction == kNone ? to_float(dy[n]) : g1);
-#pragma unroll
-      for (int u = 0; u < V; ++u)
-        if (u == at) out.v[u] = from_acc<T>(v);
-    }
-    reinterpret_cast<Pack<T, V>*>(dx)[k] = out;
+    const A g = a.reduction == kNone ? to_float(dy[i]) : g1;
+    col[t * a.D] = from_acc<T>((w ? to_float(w[t]) : A(1)) * -g);
   }
 }
 
@@ -233,8 +193,10 @@ void nll_loss_forward_cuda(at::Tensor& out, at::Tensor& total_weight, NllBad& ba
 
 void nll_loss_backward_cuda(at::Tensor& dx, NllBad&, const at::Tensor& dy, const at::Tensor& target,
                             const at::Tensor& weight, const at::Tensor& total_weight, const NllArgs& a) {
-  const int64_t total = a.N * a.C * a.D;
+  const int64_t total = a.N * a.C * a.D, n_targets = a.N * a.D;
   if (total == 0) return;
+  const c10::cuda::CUDAGuard guard(dx.device());
+  C10_CUDA_CHECK(cudaMemsetAsync(dx.data_ptr(), 0, total * dx.element_size(), c10::cuda::getCurrentCUDAStream()));
   TM_DISPATCH_FLOATING(dx.scalar_type(), "nll_loss_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     using A = dacc_t<T>;
@@ -243,24 +205,10 @@ void nll_loss_backward_cuda(at::Tensor& dx, NllBad&, const at::Tensor& dy, const
       const I* tgt = target.data_ptr<I>();
       const T* pw = weight.defined() ? dptr<scalar_t>(weight) : nullptr;
       const A* ptw = total_weight.data_ptr<A>();
-      constexpr int V = 16 / sizeof(T);
-      const bool rows = a.D == 1 && tm_aligned(16, {dx.data_ptr()});
-      const int64_t nvec = rows ? total / V : 0;  // elements [0, nvec V) by nll_backward_rows
-      if (nvec > 0)
-        with_div(a.C, total, [&](const auto& dc) {
-          tm_launch(dy, dim3(unsigned(tm_blocks(nvec, kThreads))), dim3(kThreads), 0,
-                    nll_backward_rows<T, I, std::decay_t<decltype(dc)>>, dptr<scalar_t>(dx), dptr<scalar_t>(dy), tgt,
-                    pw, ptw, a, dc);
-        });
-      if (nvec * V == total) return;
-      with_div(a.D, total, [&](const auto& dd) {
-        with_div(a.C, total, [&](const auto& dc) {
-          using DivD = std::decay_t<decltype(dd)>;
-          using DivC = std::decay_t<decltype(dc)>;
-          tm_launch(dy, dim3(unsigned(tm_blocks(total - nvec * V, kThreads))), dim3(kThreads), 0,
-                    nll_backward_kernel<T, I, DivD, DivC>, dptr<scalar_t>(dx), dptr<scalar_t>(dy), tgt, pw, ptw, a,
-                    dd, dc, nvec * V);
-        });
+      with_div(a.D, n_targets, [&](const auto& dd) {
+        tm_launch(dy, dim3(unsigned(tm_blocks(n_targets, kThreads))), dim3(kThreads), 0,
+                  nll_backward_scatter<T, I, std::decay_t<decltype(dd)>>, dptr<scalar_t>(dx), dptr<scalar_t>(dy), tgt,
+                  pw, ptw, a, dd);
       });
     });
   });

@@ -140,6 +140,36 @@ def test_unused_outputs(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("needs", ["both", "a", "b"])
+def test_maximum_backward_one_or_both(device, dtype, needs):
+    """Maximum's backward: one pass writing both gradients (maximum_backward_both) when both
+    inputs need one, maximum_backward for a single one; each equal to torch's, ties and NaN
+    included, broadcasting summed down."""
+    import torchmodules.functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    a0 = torch.randint(-3, 4, (37, 129), generator=g).to(dtype)  # small integers: many ties
+    b0 = torch.randint(-3, 4, (129,), generator=g).to(dtype)
+    a0[3, 5], b0[7] = float("nan"), float("nan")
+    dy = torch.randn(37, 129, generator=g).to(dtype).to(device)
+    grads = []
+    for fn in (TF.maximum, torch.maximum):
+        a = a0.to(device).requires_grad_(needs in ("both", "a"))
+        b = b0.to(device).requires_grad_(needs in ("both", "b"))
+        with RecordOps() as rec:
+            y = fn(a, b)
+            inputs = [t for t in (a, b) if t.requires_grad]
+            grads.append(torch.autograd.grad(y, inputs, dy))
+        if fn is TF.maximum:
+            names = [f._schema.name.split("::")[1] for f, _, _ in rec.calls]
+            want = "maximum_backward_both" if needs == "both" else "maximum_backward"
+            assert names.count(want) == 1 and names.count("maximum_backward_both") == (needs == "both"), names
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_forward_mode_matches_torch(device):
     """Forward mode works (each op's Python autograd.Function and its jvp, torchmodules/_func.py):
     dual tensors, torch.func.jvp and jacfwd give torch's tangents, not zeros. Reverse-mode

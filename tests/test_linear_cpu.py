@@ -1,7 +1,8 @@
 """The CPU GEMM behind Linear (csrc/gemm_cpu.cpp), beyond the op table's cases: its three
-products are bitwise the same for any thread count, and the AVX2 and baseline kernels (what
-a CPU without AVX-512, or without AVX2, runs; picked here with TORCHMODULES_CPU_ISA) pass
-the op table's Linear cases too."""
+products are bitwise the same for any thread count, and the AVX-512, AVX2 and baseline
+kernels (what a CPU without AMX, AVX-512 or AVX2 runs; picked here with TORCHMODULES_CPU_ISA)
+pass the op table's Linear cases too. bfloat16 on AMX tiles (csrc/gemm_cpu_amx.cpp, where the
+CPU has AMX-BF16): edge shapes against float64, and against the AVX-512 kernels."""
 import os
 import subprocess
 import sys
@@ -20,8 +21,10 @@ def _products(x, w, b, dy):
     return ops.linear_forward(x, w, b), ops.linear_backward_input(dy, w), ops.linear_backward_weight(dy, x)
 
 
-# Big enough for several threads; C split by columns or by rows (M > 2N), several column blocks.
-@pytest.mark.parametrize("mkn", [(300, 257, 300), (1000, 100, 40), (40, 600, 1100)], ids=str)
+# Big enough for several threads; C split by columns or by rows (M > 2N), several column blocks;
+# (for AMX) more than one k block (K > 2048) in each product.
+@pytest.mark.parametrize("mkn", [(300, 257, 300), (1000, 100, 40), (40, 600, 1100), (1025, 600, 70),
+                                 (40, 2100, 70), (2100, 40, 30)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 def test_bitwise_same_for_any_thread_count(dtype, mkn):
     m, k, n = mkn
@@ -44,12 +47,102 @@ def _isa(env):
                           check=True).stdout.strip()
 
 
-@pytest.mark.parametrize("isa", ["avx2", "base"])
+_ISAS = ["base", "avx2", "avx512", "amx"]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "base"])
 def test_fallback_kernels_pass_the_linear_cases(isa):
     env = dict(os.environ, TORCHMODULES_CPU_ISA=isa)
     got = _isa(env)
-    assert got == isa or (isa == "avx2" and got == "base"), got  # a CPU without AVX2 runs the baseline
+    assert got == isa or _ISAS.index(got) < _ISAS.index(isa), got  # a CPU without it runs a narrower set
     r = subprocess.run([sys.executable, "-m", "pytest", "tests/test_ops.py", "-q", "-p", "no:cacheprovider", "-x",
                         "-k", "linear and cpu"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "failed" not in r.stdout
+
+
+# ---- bfloat16 on AMX ----------------------------------------------------------------------------
+
+_AMX = torch.ops.torchmodules_cpu.gemm_isa() == "amx"
+needs_amx = pytest.mark.skipif(not _AMX, reason="no AMX-BF16 here (CPU, OS or TORCHMODULES_CPU_ISA)")
+
+# M = 1 .. 17 (the forward of M <= 4 runs the vector dot products), tiles cut at 16 / 32 rows and
+# columns, K not a multiple of 32 (zero-padded), K < 32, K = 1, column blocks (N > 512), more
+# than one k block (K > 2048) in each product.
+_AMX_SHAPES = [(m, 70, 33) for m in range(1, 18)] + [
+    (127, 64, 48), (1025, 96, 40), (33, 1100, 50), (5, 3, 7), (64, 1, 600), (1025, 33, 517), (300, 257, 300),
+    (40, 2100, 70), (2100, 40, 30)]
+
+
+def _inputs(m, k, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(*s, generator=g, dtype=torch.float64).to(torch.bfloat16)
+                 for s in ((m, k), (n, k), (n,), (m, n)))
+
+
+def _check_vs_float64(got, x, w, b, dy):
+    """Each product against float64 from the same bfloat16 inputs: summed in float (error at most
+    2^-12 of sum |terms|, far above float's own), then rounded once to bfloat16 (half an ulp:
+    2^-8 relative)."""
+    X, W, B, DY = (t.double() for t in (x, w, b, dy))
+    refs = ((X @ W.T + B, X.abs() @ W.abs().T + B.abs()), (DY @ W, DY.abs() @ W.abs()),
+            (DY.T @ X, DY.abs().T @ X.abs()))
+    for name, o, (ref, size) in zip(("forward", "dx", "dW"), got, refs):
+        assert o.dtype == torch.bfloat16 and o.shape == ref.shape, name
+        err = (o.double() - ref).abs()
+        bound = 2.0**-8 * ref.abs() + 2.0**-12 * size
+        assert bool((err <= bound).all()), f"{name}: worst error / bound {(err / bound.clamp_min(1e-300)).max()}"
+
+
+@needs_amx
+@pytest.mark.parametrize("mkn", _AMX_SHAPES, ids=str)
+def test_amx_bf16_products_vs_float64(mkn):
+    x, w, b, dy = _inputs(*mkn)
+    _check_vs_float64(_products(x, w, b, dy), x, w, b, dy)
+
+
+@needs_amx
+def test_amx_bf16_strided_operands():
+    """Transposed and sliced inputs (the glue makes them contiguous)."""
+    m, k, n = 70, 100, 90
+    x, w, b, dy = _inputs(m, k, n, seed=1)
+    xs = torch.zeros(m, 2 * k, dtype=torch.bfloat16)[:, ::2].copy_(x)
+    ws = w.t().contiguous().t()
+    dys = torch.zeros(2 * m, n, dtype=torch.bfloat16)[::2].copy_(dy)
+    assert not (xs.is_contiguous() or ws.is_contiguous() or dys.is_contiguous())
+    got = _products(xs, ws, b, dys)
+    _check_vs_float64(got, x, w, b, dy)
+    for a, f in zip(got, _products(x, w, b, dy)):
+        assert torch.equal(a, f)
+
+
+@needs_amx
+def test_amx_bf16_empty_inner_dim():
+    """K = 0: y = b; M = 0: dW = 0."""
+    x, w, b, dy = _inputs(20, 0, 40)
+    assert torch.equal(ops.linear_forward(x, w, b), b.expand(20, 40))
+    x, w, b, dy = _inputs(0, 30, 40)
+    assert torch.equal(ops.linear_backward_weight(dy, x), torch.zeros(40, 30, dtype=torch.bfloat16))
+
+
+@needs_amx
+def test_amx_bf16_close_to_avx512_kernels(tmp_path):
+    """The AMX results and the AVX-512 kernels' (TORCHMODULES_CPU_ISA=avx512, in a subprocess):
+    both within the float64 bound, so within twice it of each other."""
+    shapes = [(17, 70, 33), (1025, 33, 517), (40, 2100, 70)]
+    out = tmp_path / "avx512.pt"
+    code = ("import sys, torch, torchmodules; sys.path.insert(0, 'tests'); import test_linear_cpu as t; "
+            "assert torch.ops.torchmodules_cpu.gemm_isa() == 'avx512'; "
+            f"torch.save([t._products(*t._inputs(*s)) for s in {shapes!r}], {str(out)!r})")
+    env = dict(os.environ, TORCHMODULES_CPU_ISA="avx512")
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for s, theirs in zip(shapes, torch.load(out)):
+        x, w, b, dy = _inputs(*s)
+        ours = _products(x, w, b, dy)
+        _check_vs_float64(ours, x, w, b, dy)
+        _check_vs_float64(theirs, x, w, b, dy)
+        X, W, B, DY = (t.double() for t in (x, w, b, dy))
+        sizes = (X.abs() @ W.abs().T + B.abs(), DY.abs() @ W.abs(), DY.abs().T @ X.abs())
+        for o, t, size in zip(ours, theirs, sizes):
+            assert bool(((o.double() - t.double()).abs() <= 2 * (2.0**-8 * t.double().abs() + 2.0**-11 * size)).all())

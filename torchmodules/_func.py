@@ -603,6 +603,33 @@ class _MaximumBackward(Function):
         raise NotImplementedError(_MASK.format("maximum_backward", "maximum_forward"))
 
 
+@_register("maximum_backward_both")
+class _MaximumBackwardBoth(Function):
+    """Both shares at once (the op itself, codes from maximum_forward): grad and jvp only."""
+    @staticmethod
+    def forward(gy, mask):
+        return tuple(ops.maximum_backward_both(gy, mask))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        _save(ctx, inputs[1])
+
+    @staticmethod
+    def backward(ctx, gga, ggb):
+        mask = ctx.saved_tensors[0]
+        parts = [ops.maximum_backward(g, mask, k) for k, g in enumerate((gga, ggb)) if g is not None]
+        return (parts[0] if len(parts) == 1 else ops.add_forward(*parts)) if parts else None, None
+
+    @staticmethod
+    def jvp(ctx, tgy, _):
+        return (None, None) if tgy is None else tuple(ops.maximum_backward_both(tgy, ctx.saved_tensors[0]))
+
+    @staticmethod
+    def vmap(info, in_dims, gy, mask):
+        raise NotImplementedError(_MASK.format("maximum_backward_both", "maximum_forward"))
+
+
 # ---- amax: y = max over dims; the gradient shared among the tied maxima ------------------------
 
 def _amax_vmap(op, B, in_dims, tensors, n, dim, keepdim):

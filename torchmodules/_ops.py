@@ -124,7 +124,12 @@ def _(grad_y, mask, which):
     return grad_y.new_empty(grad_y.shape)
 
 
-# maximum_forward, maximum_backward: autograd in csrc/autograd.cpp.
+@_fake("maximum_backward_both")
+def _(grad_y, mask):
+    return grad_y.new_empty(grad_y.shape), grad_y.new_empty(grad_y.shape)
+
+
+# maximum_forward, maximum_backward, maximum_backward_both: autograd in csrc/autograd.cpp.
 
 
 # ---- amax: y = max over dims ---------------------------------------------------------------
