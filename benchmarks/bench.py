@@ -225,7 +225,7 @@ def write_md(path, meta, records):
     lines += ["", "## Ceilings", ""] + [f"- {k}: {fmt(v, '.4g') if isinstance(v, float) else v}"
                                        for k, v in meta["ceilings"].items()]
     lines += ["", "speedup = torch_ms / ours_ms; rate is GB/s (minimal bytes, see benchmarks/ops.py) or "
-              "TFLOP/s for linear; %pk against the ceilings; MB = extra peak memory of fwd+bwd (GPU)."]
+              "TFLOP/s for linear (and linear_relu); %pk against the ceilings; MB = extra peak memory of fwd+bwd (GPU)."]
     for op, recs in by_op(records).items():
         g, m = summary(recs)
         unit = "TFLOP/s" if recs[0].get("unit") == "flop" else "GB/s"
@@ -257,7 +257,7 @@ def write_png(path, records):
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_title(op)
-        ax.set_xlabel({"linear": "M*N*K", "log_softmax": "row length", "amax": "row length", "nll_loss": "classes",
+        ax.set_xlabel({"linear": "M*N*K", "linear_relu": "M*N*K", "linear_relu_vs_unfused": "M*N*K", "log_softmax": "row length", "amax": "row length", "nll_loss": "classes",
                        "cross_entropy": "classes", "mse_loss": "columns", "sgd": "parameters",
                        "train_step": "batch"}.get(op, "elements"))
         ax.set_ylabel("speedup (torch / ours)")

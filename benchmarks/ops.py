@@ -79,6 +79,20 @@ def _linear(size, dtype, device):
                 TF.linear, torch.nn.functional.linear, _passes(2 * m * n * k, 4 * m * n * k), unit="flop")
 
 
+def _linear_relu(twin):
+    """y = relu(x W^T + b), ours fused (TF.linear_relu) against torch's relu(linear(x)) (twin
+    "torch") or against our own unfused TF.relu(TF.linear(x)) (twin "unfused": then the "torch"
+    columns are our unfused ops, and the speedup is what fusing gains). FLOPs as linear's."""
+    def setup(size, dtype, device):
+        m, k, n = size
+        x, w, b = _leaf((m, k), dtype, device), _leaf((n, k), dtype, device), _leaf((n,), dtype, device)
+        other = ((lambda a, c, d: torch.relu(torch.nn.functional.linear(a, c, d))) if twin == "torch"
+                 else (lambda a, c, d: TF.relu(TF.linear(a, c, d))))
+        return Case(f"{m}x{k}x{n}", m * n * k, [x, w, b], TF.linear_relu, other,
+                    _passes(2 * m * n * k, 4 * m * n * k), unit="flop")
+    return setup
+
+
 def _loss(kind):
     """A loss of (N, C) logits (or predictions) against targets; size = (N, C)."""
     def setup(size, dtype, device):
@@ -153,6 +167,8 @@ SETUPS = {
     "log_softmax": _rowwise("log_softmax"),
     "amax": _rowwise("amax"),
     "linear": _linear,
+    "linear_relu": _linear_relu("torch"),
+    "linear_relu_vs_unfused": _linear_relu("unfused"),
     "nll_loss": _loss("nll_loss"),
     "cross_entropy": _loss("cross_entropy"),
     "mse_loss": _loss("mse_loss"),
@@ -169,6 +185,10 @@ def sizes(op: str, device: str, quick: bool) -> Sequence:
             return [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192)] if quick else \
                    [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192)]
         return [(256, 256, 256), (512, 512, 512)] if quick else [(256,) * 3, (512,) * 3, (1024,) * 3]
+    if op.startswith("linear_relu"):  # square, and the MLP's skinny shapes (few K: the ReLU's share is larger)
+        if gpu:
+            return [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 1024, 4096), (65536, 256, 256)]
+        return [(256, 256, 256), (512, 512, 512), (4096, 64, 256), (1024, 784, 512), (64, 784, 512)]
     if op in ("nll_loss", "cross_entropy", "mse_loss"):
         if gpu:
             return [(8192, 32768), (4096, 128256)] if op == "cross_entropy" else [(8192, 32768)]

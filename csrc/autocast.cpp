@@ -1,7 +1,8 @@
 // Autocast (torch.autocast, AMP) kernels: under autocast our forward ops run in the dtype
 // torch's twins run in, with torch's own cast policy per op and device
 // (aten/src/ATen/autocast_mode.cpp):
-//   linear                                     lower precision (the autocast dtype), CUDA and CPU;
+//   linear, linear_relu (torch: linear, then relu in its dtype)
+//                                              lower precision (the autocast dtype), CUDA and CPU;
 //   nll_loss, mse_loss, cross_entropy_loss     float32, CUDA and CPU (on CUDA torch's
 //                                              cross_entropy is log_softmax + nll_loss, both float32);
 //   log_softmax                                float32 on CUDA; no policy on CPU (runs in its input dtype).
@@ -21,6 +22,8 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
 TM_OP(linear_forward_op, "linear_forward", Tensor(const Tensor&, const Tensor&, const OptTensor&))
+TM_OP(linear_relu_forward_op, "linear_relu_forward",
+      std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const OptTensor&))
 TM_OP(log_softmax_forward_op, "log_softmax_forward", Tensor(const Tensor&, int64_t))
 TM_OP(nll_loss_forward_op, "nll_loss_forward",
       std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const OptTensor&, int64_t, int64_t))
@@ -53,6 +56,7 @@ struct Autocast<D, C, R(Args...)> {
 TORCH_LIBRARY_IMPL(torchmodules, AutocastCUDA, m) {
   constexpr auto D = c10::DeviceType::CUDA;
   TM_AUTOCAST(m, D, Cast::lower_precision, "linear_forward", linear_forward_op);
+  TM_AUTOCAST(m, D, Cast::lower_precision, "linear_relu_forward", linear_relu_forward_op);
   TM_AUTOCAST(m, D, Cast::fp32, "log_softmax_forward", log_softmax_forward_op);
   TM_AUTOCAST(m, D, Cast::fp32, "nll_loss_forward", nll_loss_forward_op);
   TM_AUTOCAST(m, D, Cast::fp32, "cross_entropy_forward", cross_entropy_forward_op);
@@ -62,6 +66,7 @@ TORCH_LIBRARY_IMPL(torchmodules, AutocastCUDA, m) {
 TORCH_LIBRARY_IMPL(torchmodules, AutocastCPU, m) {
   constexpr auto D = c10::DeviceType::CPU;
   TM_AUTOCAST(m, D, Cast::lower_precision, "linear_forward", linear_forward_op);
+  TM_AUTOCAST(m, D, Cast::lower_precision, "linear_relu_forward", linear_relu_forward_op);
   // log_softmax: none, as torch's CPU autocast (it runs in the input dtype).
   TM_AUTOCAST(m, D, Cast::fp32, "nll_loss_forward", nll_loss_forward_op);
   TM_AUTOCAST(m, D, Cast::fp32, "cross_entropy_forward", cross_entropy_forward_op);

@@ -82,6 +82,33 @@ struct ReluBackward : torch::autograd::Function<ReluBackward> {
   }
 };
 
+// ---- Linear + ReLU: y = relu(x W^T + b), ReLU's mask m;  dz = m ? dy : 0, then Linear's backward ----
+// Saves x, W and the mask (1 bit per output), not y: the memory torch's relu(linear(x)) keeps
+// for the relu output. The backward is made of the differentiable backward ops (double backward).
+
+TM_OP(linear_relu_forward_op, "linear_relu_forward",
+      std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&))
+
+struct LinearReluForward : torch::autograd::Function<LinearReluForward> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+    auto [y, mask] = below(linear_relu_forward_op(), x, w, b);
+    ctx->save_for_backward({x, w, mask});
+    ctx->saved_data["bias"] = b.has_value() && b->defined();
+    ctx->mark_non_differentiable({mask});
+    ctx->set_materialize_grads(false);  // no zeros made for the mask's gradient
+    return {y, mask};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list dy) {
+    if (!dy[0].defined()) return {Tensor(), Tensor(), Tensor()};
+    const Tensor x = saved(ctx, 0), w = saved(ctx, 1);
+    const Tensor dz = relu_backward_op().call(dy[0], saved(ctx, 2));
+    return {ctx->needs_input_grad(0) ? linear_backward_input_op().call(dz, w) : Tensor(),
+            ctx->needs_input_grad(1) ? linear_backward_weight_op().call(dz, x) : Tensor(),
+            ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2) ? sum_down(dz, w.sym_sizes().slice(0, 1))
+                                                                         : Tensor()};
+  }
+};
+
 // ---- Duplicate: y_k = x;  dx = sum_k dy_k ---------------------------------------------------
 
 TM_OP(duplicate_forward_op, "duplicate_forward", std::vector<Tensor>(const Tensor&, int64_t))
@@ -211,6 +238,7 @@ TORCH_LIBRARY_IMPL(torchmodules, Autograd, m) {
   TM_AUTOGRAD(m, "linear_forward", LinearForward, linear_forward_op);
   TM_AUTOGRAD(m, "linear_backward_input", LinearBackwardInput, linear_backward_input_op);
   TM_AUTOGRAD(m, "linear_backward_weight", LinearBackwardWeight, linear_backward_weight_op);
+  TM_AUTOGRAD(m, "linear_relu_forward", LinearReluForward, linear_relu_forward_op);
   TM_AUTOGRAD(m, "relu_forward", ReluForward, relu_forward_op);
   TM_AUTOGRAD(m, "relu_backward", ReluBackward, relu_backward_op);
   TM_AUTOGRAD(m, "duplicate_forward", DuplicateForward, duplicate_forward_op);

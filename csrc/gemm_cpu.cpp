@@ -41,6 +41,7 @@
 #include "gemm_cpu_amx.h"
 
 #include "common.h"
+#include "gemm_relu_epilogue.h"
 
 #include <algorithm>
 #include <array>
@@ -75,6 +76,7 @@ struct GemmProblem {
   const R* bias;
   T* out = nullptr;  // set (and c unused) when the back end stores finished blocks itself (AMX)
   int64_t ldo = 0;
+  uint32_t* relu_mask = nullptr;  // float, double: see relu_epilogue (half types: in gemm_cpu's store step)
 };
 
 // One instruction set's GEMM: its micro-tile and column block, and the loops over one block of C.
@@ -472,6 +474,7 @@ void gemm_compute(const GemmProblem<T>& g) {
     at::parallel_for(0, g.M, std::max<int64_t>(1, kGrain / g.N), [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)
         for (int64_t n = 0; n < g.N; ++n) g.c[m * g.ldc + n] = g.bias ? g.bias[n] : R(0);
+      if (g.relu_mask) relu_epilogue(g.c, g.ldc, g.N, m0, m1, 0, g.N, g.relu_mask);
     });
     return;
   }
@@ -513,11 +516,14 @@ void gemm_compute(const GemmProblem<T>& g) {
 
 template <typename T>
 void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t cs_a, const T* b, int64_t rs_b,
-              int64_t cs_b, T* c, int64_t ldc, const T* bias) {
+              int64_t cs_b, T* c, int64_t ldc, const T* bias, uint32_t* relu_mask) {
   if (M <= 0 || N <= 0) return;
   using R = acc_t<T>;
+  if (relu_mask) std::memset(relu_mask, 0, (M * N + 31) / 32 * sizeof(uint32_t));
   if constexpr (std::is_same<T, R>::value) {
-    gemm_compute<T>({M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, c, ldc, bias});
+    GemmProblem<T> g{M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, c, ldc, bias};
+    g.relu_mask = relu_mask;
+    gemm_compute<T>(g);
   } else {  // the half types: sums in a float copy of C, rounded once at the end
     const auto opts = at::TensorOptions().dtype(at::kFloat);
     at::Tensor cbuf, bbuf;
@@ -528,7 +534,9 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t
       for (int64_t j = 0; j < N; ++j) bias_r[j] = static_cast<R>(bias[j]);
     }
     GemmProblem<T> g{M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, nullptr, N, bias_r};
-    if (K > 0 && K <= amx::kKC && use_amx(g)) {  // one k block: AMX stores finished blocks itself
+    // One k block: AMX stores finished blocks itself. (Not with the ReLU epilogue, which runs
+    // in the store step below: AMX's own store step does not take the mask yet.)
+    if (!relu_mask && K > 0 && K <= amx::kKC && use_amx(g)) {
       g.out = c;
       g.ldo = ldc;
       return gemm_compute<T>(g);
@@ -537,20 +545,23 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t
     g.c = cbuf.data_ptr<R>();
     gemm_compute<T>(g);
     at::parallel_for(0, M, std::max<int64_t>(1, kGrain / N), [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m) store_run(c, ldc, g.c + m * N, m, 0, N);
+      for (int64_t m = m0; m < m1; ++m) {
+        store_run(c, ldc, g.c + m * N, m, 0, N);
+        if (relu_mask) relu_epilogue(c, ldc, N, m, m + 1, 0, N, relu_mask);  // on the rounded values
+      }
     });
   }
 }
 
 template void gemm_cpu<float>(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t,
-                              int64_t, float*, int64_t, const float*);
+                              int64_t, float*, int64_t, const float*, uint32_t*);
 template void gemm_cpu<double>(int64_t, int64_t, int64_t, const double*, int64_t, int64_t, const double*, int64_t,
-                               int64_t, double*, int64_t, const double*);
+                               int64_t, double*, int64_t, const double*, uint32_t*);
 template void gemm_cpu<c10::Half>(int64_t, int64_t, int64_t, const c10::Half*, int64_t, int64_t, const c10::Half*,
-                                  int64_t, int64_t, c10::Half*, int64_t, const c10::Half*);
+                                  int64_t, int64_t, c10::Half*, int64_t, const c10::Half*, uint32_t*);
 template void gemm_cpu<c10::BFloat16>(int64_t, int64_t, int64_t, const c10::BFloat16*, int64_t, int64_t,
                                       const c10::BFloat16*, int64_t, int64_t, c10::BFloat16*, int64_t,
-                                      const c10::BFloat16*);
+                                      const c10::BFloat16*, uint32_t*);
 
 const char* gemm_cpu_isa() {
   switch (cpu_isa()) {

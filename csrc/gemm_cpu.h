@@ -13,9 +13,13 @@ namespace torchmodules {
 // rounded once. Runs on at::get_num_threads() threads when the product is big enough; the
 // result does not depend on the thread count (bitwise: every element is summed in the same
 // order whatever the split).
+// relu_mask (Linear + ReLU): when given, C = relu(C) (C < 0 ? 0 : C) as each block of C is
+// final, and bit (i * N + j) % 32 of word (i * N + j) / 32 of relu_mask = !(C(i, j) <= 0), as
+// relu_forward's (relu.cpp) mask of the unfused result; decided on C as stored (for the half
+// types, the rounded value). relu_mask holds (M * N + 31) / 32 words; gemm_cpu zeroes it first.
 template <typename T>
 void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t cs_a, const T* b, int64_t rs_b,
-              int64_t cs_b, T* c, int64_t ldc, const T* bias);
+              int64_t cs_b, T* c, int64_t ldc, const T* bias, uint32_t* relu_mask = nullptr);
 
 // The instruction set the GEMM runs with on this CPU: "amx" (AVX-512, and AMX tiles for
 // bfloat16), "avx512", "avx2" or "base". TORCHMODULES_CPU_ISA=avx512, =avx2 or =base in the

@@ -1,4 +1,7 @@
 // Linear.  Forward: y = x W^T + b.   Backward: dx = dy W,  dW = dy^T x  (db is add_backward).
+// Linear + ReLU (linear_relu_forward): y = relu(x W^T + b) with ReLU's bit mask, the ReLU applied
+// by the GEMM's epilogue (gemm_cpu.cpp) while each block of y is in cache; its backward is
+// relu_backward, then Linear's.
 // On the CPU the three products are one GEMM, C[M,N] = sum_k A(m,k) B(k,n) (+ bias[n]), which
 // reads A and B through strides, so a transposed operand costs nothing extra:
 //   forward          C = y [M,N],  A = x [M,K],       B(k,n) = w[n,k]
@@ -32,26 +35,34 @@ std::vector<int64_t> with_last(const at::Tensor& t, int64_t n) {
   return s;
 }
 
+// The checks of the forward, shared by linear and linear_relu (op: the name errors give).
+// Returns whether there is a bias.
+bool check_linear_forward(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias) {
+  check_floating(op, "input", x);
+  check_floating(op, "weight", weight);
+  check_same_dtype_device(op, "input", x, "weight", weight);
+  TORCH_CHECK(weight.dim() == 2, "torchmodules.", op, ": weight must be 2-D [out_features, in_features], got shape ",
+              weight.sizes());
+  TORCH_CHECK(x.dim() >= 1, "torchmodules.", op, ": input must have at least 1 dim, got shape ", x.sizes());
+  TORCH_CHECK(x.size(-1) == weight.size(1), "torchmodules.", op, ": input of shape ", x.sizes(),
+              " and weight of shape ", weight.sizes(), " do not match: input.size(-1) = ", x.size(-1),
+              " but weight.size(1) = ", weight.size(1));
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    check_floating(op, "bias", *bias);
+    check_same_dtype_device(op, "input", x, "bias", *bias);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "torchmodules.", op, ": bias must have shape [",
+                weight.size(0), "] for weight of shape ", weight.sizes(), ", got ", bias->sizes());
+  }
+  return has_bias;
+}
+
 }  // namespace
 
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  check_floating("linear", "input", x);
-  check_floating("linear", "weight", weight);
-  check_same_dtype_device("linear", "input", x, "weight", weight);
-  TORCH_CHECK(weight.dim() == 2,
-              "torchmodules.linear: weight must be 2-D [out_features, in_features], got shape ", weight.sizes());
-  TORCH_CHECK(x.dim() >= 1, "torchmodules.linear: input must have at least 1 dim, got shape ", x.sizes());
-  TORCH_CHECK(x.size(-1) == weight.size(1), "torchmodules.linear: input of shape ", x.sizes(),
-              " and weight of shape ", weight.sizes(), " do not match: input.size(-1) = ", x.size(-1),
-              " but weight.size(1) = ", weight.size(1));
+  const bool has_bias = check_linear_forward("linear", x, weight, bias);
   const int64_t M = leading_numel(x), K = weight.size(1), N = weight.size(0);
-  const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    check_floating("linear", "bias", *bias);
-    check_same_dtype_device("linear", "input", x, "bias", *bias);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "torchmodules.linear: bias must have shape [", N,
-                "] for weight of shape ", weight.sizes(), ", got ", bias->sizes());
-  }
   const at::Tensor xc = x.contiguous();
   const at::Tensor x2d = xc.view({M, K});
   const at::Tensor wc = weight.contiguous();
@@ -60,6 +71,22 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const s
   at::Tensor y2d = y.view({M, N});
   if (M > 0 && N > 0) TM_LAUNCH(linear_forward, x, y2d, x2d, wc, bc);  // K == 0: y = bias (or 0)
   return y;
+}
+
+// y = relu(x W^T + b) and ReLU's bit mask of y (relu.cpp), in one pass over y.
+std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& x, const at::Tensor& weight,
+                                                       const std::optional<at::Tensor>& bias) {
+  const bool has_bias = check_linear_forward("linear_relu", x, weight, bias);
+  const int64_t M = leading_numel(x), K = weight.size(1), N = weight.size(0);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor x2d = xc.view({M, K});
+  const at::Tensor wc = weight.contiguous();
+  const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
+  at::Tensor y = new_output(with_last(x, N), x.options());
+  at::Tensor y2d = y.view({M, N});
+  at::Tensor mask = new_output({relu_mask_bytes(M * N)}, x.options().dtype(at::kByte));
+  if (M > 0 && N > 0) TM_LAUNCH(linear_relu_forward, x, y2d, mask, x2d, wc, bc);  // K == 0: y = relu(bias)
+  return {y, mask};
 }
 
 at::Tensor linear_backward_input(const at::Tensor& grad_y, const at::Tensor& weight) {
@@ -112,6 +139,17 @@ void linear_forward_cpu(at::Tensor& y, const at::Tensor& x, const at::Tensor& w,
   });
 }
 
+// y[M,N] = relu(x[M,K] w[N,K]^T + bias) and its mask: the forward's GEMM with the ReLU epilogue.
+void linear_relu_forward_cpu(at::Tensor& y, at::Tensor& mask, const at::Tensor& x, const at::Tensor& w,
+                             const at::Tensor& bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TM_DISPATCH_FLOATING(x.scalar_type(), "linear_relu_forward_cpu", [&] {
+    gemm_cpu<scalar_t>(M, N, K, x.data_ptr<scalar_t>(), K, 1, w.data_ptr<scalar_t>(), 1, K, y.data_ptr<scalar_t>(), N,
+                       bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
+                       reinterpret_cast<uint32_t*>(mask.data_ptr<uint8_t>()));
+  });
+}
+
 // dx[M,K] = dy[M,N] w[N,K]:  A = dy (row-major), B = w (row-major), inner dim N.
 void linear_backward_input_cpu(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& w) {
   const int64_t M = dy.size(0), N = dy.size(1), K = w.size(1);
@@ -132,6 +170,7 @@ void linear_backward_weight_cpu(at::Tensor& dw, const at::Tensor& dy, const at::
 
 TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
   m.impl("linear_forward", &linear_forward);
+  m.impl("linear_relu_forward", &linear_relu_forward);
   m.impl("linear_backward_input", &linear_backward_input);
   m.impl("linear_backward_weight", &linear_backward_weight);
 }

@@ -10,6 +10,11 @@ TORCH_LIBRARY(torchmodules, m) {
   m.def("linear_backward_input(Tensor grad_y, Tensor weight) -> Tensor");
   m.def("linear_backward_weight(Tensor grad_y, Tensor x) -> Tensor");
 
+  // Linear + ReLU fused: y = relu(x W^T + b) with ReLU's mask m of y (below), the ReLU done in the
+  // GEMM's epilogue.   With dz = relu_backward(dy, m):  dx = dz W,  dW = dz^T x,  db = dz summed to [out].
+  // Saves x, W and the bit mask (not y).
+  m.def("linear_relu_forward(Tensor x, Tensor weight, Tensor? bias) -> (Tensor, Tensor)");
+
   // ReLU: y = max(x, 0), saving one bit per element m = !(x <= 0).   dx = m ? dy : 0.
   m.def("relu_forward(Tensor x) -> (Tensor, Tensor)");
   m.def("relu_backward(Tensor grad_y, Tensor mask) -> Tensor");

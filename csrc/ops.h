@@ -23,6 +23,8 @@ struct SgdHyper;   // below
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 at::Tensor linear_backward_input(const at::Tensor& grad_y, const at::Tensor& weight);
 at::Tensor linear_backward_weight(const at::Tensor& grad_y, const at::Tensor& x);
+std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& x, const at::Tensor& weight,
+                                                       const std::optional<at::Tensor>& bias);
 std::tuple<at::Tensor, at::Tensor> relu_forward(const at::Tensor& x);
 at::Tensor relu_backward(const at::Tensor& grad_y, const at::Tensor& mask);
 std::vector<at::Tensor> duplicate_forward(const at::Tensor& x, int64_t n);
@@ -82,6 +84,11 @@ at::Tensor nearest_neighbor_backward_weight(const at::Tensor& grad, const at::Te
 TM_DECLARE_LAUNCHER(linear_forward, at::Tensor& y, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
 TM_DECLARE_LAUNCHER(linear_backward_input, at::Tensor& dx, const at::Tensor& dy, const at::Tensor& w);
 TM_DECLARE_LAUNCHER(linear_backward_weight, at::Tensor& dw, const at::Tensor& dy, const at::Tensor& x);
+
+// Linear + ReLU: y[M,N] = relu(x[M,K] w[N,K]^T + bias), as Linear's forward; mask as ReLU's
+// (relu_mask_bytes(M * N)), the bit of y[m, n] at flat index m * N + n.
+TM_DECLARE_LAUNCHER(linear_relu_forward, at::Tensor& y, at::Tensor& mask, const at::Tensor& x, const at::Tensor& w,
+                    const at::Tensor& bias);
 
 // ReLU: x, dy contiguous; mask uint8 of relu_mask_bytes(numel), bit i%32 of word i/32.
 TM_DECLARE_LAUNCHER(relu_forward, at::Tensor& y, at::Tensor& mask, const at::Tensor& x);

@@ -11,6 +11,11 @@
 // Tiles pass global -> registers -> shared, double-buffered: the next K tile's loads are in
 // flight while the current one is multiplied. Every K step is summed in the same order on
 // every run (no split-K, no atomics): deterministic.
+// Linear + ReLU (linear_relu_forward): the same kernel, whose epilogue also applies the ReLU to
+// each output as it is stored (on the rounded value) and ORs its bit into ReLU's mask (zeroed
+// first) with atomicOr: threads share mask words, and OR commutes, so the mask is the same
+// whatever the order. On the Hopper path (gemm_sm90.cu, no such epilogue) the GEMM runs, then
+// our ReLU kernel in place on y.
 #include "gemm_sm90.cuh"
 #include "launch.cuh"
 
@@ -35,6 +40,7 @@ struct Gemm {
   T* c;
   int64_t lda, ldb, ldc, M, N, K;
   bool cvec;  // c 16-byte aligned and ldc a multiple of 16 bytes: vector stores allowed
+  uint32_t* mask = nullptr;  // Linear + ReLU: C = relu(C), bit m*N + n of the (zeroed) mask = !(C[m, n] <= 0)
 };
 
 // ---- small device helpers ----------------------------------------------------------------
@@ -94,6 +100,22 @@ __device__ __forceinline__ void store_pair(float* p, float v0, float v1) {
 template <typename H>  // __half, __nv_bfloat16
 __device__ __forceinline__ void store_pair(H* p, H v0, H v1) {
   *reinterpret_cast<uint32_t*>(p) = bits16(v0) | bits16(v1) << 16;
+}
+
+// Fused ReLU: v = v < 0 ? 0 : v (-0.0 and NaN kept, as relu.cu), returns the bit !(v <= 0).
+template <typename T>
+__device__ __forceinline__ uint32_t relu_bit(T& v) {
+  const auto f = to_float(v);
+  if (f < decltype(f)(0)) v = zero<T>();
+  return uint32_t(!(f <= decltype(f)(0)));
+}
+
+// ORs bits (bit e: the element at flat index f + e, e < 32) into the mask; they may straddle two words.
+__device__ __forceinline__ void or_mask(uint32_t* mask, int64_t f, uint32_t bits) {
+  if (bits == 0) return;
+  const int s = int(f % 32);
+  atomicOr(mask + f / 32, bits << s);
+  if (s != 0 && (bits >> (32 - s)) != 0) atomicOr(mask + f / 32 + 1, bits >> (32 - s));
 }
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -270,7 +292,8 @@ struct FmaTile {
     }
   }
 
-  // C[m, n] = acc + bias[n], bounds-checked; 16-byte stores where the row allows.
+  // C[m, n] = acc + bias[n] (relu'd, bits in g.mask, if g.mask), bounds-checked; 16-byte stores
+  // where the row allows.
   __device__ __forceinline__ void epilogue(const Gemm<T>& g, int64_t m0, int64_t n0) const {
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -284,6 +307,13 @@ struct FmaTile {
 #pragma unroll
         for (int e = 0; e < G; ++e)
           v[e] = acc[i][j + e] + (g.bias != nullptr && n + e < g.N ? g.bias[n + e] : T(0));
+        if (g.mask != nullptr) {
+          uint32_t bits = 0;
+#pragma unroll
+          for (int e = 0; e < G; ++e)
+            if (n + e < g.N) bits |= relu_bit(v[e]) << e;
+          or_mask(g.mask, m * g.N + n, bits);
+        }
         if (g.cvec && n + G <= g.N) {
           store16(crow + n, v);
         } else {
@@ -378,7 +408,8 @@ struct MmaTile {
     }
   }
 
-  // C[m, n] = round(acc + float(bias[n])) (float: no rounding); lane holds (g, 2t..2t+1)
+  // C[m, n] = round(acc + float(bias[n])) (float: no rounding), then relu'd with its bit in g.mask
+  // if g.mask (decided on the rounded value); lane holds (g, 2t..2t+1)
   // and (g + 8, 2t..2t+1) of each 16 x 8 piece; the pair is one store where the row allows.
   __device__ __forceinline__ void epilogue(const Gemm<T>& g, int64_t m0, int64_t n0) const {
     const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
@@ -398,7 +429,10 @@ struct MmaTile {
             if (n < g.N) v0 += to_float(g.bias[n]);
             if (n + 1 < g.N) v1 += to_float(g.bias[n + 1]);
           }
-          const T r0 = from_float<T>(v0), r1 = from_float<T>(v1);
+          T r0 = from_float<T>(v0), r1 = from_float<T>(v1);
+          if (g.mask != nullptr)
+            or_mask(g.mask, m * g.N + n,
+                    (n < g.N ? relu_bit(r0) : 0u) | (n + 1 < g.N ? relu_bit(r1) << 1 : 0u));
           if (g.cvec && n + 1 < g.N) {
             store_pair(crow + n, r0, r1);
           } else {
@@ -500,17 +534,23 @@ void gemm_with(const at::Tensor& on, Gemm<typename Tile::T> g) {
 // cuBLAS does: TF32 tensor cores when it is set and the device has them (sm_80+), else
 // (the default) full-precision FFMA. float16 / bfloat16 go to the Hopper kernel
 // (gemm_sm90.cu: wgmma + TMA) where it can run them, else to MmaTile.
+// Returns false when the Hopper kernel ran the product: it has no ReLU epilogue, so g.mask is
+// then left to the caller.
 template <typename T, bool AKC, bool BKC>
-void gemm(const at::Tensor& on, const Gemm<T>& g) {
+bool gemm(const at::Tensor& on, const Gemm<T>& g) {
   if constexpr (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>) {
     if (gemm_sm90(on, std::is_same_v<T, __half> ? at::kHalf : at::kBFloat16, g.a, g.b, g.bias, g.c, g.lda, g.ldb,
                   g.ldc, g.M, g.N, g.K, AKC, BKC))
-      return;
+      return g.mask == nullptr;
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (at::globalContext().allowTF32CuBLAS() && cc_major(on) >= 8) return gemm_with<MmaTile<float>, AKC, BKC>(on, g);
+    if (at::globalContext().allowTF32CuBLAS() && cc_major(on) >= 8) {
+      gemm_with<MmaTile<float>, AKC, BKC>(on, g);
+      return true;
+    }
   }
   gemm_with<typename TileFor<T>::type, AKC, BKC>(on, g);
+  return true;
 }
 
 }  // namespace
@@ -525,6 +565,28 @@ void linear_forward_cuda(at::Tensor& y, const at::Tensor& x, const at::Tensor& w
     const T* b = bias.defined() ? dptr<scalar_t>(bias) : nullptr;
     gemm<T, true, true>(x, {dptr<scalar_t>(x), dptr<scalar_t>(w), b, dptr<scalar_t>(y), K, K, N, M, N, K, false});
   });
+}
+
+// y[M,N] = relu(x[M,K] w[N,K]^T + bias) and ReLU's mask of y: the forward's GEMM with the ReLU
+// epilogue (the mask zeroed first: the epilogue ORs bits in); on the Hopper path, the GEMM,
+// then relu_forward_cuda in place (it reads each element before writing it).
+void linear_relu_forward_cuda(at::Tensor& y, at::Tensor& mask, const at::Tensor& x, const at::Tensor& w,
+                              const at::Tensor& bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(tm_aligned(4, {mask.data_ptr()}), "torchmodules.linear_relu: mask must be 4-byte aligned");
+  uint32_t* pm = reinterpret_cast<uint32_t*>(mask.data_ptr<uint8_t>());
+  {
+    const c10::cuda::CUDAGuard guard(x.device());
+    C10_CUDA_CHECK(cudaMemsetAsync(pm, 0, mask.numel(), c10::cuda::getCurrentCUDAStream()));
+  }
+  bool fused = true;
+  TM_DISPATCH_FLOATING(x.scalar_type(), "linear_relu_forward_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    const T* b = bias.defined() ? dptr<scalar_t>(bias) : nullptr;
+    fused = gemm<T, true, true>(x, {dptr<scalar_t>(x), dptr<scalar_t>(w), b, dptr<scalar_t>(y), K, K, N, M, N, K, false,
+                                    pm});
+  });
+  if (!fused) relu_forward_cuda(y, mask, y);
 }
 
 // dx[M,K] = dy[M,N] w[N,K]: GEMM M x K over N; A = dy (k-contiguous, lda N), B = w (n-contiguous, ldb K).
@@ -548,6 +610,7 @@ void linear_backward_weight_cuda(at::Tensor& dw, const at::Tensor& dy, const at:
 
 TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
   m.impl("linear_forward", &linear_forward);
+  m.impl("linear_relu_forward", &linear_relu_forward);
   m.impl("linear_backward_input", &linear_backward_input);
   m.impl("linear_backward_weight", &linear_backward_weight);
 }

@@ -317,6 +317,34 @@ OPS = [
         Case("x_and_w_transposed", lambda: [randn(33, 50).t(), (randn(33, 129) / math.sqrt(33)).t(), randn(129)],
              scale=2),
     ]),
+    # Linear + ReLU fused (the ReLU in the GEMM's epilogue): the mask's 32-bit words straddle rows
+    # (N % 32 != 0) and the threads' blocks of C (N = 1025, 127: several column panels; M = 1025:
+    # row blocks); every path of the CPU GEMM (dot products for 1-4 rows, B read in place, packed).
+    OpSpec("linear_relu", TF.linear_relu, lambda x, w, b=None: torch.relu(torch.nn.functional.linear(x, w, b)), [
+        Case("1x1x1", _lin(1, 1, 1)),
+        Case("3x5x7", _lin(3, 5, 7)),
+        Case("2x17x5", _lin(2, 17, 5)),
+        Case("5x16x33_nobias", _lin(5, 16, 33, bias=False)),
+        Case("15x16x17", _lin(15, 16, 17)),
+        Case("17x15x16_nobias", _lin(17, 15, 16, bias=False)),
+        Case("17x127x33", _lin(17, 127, 33), scale=4),
+        Case("input_1d", _lin(None, 7, 5)),
+        Case("input_3d", _lin(4, 6, 3, lead=(2,))),
+        Case("noncontig", _lin(9, 12, 5, xform=strided)),
+        Case("empty_batch", _lin(0, 4, 3)),
+        Case("k0", _lin(3, 0, 35)),  # y = relu(bias)
+        Case("k0_nobias", _lin(3, 0, 2, bias=False)),
+        Case("k0_special_bias", lambda: [randn(5, 0), randn(37, 0),
+                                         torch.where(torch.rand(37) < 0.3, 0.0, special(37)) * torch.tensor(
+                                             [1.0, -1.0]).repeat(19)[:37]], smooth=False),  # +-0.0, NaN, inf
+        Case("127x1025x16", _lin(127, 1025, 16), scale=8, smooth=False),
+        Case("1025x17x127", _lin(1025, 17, 127), scale=8, smooth=False),
+        Case("16x127x1025", _lin(16, 127, 1025), scale=4, smooth=False),
+        Case("130x70x129", _lin(130, 70, 129), scale=4, smooth=False),
+        Case("4x1025x9", _lin(4, 1025, 9), scale=8, smooth=False),
+        Case("x_and_w_transposed", lambda: [randn(33, 50).t(), (randn(33, 129) / math.sqrt(33)).t(), randn(129)],
+             scale=2, smooth=False),
+    ]),
     OpSpec("relu", TF.relu, torch.relu, [
         Case("0d", lambda: [randn()]),
         Case("1", lambda: [randn(1)]),

@@ -279,6 +279,53 @@ class _LinearBackwardWeight(Function):
         return torch.einsum("b...n,b...k->bnk", gy_, x_), 0
 
 
+# ---- Linear + ReLU fused: y = relu(x W^T + b) -------------------------------------------------
+# As ReLU's: the mask has no batch dim, so the backward and jvp go through y (_ReluGrad).
+
+@_register("linear_relu_forward")
+class _LinearRelu(Function):
+    @staticmethod
+    def forward(x, w, b):
+        return tuple(ops.linear_relu_forward(x, w, b))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b = inputs
+        ctx.bias = b is not None
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        _save(ctx, x, w, output[0])
+
+    @staticmethod
+    def backward(ctx, gy, _):
+        if gy is None:
+            return None, None, None
+        x, w, y = ctx.saved_tensors
+        gz = _ReluGrad.apply(gy, y)
+        nx, nw, nb = ctx.needs_input_grad
+        return (ops.linear_backward_input(gz, w) if nx else None, ops.linear_backward_weight(gz, x) if nw else None,
+                _sum_to(gz, w.shape[:1]) if ctx.bias and nb else None)
+
+    @staticmethod
+    def jvp(ctx, tx, tw, tb):
+        # dy = relu'(z) (dx W^T + x dW^T + db)
+        x, w, y = ctx.saved_tensors
+        t = None if tx is None else ops.linear_forward(tx, w, tb)
+        if tw is not None:
+            t = _plus(t, ops.linear_forward(x, tw, tb if tx is None else None))
+        if t is None and tb is not None:  # only the bias moves
+            t = tb.expand(*x.shape[:-1], w.shape[0]).clone()
+        return (None if t is None else _ReluGrad.apply(t, y)), None
+
+    @staticmethod
+    def vmap(info, in_dims, x, w, b):
+        dx, dw, db = in_dims
+        if dw is None and db is None:  # one weight and bias: the batch is more rows of x, one call
+            return tuple(ops.linear_relu_forward(_front(x, dx), w, b)), (0, None)
+        z, zd = _Linear.vmap(info, in_dims, x, w, b)  # the other layouts: Linear's rule, then ReLU
+        return tuple(ops.relu_forward(z.movedim(zd, 0))), (0, None)
+
+
 # ---- ReLU: y = max(x, 0) -----------------------------------------------------------------------
 # The forward's packed bit mask has no batch dim, so the backward recomputes it from y (a NaN or
 # positive y passes the gradient: the mask of !(x <= 0), exactly).

@@ -52,6 +52,19 @@ def _(grad_y, x):
 # linear_forward, linear_backward_input, linear_backward_weight: autograd in csrc/autograd.cpp.
 
 
+# ---- Linear + ReLU fused: y = relu(x W^T + b), ReLU's bit mask of y -----------------------------
+
+@_fake("linear_relu_forward")
+def _(x, weight, bias):
+    torch._check(x.dim() >= 1 and weight.dim() == 2 and x.shape[-1] == weight.shape[1],
+                 lambda: f"torchmodules.linear_relu: input {list(x.shape)} and weight {list(weight.shape)} do not match")
+    y = x.new_empty((*x.shape[:-1], weight.shape[0]))
+    return y, x.new_empty((relu_mask_bytes(y.numel()),), dtype=torch.uint8)
+
+
+# linear_relu_forward: autograd in csrc/autograd.cpp (its backward: relu_backward, then Linear's).
+
+
 # ---- ReLU: y = max(x, 0), one saved bit per element ------------------------------------------
 
 @_fake("relu_forward")

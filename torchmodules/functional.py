@@ -8,7 +8,7 @@ import torch
 
 from ._ops import ops
 
-__all__ = ["linear", "relu", "duplicate", "add", "maximum", "amax", "log_softmax", "nll_loss", "cross_entropy",
+__all__ = ["linear", "linear_relu", "relu", "duplicate", "add", "maximum", "amax", "log_softmax", "nll_loss", "cross_entropy",
            "mse_loss", "nearest_neighbor"]
 
 
@@ -48,6 +48,15 @@ def _linear_other(input, weight, bias):
         raise RuntimeError(f"torchmodules.linear: bias of shape {list(bias.shape)} ({bias.dtype}, {bias.device}) "
                            f"does not broadcast to the output of shape {list(y.shape)} ({y.dtype}, {y.device})")
     return ops.add_forward(y, bias)
+
+
+def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """relu(linear(input, weight, bias)) as one op: the GEMM's epilogue applies the ReLU and writes
+    its bit mask, and the backward keeps input, weight and that mask (1 bit per output), not the
+    output. Shapes as linear's; a 1-d weight or a broadcast bias takes linear, then relu."""
+    if weight.dim() == 2 and (bias is None or bias.shape == weight.shape[:1]):
+        return ops.linear_relu_forward(input, weight, bias)[0]
+    return ops.relu_forward(_linear_other(input, weight, bias))[0]
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:

@@ -6,7 +6,7 @@ from torch import nn
 
 from . import functional as F
 
-__all__ = ["Linear", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax", "NLLLoss", "CrossEntropyLoss", "MSELoss",
+__all__ = ["Linear", "LinearReLU", "ReLU", "Duplicate", "Add", "Maximum", "LogSoftmax", "NLLLoss", "CrossEntropyLoss", "MSELoss",
            "NearestNeighbor"]
 
 
@@ -15,6 +15,37 @@ class Linear(nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear(input, self.weight, self.bias)
+
+
+class LinearReLU(nn.Linear):
+    """relu(x W^T + b) as one op (Linear then ReLU fused: the ReLU is applied, and its bit mask
+    written, by the GEMM's epilogue). Parameters, init and state_dict are nn.Linear's, so
+    `LinearReLU(...).load_state_dict(linear.state_dict())` works. The backward keeps x, W and
+    1 bit per output, not the output that relu(linear(x)) keeps for ReLU's backward."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear_relu(input, self.weight, self.bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "LinearReLU":
+        """A LinearReLU on linear's parameters (the same Parameter objects, not copies)."""
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        m.in_features, m.out_features = linear.in_features, linear.out_features
+        m.weight = linear.weight
+        m.register_parameter("bias", linear.bias)
+        m.train(linear.training)
+        return m
+
+    def to_linear(self, cls=nn.Linear) -> nn.Linear:
+        """The way back: a `cls` (nn.Linear) on this module's parameters; ReLU is then separate."""
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        m.in_features, m.out_features = self.in_features, self.out_features
+        m.weight = self.weight
+        m.register_parameter("bias", self.bias)
+        m.train(self.training)
+        return m
 
 
 class ReLU(nn.ReLU):
