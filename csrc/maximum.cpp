@@ -122,9 +122,10 @@ TM_SIMD static void maximum_backward_words(T* __restrict da, T* __restrict db, c
     for (int k = 0; k < 16; ++k) {
       const uint32_t c = (codes >> (2 * k)) & 3u;
       const T g = dy[w * 16 + k];
-      const T half = static_cast<T>(static_cast<A>(g) * A(0.5));
-      if constexpr (W != 1) da[w * 16 + k] = c == kMaxTie ? half : c == kMaxNaN || c == kMaxFirst ? g : T(0);
-      if constexpr (W != 0) db[w * 16 + k] = c == kMaxTie ? half : c == kMaxNaN || c == kMaxSecond ? g : T(0);
+      const T v = c == kMaxTie ? static_cast<T>(static_cast<A>(g) * A(0.5)) : g;  // winner or NaN: g
+      // (equality selects only: GCC turns `c == 3 || c == 0` into a bit test that does not vectorise)
+      if constexpr (W != 1) da[w * 16 + k] = c == kMaxSecond ? T(0) : v;
+      if constexpr (W != 0) db[w * 16 + k] = c == kMaxFirst ? T(0) : v;
     }
   }
 }

@@ -178,6 +178,8 @@ def test_forward_mode_matches_torch(device):
     import torchmodules.functional as TF
     x = torch.randn(5, dtype=torch.float64, device=device)
     w = torch.randn(3, 5, dtype=torch.float64, device=device)
+    # two units active and one not at x, whatever the seed (with all inactive the tangent is 0)
+    w = w * ((w @ x).sign() * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64, device=device))[:, None]
     t = torch.randn(5, dtype=torch.float64, device=device)
 
     def ours(v):
