@@ -100,23 +100,9 @@ constexpr int64_t kDotRows = 4;
 // run this many rows ahead: those reads are bound by latency, not bandwidth.
 constexpr int64_t kPrefetchRows = 8;
 
-// Per-thread packing space, kept between calls and grown on demand, 64-byte aligned.
-char* scratch(size_t bytes) {
-  struct Buffer {
-    char* p = nullptr;
-    size_t n = 0;
-    ~Buffer() { std::free(p); }
-  };
-  static thread_local Buffer buf;
-  if (buf.n < bytes) {
-    std::free(buf.p);
-    buf.n = 0;
-    buf.p = static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-    if (!buf.p) throw std::bad_alloc();
-    buf.n = bytes;
-  }
-  return buf.p;
-}
+// Per-thread packing space (gemm_cpu.h).
+struct VecScratch;
+inline char* scratch(size_t bytes) { return gemm_scratch<VecScratch>(bytes); }
 
 // ---- the baseline: 16-byte GCC vectors (SSE2 on x86-64, NEON on arm64) ---------------------
 namespace isa_base {

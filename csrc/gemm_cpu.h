@@ -1,7 +1,10 @@
 // The CPU GEMM behind Linear's three products (see gemm_cpu.cpp for the design).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 
 namespace torchmodules {
 
@@ -25,5 +28,25 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t
 // bfloat16), "avx512", "avx2" or "base". TORCHMODULES_CPU_ISA=avx512, =avx2 or =base in the
 // environment caps it (for tests of the fallbacks).
 const char* gemm_cpu_isa();
+
+// Per-thread packing space of a GEMM back end, kept between calls and grown on demand,
+// 64-byte aligned; one buffer per Tag (the vector kernels and AMX each have their own).
+template <class Tag>
+char* gemm_scratch(size_t bytes) {
+  struct Buffer {
+    char* p = nullptr;
+    size_t n = 0;
+    ~Buffer() { std::free(p); }
+  };
+  static thread_local Buffer buf;
+  if (buf.n < bytes) {
+    std::free(buf.p);
+    buf.n = 0;
+    buf.p = static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!buf.p) throw std::bad_alloc();
+    buf.n = bytes;
+  }
+  return buf.p;
+}
 
 }  // namespace torchmodules

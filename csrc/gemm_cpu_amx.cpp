@@ -27,6 +27,8 @@
 //   W^T): a 16 x 16 transpose of 32-bit pairs (a pair of k values is already adjacent).
 #include "gemm_cpu_amx.h"
 
+#include "gemm_cpu.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -270,23 +272,9 @@ void add_block(const float* blk, int64_t ld, float* c, int64_t ldc, int mr, int6
   }
 }
 
-// Per-thread packing space, kept between calls and grown on demand, 64-byte aligned.
-char* scratch(size_t bytes) {
-  struct Buffer {
-    char* p = nullptr;
-    size_t n = 0;
-    ~Buffer() { std::free(p); }
-  };
-  static thread_local Buffer buf;
-  if (buf.n < bytes) {
-    std::free(buf.p);
-    buf.n = 0;
-    buf.p = static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-    if (!buf.p) throw std::bad_alloc();
-    buf.n = bytes;
-  }
-  return buf.p;
-}
+// Per-thread packing space (gemm_cpu.h).
+struct AmxScratch;
+inline char* scratch(size_t bytes) { return gemm_scratch<AmxScratch>(bytes); }
 
 void block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, int64_t rs_b, int64_t cs_b, float* c,
            int64_t ldc, const float* bias, c10::BFloat16* out, int64_t ldo, StoreRun store, int64_t i0, int64_t i1,

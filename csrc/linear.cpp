@@ -58,35 +58,39 @@ bool check_linear_forward(const char* op, const at::Tensor& x, const at::Tensor&
   return has_bias;
 }
 
+// The forward's operands, checked (op: the name errors give) and as 2-D contiguous tensors:
+// x2d [M, K], w [N, K], b [N] (undefined without a bias), and y [*, N] with its view y2d [M, N].
+struct LinearForwardArgs {
+  int64_t M, K, N;
+  at::Tensor x2d, w, b, y, y2d;
+};
+LinearForwardArgs linear_forward_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                      const std::optional<at::Tensor>& bias) {
+  const bool has_bias = check_linear_forward(op, x, weight, bias);
+  LinearForwardArgs a{leading_numel(x), weight.size(1), weight.size(0)};
+  a.x2d = x.contiguous().view({a.M, a.K});
+  a.w = weight.contiguous();
+  if (has_bias) a.b = bias->contiguous();
+  a.y = new_output(with_last(x, a.N), x.options());
+  a.y2d = a.y.view({a.M, a.N});
+  return a;
+}
+
 }  // namespace
 
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  const bool has_bias = check_linear_forward("linear", x, weight, bias);
-  const int64_t M = leading_numel(x), K = weight.size(1), N = weight.size(0);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor x2d = xc.view({M, K});
-  const at::Tensor wc = weight.contiguous();
-  const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
-  at::Tensor y = new_output(with_last(x, N), x.options());
-  at::Tensor y2d = y.view({M, N});
-  if (M > 0 && N > 0) TM_LAUNCH(linear_forward, x, y2d, x2d, wc, bc);  // K == 0: y = bias (or 0)
-  return y;
+  LinearForwardArgs a = linear_forward_args("linear", x, weight, bias);
+  if (a.M > 0 && a.N > 0) TM_LAUNCH(linear_forward, x, a.y2d, a.x2d, a.w, a.b);  // K == 0: y = bias (or 0)
+  return a.y;
 }
 
 // y = relu(x W^T + b) and ReLU's bit mask of y (relu.cpp), in one pass over y.
 std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& x, const at::Tensor& weight,
                                                        const std::optional<at::Tensor>& bias) {
-  const bool has_bias = check_linear_forward("linear_relu", x, weight, bias);
-  const int64_t M = leading_numel(x), K = weight.size(1), N = weight.size(0);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor x2d = xc.view({M, K});
-  const at::Tensor wc = weight.contiguous();
-  const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
-  at::Tensor y = new_output(with_last(x, N), x.options());
-  at::Tensor y2d = y.view({M, N});
-  at::Tensor mask = new_output({relu_mask_bytes(M * N)}, x.options().dtype(at::kByte));
-  if (M > 0 && N > 0) TM_LAUNCH(linear_relu_forward, x, y2d, mask, x2d, wc, bc);  // K == 0: y = relu(bias)
-  return {y, mask};
+  LinearForwardArgs a = linear_forward_args("linear_relu", x, weight, bias);
+  at::Tensor mask = new_output({relu_mask_bytes(a.M * a.N)}, x.options().dtype(at::kByte));
+  if (a.M > 0 && a.N > 0) TM_LAUNCH(linear_relu_forward, x, a.y2d, mask, a.x2d, a.w, a.b);  // K == 0: y = relu(bias)
+  return {a.y, mask};
 }
 
 at::Tensor linear_backward_input(const at::Tensor& grad_y, const at::Tensor& weight) {
