@@ -69,6 +69,11 @@ TM_HD int64_t maximum_mask_bytes(int64_t numel) { return (numel + 15) / 16 * 4; 
 // odd address (big_uint8[1:1+n]) is copied into fresh storage first.
 at::Tensor checked_mask(const char* op, const at::Tensor& mask, int64_t bytes, const at::Tensor& grad_y);
 
+// The bits of +inf of a 16-bit float (bfloat16 0x7f80, float16 0x7c00): a magnitude (the bits
+// without the sign) above it is NaN. CPU kernels test half types on their bits (relu, maximum).
+template <typename T>
+constexpr uint16_t kInfBits = std::is_same_v<T, c10::BFloat16> ? 0x7f80 : 0x7c00;
+
 // Maximum's 2-bit code per element: which input the gradient goes to.
 enum MaxCode : uint32_t { kMaxFirst = 0, kMaxSecond = 1, kMaxTie = 2, kMaxNaN = 3 };
 // Share of the gradient input `which` (0: input, 1: other) gets for a code:

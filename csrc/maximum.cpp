@@ -65,11 +65,28 @@ TM_SIMD static void maximum_forward_words(T* __restrict y, uint32_t* __restrict 
   using A = acc_t<T>;
   for (int64_t w = w0; w < w1; ++w) {
     uint32_t codes = 0;
-    for (int k = 0; k < 16; ++k) {
-      const int64_t i = w * 16 + k;
-      const A va = static_cast<A>(a[i]), vb = static_cast<A>(b[i]);
-      y[i] = max_takes_b(va, vb) ? b[i] : a[i];
-      codes |= max_code(va, vb) << (2 * k);
+    if constexpr (sizeof(T) == 2) {
+      // The half types on their bits (a select of c10 structs became a select of addresses, a
+      // scalar loop): NaN is a magnitude above kInfBits; otherwise the magnitude signed by the
+      // sign bit orders the values as floats, +0 and -0 tie.
+      const uint16_t* ab = reinterpret_cast<const uint16_t*>(a) + w * 16;
+      const uint16_t* bb = reinterpret_cast<const uint16_t*>(b) + w * 16;
+      uint16_t* yb = reinterpret_cast<uint16_t*>(y) + w * 16;
+      for (int k = 0; k < 16; ++k) {
+        const int32_t ma = ab[k] & 0x7fff, mb = bb[k] & 0x7fff;
+        const int32_t ia = ab[k] >> 15 ? -ma : ma, ib = bb[k] >> 15 ? -mb : mb;
+        const bool nan_b = mb > kInfBits<T>, unordered = ma > kInfBits<T> || nan_b;
+        const bool gt = !unordered && ia > ib, lt = !unordered && ia < ib;
+        yb[k] = lt || nan_b ? bb[k] : ab[k];  // max_takes_b
+        codes |= (uint32_t(lt || unordered) | uint32_t(!gt && !lt) << 1) << (2 * k);  // max_code
+      }
+    } else {
+      for (int k = 0; k < 16; ++k) {
+        const int64_t i = w * 16 + k;
+        const A va = static_cast<A>(a[i]), vb = static_cast<A>(b[i]);
+        y[i] = max_takes_b(va, vb) ? b[i] : a[i];
+        codes |= max_code(va, vb) << (2 * k);
+      }
     }
     m[w] = codes;
   }

@@ -36,11 +36,9 @@ at::Tensor relu_backward(const at::Tensor& grad_y, const at::Tensor& mask) {
 // One call per chunk of whole 32-element words, compiled per ISA (simd.h); the last,
 // partial word runs through the same code on a zero-padded copy.
 
-// The half types are tested and selected as their 16 bits (sign, exponent, mantissa), with no
+// The half types are tested and selected as their 16 bits (kInfBits, common.h), with no
 // conversion, so the loop vectorises: through c10's conversions (and T(0), a rounding) it ran
-// 20-30x slower than float. Bits of +inf: bfloat16 0x7f80, float16 0x7c00; above is NaN.
-template <typename T>
-constexpr uint16_t kInfBits = std::is_same_v<T, c10::BFloat16> ? 0x7f80 : 0x7c00;
+// 20-30x slower than float.
 
 // y = x < 0 ? 0 : x (NaN and -0.0 kept); bit i of word w = !(x[32w+i] <= 0).
 template <typename T>
