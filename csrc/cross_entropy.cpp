@@ -107,13 +107,11 @@ void ce_check_saved(const char* op, const at::Tensor& input, const at::Tensor& g
               " are not those of input ", input.sizes());
 }
 
-// One device-to-host copy of bad = [count, 1 + row] (a sync on CUDA), and an IndexError naming
-// a target out of range if there is one.
+// An IndexError naming a target out of range if bad = [count, 1 + row] (on the host) counts one.
 void ce_raise_bad_targets(const at::Tensor& bad, const at::Tensor& target, const CeParams& p) {
-  const at::Tensor b = bad.cpu();
-  const int64_t count = b.data_ptr<int64_t>()[0];
+  const int64_t count = bad.data_ptr<int64_t>()[0];
   if (count == 0) return;
-  const int64_t row = b.data_ptr<int64_t>()[1] - 1;
+  const int64_t row = bad.data_ptr<int64_t>()[1] - 1;
   const int64_t value = target.reshape({-1})[row].item<int64_t>();
   TORCH_CHECK_INDEX(false, "torchmodules.", kOp, ": target ", value, " is out of bounds for ", p.classes,
                     " classes (at flat index ", row, "; ", count, " target(s) out of range, ignore_index is ",
@@ -158,9 +156,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(const at::T
   const auto acc = input.options().dtype(ce_acc_dtype(input));
   at::Tensor loss = new_output(reduction == 0 ? at::IntArrayRef(rows) : at::IntArrayRef(), input.options());
   at::Tensor lse = new_output(rows, acc), total_weight = new_output({2}, acc);
-  at::Tensor bad = p.prob ? at::Tensor() : at::zeros({2}, target.options());
+  at::Tensor bad = p.prob ? at::Tensor() : at::zeros({2}, at::kLong);  // on the host, for every device
   TM_LAUNCH(cross_entropy_forward, input, loss, lse, total_weight, bad, xc, tc, wc, p);
-  if (bad.defined() && !(input.is_cuda() && cuda_stream_capturing(input))) ce_raise_bad_targets(bad, tc, p);
+  if (bad.defined()) ce_raise_bad_targets(bad, tc, p);
   return {loss, lse, total_weight};
 }
 

@@ -136,7 +136,8 @@ struct CeParams {
   TM_HD int64_t rows() const { return outer * inner; }
 };
 // Forward: loss = per-row losses (none, x's dtype [rows]) or the 0-d reduction; lse, total_weight as
-// above. bad (int64 [2], zeros, class indices only) gets [count, 1 + a row] of targets out of range.
+// above. bad (int64 [2] on the host, zeros, class indices only) gets [count, 1 + the largest row] of
+// targets out of range (the CUDA launcher waits for the check kernel only; none while a graph is captured).
 TM_DECLARE_LAUNCHER(cross_entropy_forward, at::Tensor& loss, at::Tensor& lse, at::Tensor& total_weight,
                     at::Tensor& bad, const at::Tensor& x, const at::Tensor& target, const at::Tensor& weight,
                     const CeParams& p);
@@ -150,7 +151,7 @@ TM_DECLARE_LAUNCHER(cross_entropy_double_backward, at::Tensor& d_g, at::Tensor& 
                     const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
                     const at::Tensor& total_weight, const CeParams& p);
 // True while the current CUDA stream of on's device is captured into a CUDA graph: no sync is
-// allowed then, so the forward cannot read `bad` back (its rows are NaN instead).
+// allowed then, so bad targets cannot be read back (their rows are NaN instead).
 #ifdef TORCHMODULES_CUDA
 bool cuda_stream_capturing(const at::Tensor& on);
 #else

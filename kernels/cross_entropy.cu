@@ -10,10 +10,11 @@
 //             16-byte vectors); probabilities: a row policy (U first), with dq = -(1-eps) G w (x - lse).
 //   Double backward: row policies; the per-row d/dg goes through the same fixed-order ce_reduce.
 // Half types compute in float, float64 in double. No float atomics: the same inputs give the same
-// bits. A class index out of [0, C) that is not ignore_index is counted into `bad` (integer atomics:
-// count, and the largest 1 + row); the glue reads it back (one sync) and raises an IndexError.
-// The backward kernels write NaN rows for such targets instead of reading out of bounds.
+// bits. Class indices out of [0, C) that are not ignore_index are counted by target_check.cuh's
+// kernel, queued before the loss (the host waits for it alone); the glue raises an IndexError.
+// The forward and backward kernels write NaN rows for such targets instead of reading out of bounds.
 #include "rows.cuh"
+#include "target_check.cuh"
 
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 
@@ -95,7 +96,6 @@ struct CeForward {
   T* loss;             // per-row losses (none) or nullptr
   A* buf;              // per-row losses to reduce (mean, sum) or nullptr
   A* lse;
-  unsigned long long* bad;
 
   __device__ State init(int64_t r) const {
     return {ninf<A>(), A(0), A(0), A(0), M != kProb && g.t[r] == g.ignore_index};
@@ -181,9 +181,7 @@ struct CeForward {
       const int mode = g.row_mode(tr);
       if (mode == 1) {
         L = A(0), l = A(0);
-      } else if (mode == 2) {
-        atomicAdd(bad, 1ull);
-        atomicMax(reinterpret_cast<long long*>(bad) + 1, (long long)(r + 1));
+      } else if (mode == 2) {  // counted by the target check
         L = ce_nan<A>(), l = ce_nan<A>();
       } else {
         const A nll = g.weight(tr) * ((st.m - to_float(g.x[ce_elem(r, tr, g.C, g.inner)])) + ls);
@@ -604,9 +602,8 @@ template <class T>
 T* mptr(const at::Tensor& t) { return t.defined() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr; }
 
 template <class T, int M>
-void ce_forward_rows(const at::Tensor& x, const CeArgs<T>& g, T* loss, dacc<T>* buf, dacc<T>* lse,
-                     unsigned long long* bad, const CeParams& P) {
-  const CeForward<T, M> p{g, loss, buf, lse, bad};
+void ce_forward_rows(const at::Tensor& x, const CeArgs<T>& g, T* loss, dacc<T>* buf, dacc<T>* lse, const CeParams& P) {
+  const CeForward<T, M> p{g, loss, buf, lse};
   run_rows(x, p, Rows{P.outer, P.classes, P.inner}, {g.x, g.q, g.w});
 }
 
@@ -621,17 +618,19 @@ void cross_entropy_forward_cuda(at::Tensor& loss, at::Tensor& lse, at::Tensor& t
     using T = cuda_t<scalar_t>;
     using A = dacc<T>;
     const CeArgs<T> g = ce_args<T>(x, target, weight, P);
+    TargetCheck check(x, g.t, g.t ? P.rows() : 0, P.classes, P.ignore_index);  // first, then the loss
     const bool rows_out = P.reduction == 0;
     const at::Tensor buf = rows_out ? at::Tensor() : at::empty({P.rows()}, lse.options());
     T* lo = rows_out ? mptr<T>(loss) : nullptr;
     A* bp = mptr<A>(buf);
-    auto* bd = reinterpret_cast<unsigned long long*>(mptr<int64_t>(bad));
-    if (P.prob) ce_forward_rows<T, kProb>(x, g, lo, bp, mptr<A>(lse), bd, P);
-    else if (P.smoothing > 0) ce_forward_rows<T, kSmooth>(x, g, lo, bp, mptr<A>(lse), bd, P);
-    else ce_forward_rows<T, kClass>(x, g, lo, bp, mptr<A>(lse), bd, P);
+    if (P.prob) ce_forward_rows<T, kProb>(x, g, lo, bp, mptr<A>(lse), P);
+    else if (P.smoothing > 0) ce_forward_rows<T, kSmooth>(x, g, lo, bp, mptr<A>(lse), P);
+    else ce_forward_rows<T, kClass>(x, g, lo, bp, mptr<A>(lse), P);
     tm_launch(x, dim3(1), dim3(kRedThreads), 0, ce_reduce<T>, rows_out ? nullptr : mptr<T>(loss),
               mptr<A>(total_weight), static_cast<const A*>(bp), g, P.rows(), P.reduction == 1,
               !P.prob && P.smoothing > 0);
+    const TargetStatus st = check.wait();  // the loss runs meanwhile
+    if (bad.defined()) bad.data_ptr<int64_t>()[0] = st.count, bad.data_ptr<int64_t>()[1] = st.last + 1;
   });
 }
 

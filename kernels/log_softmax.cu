@@ -18,7 +18,9 @@ namespace {
 // s = 0 and y = (-inf - -inf) - log 0 = NaN, and +inf gives exp(inf - inf) = NaN, as torch.
 template <class T>
 struct LsmForward {
+  using Elem = T;
   using A = dacc<T>;
+  static constexpr bool kSmemRow = true;  // x kept in shared memory between the passes (rows_smem)
   static constexpr int V = 16 / sizeof(T);
   static constexpr int kWarpK = 128 / int(sizeof(A)) / V;  // 32 (float) or 16 (double) values per lane
   static constexpr int kBlockK = 64 / int(sizeof(A)) / V;  // 16 or 8 values per thread
@@ -67,7 +69,9 @@ struct LsmForward {
 // Backward: dx = dy - exp(y) S, S = sum dy.
 template <class T>
 struct LsmBackward {
+  using Elem = T;
   using A = dacc<T>;
+  static constexpr bool kSmemRow = true;  // dy kept in shared memory between the passes (rows_smem)
   static constexpr int V = 16 / sizeof(T);
   static constexpr int kWarpK = 64 / int(sizeof(A)) / V;   // 16 (float) or 8 (double) values per lane
   static constexpr int kBlockK = 64 / int(sizeof(A)) / V;

@@ -4,21 +4,18 @@
 //             fixed-order sums of l_i and of W = sum w[t_i] (loss_reduce.cuh), y = sum l [/ W].
 //   Backward: dx[n, c, d] = w[c] * -g_i at c = t_i, 0 elsewhere; g_i = dy_i, dy or dy / W
 //             (a memset of dx, then one write per target).
-// Bad targets (outside [0, C), not ignore_index): the forward kernels record the smallest such
-// i in a device word (an integer atomicMin: the same i whatever the timing) and put NaN in its
-// place; after the kernels the launcher copies that word and the target there back to the host,
-// one synchronisation per forward, and the glue raises an IndexError naming the target. While a
-// CUDA graph is being captured no copy is possible: the NaN in the loss is the only sign then.
-// The backward never reads or writes out of bounds for a bad target either (it writes NaN).
+// Bad targets (outside [0, C), not ignore_index): target_check.cuh's kernel, queued before the
+// loss kernels, finds the smallest such i; the host waits for it alone (the loss runs meanwhile)
+// and the glue raises an IndexError naming the target. The loss kernels put NaN in its place, and
+// the backward never reads or writes out of bounds for a bad target either (it writes NaN).
 // Half types compute in float, float64 in double.
 #include "elementwise.cuh"
 #include "loss_reduce.cuh"
 #include "loss_reduce.h"
+#include "target_check.cuh"
 
 namespace torchmodules {
 namespace {
-
-constexpr unsigned long long kNoBad = ~0ull;  // the device word before any bad target is seen
 
 // i / d by a 64-bit division, or by multiplication when every index is below 2^31.
 struct Div64 {
@@ -48,18 +45,17 @@ __device__ __forceinline__ bool is_bad(int64_t t, const NllArgs& a) {
 
 // ---- forward ---------------------------------------------------------------------------------
 
-// none: y_i = -w[t_i] x[n, t_i, d], 0 where ignored, NaN (and recorded) where bad.
+// none: y_i = -w[t_i] x[n, t_i, d], 0 where ignored, NaN where bad.
 template <class T, class I, class Div>
 __global__ void __launch_bounds__(kThreads)
     nll_forward_none(T* __restrict__ y, const T* __restrict__ x, const I* __restrict__ tgt, const T* __restrict__ w,
-                     NllArgs a, Div dd, unsigned long long* bad) {
+                     NllArgs a, Div dd) {
   using A = dacc_t<T>;
   const int64_t n = a.N * a.D;
   for (int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x; i < n; i += (int64_t)gridDim.x * kThreads) {
     const int64_t t = (int64_t)tgt[i];
     A v = A(0);
     if (is_bad(t, a)) {
-      atomicMin(bad, (unsigned long long)i);
       v = quiet_nan<A>();
     } else if (t != a.ignore_index) {
       const int64_t nn = dd.div(i), d = i - nn * a.D;
@@ -81,13 +77,11 @@ struct NllSum {
   const T* w;
   NllArgs a;
   Div dd;
-  unsigned long long* bad;
 
   __device__ void add(A (&acc)[2], int64_t i) const {
     const int64_t t = (int64_t)tgt[i];
     if (t == a.ignore_index) return;
     if (t < 0 || t >= a.C) {
-      atomicMin(bad, (unsigned long long)i);
       acc[0] += quiet_nan<A>();
       return;
     }
@@ -101,14 +95,6 @@ struct NllSum {
     y[0] = from_acc<T>(a.reduction == kMean ? s[0] / s[1] : s[0]);
   }
 };
-
-// After the forward kernels: status[1] = the target at the recorded index (if any);
-// total_weight = 0 for none (its sums did not run).
-template <class I, class A>
-__global__ void nll_forward_status(unsigned long long* status, const I* __restrict__ tgt, A* total_weight) {
-  if (status[0] != kNoBad) status[1] = (unsigned long long)(int64_t)tgt[status[0]];
-  if (total_weight) *total_weight = A(0);
-}
 
 // ---- backward --------------------------------------------------------------------------------
 
@@ -154,41 +140,31 @@ void nll_loss_forward_cuda(at::Tensor& out, at::Tensor& total_weight, NllBad& ba
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = a.N * a.D;
-  // status[0]: the smallest bad i (kNoBad: none), status[1]: the target there.
-  const at::Tensor status = at::empty({2}, x.options().dtype(at::kLong));
-  auto* st = reinterpret_cast<unsigned long long*>(status.data_ptr());
-  C10_CUDA_CHECK(cudaMemsetAsync(st, 0xFF, 2 * sizeof(unsigned long long), stream));
   TM_DISPATCH_FLOATING(x.scalar_type(), "nll_loss_forward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     using A = dacc_t<T>;
     dispatch_target(target, [&](auto tag) {
       using I = decltype(tag);
       const I* tgt = target.data_ptr<I>();
+      TargetCheck check(x, tgt, n, a.C, a.ignore_index);  // first, then the loss
       const T* pw = weight.defined() ? dptr<scalar_t>(weight) : nullptr;
       A* ptw = total_weight.data_ptr<A>();
       with_div(a.D, n, [&](const auto& dd) {
         using Div = std::decay_t<decltype(dd)>;
         if (a.reduction == kNone) {
+          C10_CUDA_CHECK(cudaMemsetAsync(ptw, 0, sizeof(A), stream));  // W = 0 (zero bits: 0.0)
           if (n > 0)
             tm_launch(x, dim3(unsigned(tm_blocks(n, kThreads))), dim3(kThreads), 0, nll_forward_none<T, I, Div>,
-                      dptr<scalar_t>(out), dptr<scalar_t>(x), tgt, pw, a, dd, st);
+                      dptr<scalar_t>(out), dptr<scalar_t>(x), tgt, pw, a, dd);
         } else {
-          const NllSum<T, I, Div> p{dptr<scalar_t>(out), ptw, dptr<scalar_t>(x), tgt, pw, a, dd, st};
+          const NllSum<T, I, Div> p{dptr<scalar_t>(out), ptw, dptr<scalar_t>(x), tgt, pw, a, dd};
           run_loss_sum(x, p, n);
         }
       });
-      tm_launch(x, dim3(1), dim3(1), 0, nll_forward_status<I, A>, st, tgt, a.reduction == kNone ? ptw : nullptr);
+      const TargetStatus st = check.wait();  // the loss runs meanwhile
+      if (st.count > 0) bad.index = st.first, bad.value = target.reshape({-1})[st.first].item<int64_t>();
     });
   });
-  // The one synchronisation: is there a bad target? (Impossible while a graph is captured.)
-  if (cuda_stream_capturing(x)) return;
-  int64_t host[2];
-  C10_CUDA_CHECK(cudaMemcpyAsync(host, st, sizeof(host), cudaMemcpyDeviceToHost, stream));
-  C10_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if ((unsigned long long)host[0] != kNoBad) {
-    bad.index = host[0];
-    bad.value = host[1];
-  }
 }
 
 void nll_loss_backward_cuda(at::Tensor& dx, NllBad&, const at::Tensor& dy, const at::Tensor& target,
