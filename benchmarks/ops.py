@@ -116,6 +116,18 @@ def _loss(kind):
     return setup
 
 
+def _nearest_neighbor(size, dtype, device):
+    """The squared distance to the nearest of K prototypes, x (N, D), w (K, D); ours sums
+    (x - w_k)^2 directly in one tiled pass, torch's twin is cdist (its |x|^2 - 2 x.w + |w|^2 GEMM
+    for sizes like these) squared, then min. Work counted as the direct sum's 3NKD FLOPs forward
+    (subtract, multiply, add), 3ND backward (2 (x - w_k) to x and to the chosen prototype)."""
+    n, k, d = size
+    x, w = _leaf((n, d), dtype, device), _leaf((k, d), dtype, device)
+    return Case(f"{n}x{k}x{d}", n * k * d, [x, w], lambda a, b: TF.nearest_neighbor(a, b)[1],
+                lambda a, b: (torch.cdist(a, b) ** 2).min(-1).values, _passes(3 * n * k * d, 3 * n * d),
+                unit="flop")
+
+
 def _sgd(n, dtype, device):
     """One momentum SGD step over n parameters in 16 tensors: reads p, g, buf, writes p, buf."""
     import torchmodules as tm
@@ -172,6 +184,7 @@ SETUPS = {
     "nll_loss": _loss("nll_loss"),
     "cross_entropy": _loss("cross_entropy"),
     "mse_loss": _loss("mse_loss"),
+    "nearest_neighbor": _nearest_neighbor,
     "sgd": _sgd,
     "train_step": _train_step,
 }
@@ -193,6 +206,9 @@ def sizes(op: str, device: str, quick: bool) -> Sequence:
         if gpu:
             return [(8192, 32768), (4096, 128256)] if op == "cross_entropy" else [(8192, 32768)]
         return [(4096, 10), (1024, 1024), (128, 32768)]
+    if op == "nearest_neighbor":  # (N, K, D)
+        return [(65536, 1024, 64)] + ([] if quick else [(16384, 4096, 256)]) if gpu else \
+               [(1797, 100, 64), (4096, 256, 64)]
     if op == "sgd":
         return [2 ** 20, 2 ** 24] if gpu else [2 ** 16, 2 ** 20]
     if op == "train_step":
