@@ -26,6 +26,14 @@ namespace {
 __device__ __forceinline__ float fast_exp(float v) { return __expf(v); }
 __device__ __forceinline__ double fast_exp(double v) { return exp(v); }
 
+// exp for the class-index backward's p = exp(x - lse): __expf for the half types (a few ulp of
+// float, far below their rounding; their bytes per element are half of float's for the same
+// arithmetic), the accurate exp for float and double outputs.
+template <class T> __device__ __forceinline__ dacc<T> out_exp(dacc<T> v) {
+  if constexpr (sizeof(T) == 2) return fast_exp(v);
+  else return dexp(v);
+}
+
 template <class A> __device__ __forceinline__ A ce_inf() { return A(INFINITY); }
 template <class A> __device__ __forceinline__ A ce_nan() { return A(NAN); }
 
@@ -268,7 +276,7 @@ struct CeBackwardClass {
   }
   __device__ A at(const Row& r, int64_t c, A xv, A wc) const {
     const A u = (c == r.t ? r.kw : A(0)) + (kSmoothM ? g.epsc * wc : A(0));
-    return r.G * (r.U * dexp(xv - r.l) - u);
+    return r.G * (r.U * out_exp<T>(xv - r.l) - u);
   }
 };
 
