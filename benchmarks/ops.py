@@ -116,6 +116,19 @@ def _loss(kind):
     return setup
 
 
+def _cross_entropy_inplace(size, dtype, device):
+    """cross_entropy(..., inplace_backward=True) against torch's F.cross_entropy, fwd+bwd only (a
+    replayed backward would find the logits already overwritten); the logits' gradient is their
+    own storage, so the extra peak memory is the per-row values alone. Bytes as cross_entropy's."""
+    n, c = size
+    e = torch.tensor([], dtype=dtype).element_size()
+    t = torch.randint(0, c, (n,), device=device)
+    xo, xt = _leaf((n, c), dtype, device), _leaf((n, c), dtype, device)
+    ours = lambda: torch.autograd.grad(TF.cross_entropy(xo, t, inplace_backward=True), xo)  # noqa: E731
+    twin = lambda: torch.autograd.grad(torch.nn.functional.cross_entropy(xt, t), xt)  # noqa: E731
+    return Case(f"{n}x{c}", c, [], None, None, {"fwd+bwd": 3 * n * c * e}, passes={"fwd+bwd": (ours, twin)})
+
+
 def _nearest_neighbor(size, dtype, device):
     """The squared distance to the nearest of K prototypes, x (N, D), w (K, D); ours sums
     (x - w_k)^2 directly in one tiled pass, torch's twin is cdist (its |x|^2 - 2 x.w + |w|^2 GEMM
@@ -183,6 +196,7 @@ SETUPS = {
     "linear_relu_vs_unfused": _linear_relu("unfused"),
     "nll_loss": _loss("nll_loss"),
     "cross_entropy": _loss("cross_entropy"),
+    "cross_entropy_inplace": _cross_entropy_inplace,
     "mse_loss": _loss("mse_loss"),
     "nearest_neighbor": _nearest_neighbor,
     "sgd": _sgd,
@@ -202,9 +216,9 @@ def sizes(op: str, device: str, quick: bool) -> Sequence:
         if gpu:
             return [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 1024, 4096), (65536, 256, 256)]
         return [(256, 256, 256), (512, 512, 512), (4096, 64, 256), (1024, 784, 512), (64, 784, 512)]
-    if op in ("nll_loss", "cross_entropy", "mse_loss"):
+    if op in ("nll_loss", "cross_entropy", "cross_entropy_inplace", "mse_loss"):
         if gpu:
-            return [(8192, 32768), (4096, 128256)] if op == "cross_entropy" else [(8192, 32768)]
+            return [(8192, 32768), (4096, 128256)] if op.startswith("cross_entropy") else [(8192, 32768)]
         return [(4096, 10), (1024, 1024), (128, 32768)]
     if op == "nearest_neighbor":  # (N, K, D)
         return [(65536, 1024, 64)] + ([] if quick else [(16384, 4096, 256)]) if gpu else \

@@ -181,6 +181,23 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(const at::Tensor& grad
   return {dx, target_grad ? dq : new_output({0}, input.options())};
 }
 
+// dx into input itself: every kernel reads an element of x before it writes dx there.
+void cross_entropy_backward_inplace(at::Tensor& input, const at::Tensor& grad_loss, const at::Tensor& target,
+                                    const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                    const at::Tensor& total_weight, int64_t reduction, int64_t ignore_index,
+                                    double label_smoothing) {
+  const char* op = "cross_entropy_backward_";
+  const at::Tensor w = opt(weight);
+  const CeParams p = ce_params(op, input, target, w, reduction, ignore_index, label_smoothing);
+  ce_check_saved(op, input, grad_loss, lse, total_weight, p);
+  TORCH_CHECK(input.is_contiguous(), "torchmodules.", op, ": input of shape ", input.sizes(), " and strides ",
+              input.strides(), " is not contiguous (its storage cannot hold the contiguous gradient)");
+  const at::Tensor gc = grad_loss.contiguous(), tc = target.contiguous(), wc = contig(w), lc = lse.contiguous(),
+                   twc = total_weight.contiguous();
+  at::Tensor dq;
+  if (input.numel() > 0) TM_LAUNCH(cross_entropy_backward, input, input, dq, gc, input, tc, wc, lc, twc, p);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_double_backward(
     const std::optional<at::Tensor>& gg_input, const std::optional<at::Tensor>& gg_target, const at::Tensor& grad_loss,
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight, const at::Tensor& lse,
@@ -434,8 +451,9 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
       const A wt = w ? A(w[tr]) : A(1);
       const A U = keep * wt + (smooth ? epsc * wsum : A(0));
       if (!smooth && row.D == 1) {  // u is keep * wt at the target, 0 elsewhere
+        const A xt = A(xr[tr]);       // (read first: dx may be x itself, cross_entropy_backward_)
         softmax_scaled_contiguous(dxr, xr, C, G * U, l);
-        dxr[tr] = static_cast<T>(G * (U * fast_exp(A(xr[tr]) - l) - keep * wt));
+        dxr[tr] = static_cast<T>(G * (U * fast_exp(xt - l) - keep * wt));
         continue;
       }
       for (int64_t c = 0; c < C; ++c) {
@@ -563,6 +581,7 @@ void cross_entropy_double_backward_cpu(at::Tensor& d_g, at::Tensor& d_x, at::Ten
 TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward);
   m.impl("cross_entropy_backward", &cross_entropy_backward);
+  m.impl("cross_entropy_backward_", &cross_entropy_backward_inplace);
   m.impl("cross_entropy_double_backward", &cross_entropy_double_backward);
 }
 

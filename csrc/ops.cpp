@@ -65,6 +65,10 @@ TORCH_LIBRARY(torchmodules, m) {
   m.def("cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
         "Tensor total_weight, int reduction, int ignore_index, float label_smoothing, bool target_grad) "
         "-> (Tensor, Tensor)");
+  // The backward's dx written into the input's own storage (contiguous input), for
+  // cross_entropy(..., inplace_backward=True): no (N, C) tensor allocated by the backward either.
+  m.def("cross_entropy_backward_(Tensor(a!) input, Tensor grad_loss, Tensor target, Tensor? weight, Tensor lse, "
+        "Tensor total_weight, int reduction, int ignore_index, float label_smoothing) -> ()");
   m.def("cross_entropy_double_backward(Tensor? gg_input, Tensor? gg_target, Tensor grad_loss, Tensor input, "
         "Tensor target, Tensor? weight, Tensor lse, Tensor total_weight, int reduction, int ignore_index, "
         "float label_smoothing) -> (Tensor, Tensor, Tensor)");

@@ -53,6 +53,10 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(const at::Tensor& grad
                                                           const at::Tensor& lse, const at::Tensor& total_weight,
                                                           int64_t reduction, int64_t ignore_index,
                                                           double label_smoothing, bool target_grad);
+void cross_entropy_backward_inplace(at::Tensor& input, const at::Tensor& grad_loss, const at::Tensor& target,
+                                    const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                    const at::Tensor& total_weight, int64_t reduction, int64_t ignore_index,
+                                    double label_smoothing);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_double_backward(
     const std::optional<at::Tensor>& gg_input, const std::optional<at::Tensor>& gg_target, const at::Tensor& grad_loss,
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight, const at::Tensor& lse,

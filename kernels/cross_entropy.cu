@@ -702,6 +702,7 @@ bool cuda_stream_capturing(const at::Tensor& on) {
 TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward);
   m.impl("cross_entropy_backward", &cross_entropy_backward);
+  m.impl("cross_entropy_backward_", &cross_entropy_backward_inplace);
   m.impl("cross_entropy_double_backward", &cross_entropy_double_backward);
 }
 

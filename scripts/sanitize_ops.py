@@ -38,5 +38,15 @@ for dtype in DTYPES:
                 p.grad = torch.randn_like(p)
             opt.step()
         done += 1
+# cross_entropy with inplace_backward (dx written into the logits), class indices and probabilities.
+import torchmodules.functional as TF  # noqa: E402
+for dtype in DTYPES:
+    for prob in (False, True):
+        x = torch.randn(33, 1001, device="cuda", dtype=dtype, requires_grad=True)
+        t = torch.softmax(torch.randn(33, 1001, device="cuda"), 1).to(dtype) if prob else \
+            torch.randint(0, 1001, (33,), device="cuda")
+        TF.cross_entropy(x * 1, t, label_smoothing=0.1, inplace_backward=True).backward()
+        done += 1
 torch.cuda.synchronize()
-print(f"sanitize_ops: ran {done} op x case x dtype combinations forward, backward and double backward, and SGD steps")
+print(f"sanitize_ops: ran {done} op x case x dtype combinations forward, backward and double backward, SGD steps "
+      f"and in-place cross-entropy backwards")

@@ -166,3 +166,115 @@ def test_cuda_graph_capture():
     x.copy_(torch.randn_like(x))
     graph.replay()
     torch.testing.assert_close(out, F.cross_entropy(x, t))
+
+
+def _ce_case(kind, device, dtype):
+    """(logits leaf source h, weight W, target, kwargs): logits = h @ W, so the loss's input is a
+    non-leaf whose gradient flows on, as an LM head's."""
+    g = torch.Generator().manual_seed(5)
+    n, c, k = 12, 37, 8
+    shape = (n, c, 3) if kind == "nd" else (n, c)
+    h = torch.randn(n, k, dtype=F64, generator=g)
+    W = torch.randn(k, c * (3 if kind == "nd" else 1), dtype=F64, generator=g)
+    kw = {"class": {}, "smooth_none": dict(reduction="none", label_smoothing=0.2),
+          "weight_sum": dict(reduction="sum", ignore_index=2, weight=torch.rand(c, dtype=F64, generator=g) + 0.5),
+          "nd": dict(label_smoothing=0.1), "prob": dict(label_smoothing=0.05)}[kind]
+    if kind == "prob":
+        t = torch.softmax(torch.randn(shape, dtype=F64, generator=g), 1).to(dtype)
+    else:
+        t = torch.randint(0, c, (n, 3) if kind == "nd" else (n,), generator=g)
+        t[1] = kw.get("ignore_index", -100)
+    kw = {k_: (v.to(device, dtype) if isinstance(v, torch.Tensor) else v) for k_, v in kw.items()}
+    return h.to(device, dtype), W.to(device, dtype), t.to(device), kw, shape
+
+
+def _ce_run(h, W, t, kw, shape, inplace, f):
+    h = h.clone().requires_grad_()
+    z = (h @ W).reshape(shape)
+    seen = []
+    z.register_hook(lambda gz: seen.append(gz))
+    loss = f(z, t, **kw, **({"inplace_backward": True} if inplace else {}))
+    loss.sum().backward()
+    return loss.detach(), h.grad, seen[0], z
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind", ["class", "smooth_none", "weight_sum", "nd", "prob"])
+def test_inplace_backward(kind, dtype, device):
+    """inplace_backward=True: the loss and every gradient are those of the usual backward (bit for
+    bit: the same kernel), and those of torch (float64); the gradient handed to the logits' node is
+    the logits' own storage, which then holds it."""
+    h, W, t, kw, shape = _ce_case(kind, device, dtype)
+    loss, gh, gz, z = _ce_run(h, W, t, kw, shape, True, TF.cross_entropy)
+    loss0, gh0, gz0, z0 = _ce_run(h, W, t, kw, shape, False, TF.cross_entropy)
+    assert torch.equal(loss, loss0) and torch.equal(gz, gz0) and torch.equal(gh, gh0)
+    assert gz.data_ptr() == z.data_ptr() and torch.equal(z.detach(), gz0), "dz is not in the logits' storage"
+    assert z0.data_ptr() != gz0.data_ptr() and not torch.equal(z0.detach(), gz0)  # the usual backward leaves z
+    if dtype == F64:
+        kw_t = {k_: v for k_, v in kw.items()}
+        loss_t, gh_t, gz_t, _ = _ce_run(h, W, t.to(F64) if t.is_floating_point() else t, kw_t, shape, False,
+                                        F.cross_entropy)
+        torch.testing.assert_close(loss, loss_t)
+        torch.testing.assert_close(gz, gz_t)
+        torch.testing.assert_close(gh, gh_t)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_backward_guards(device):
+    """Never a silently wrong gradient: a node that saved the logits and runs after our backward,
+    or a second backward (retain_graph), raises; a non-contiguous input, no grad or a module
+    flag all give torch's values."""
+    x = torch.randn(6, 5, dtype=F64, device=device)
+    t = torch.randint(0, 5, (6,), device=device)
+    ref_grad = lambda z: torch.autograd.grad(F.cross_entropy(z, t) + (z * z).sum(), z)[0]  # noqa: E731
+    # (z * z) created first: its node runs after ours (autograd runs later nodes first) and finds z changed
+    z = (x.clone().requires_grad_() * 1.0)
+    other = (z * z).sum()
+    loss = TF.cross_entropy(z, t, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + other).backward()
+    # created after: it runs first, while z still holds the logits, and the sum is right
+    leaf = x.clone().requires_grad_()
+    z = leaf * 1.0
+    (TF.cross_entropy(z, t, inplace_backward=True) + (z * z).sum()).backward()
+    torch.testing.assert_close(leaf.grad, ref_grad(x.clone().requires_grad_()))
+    # a second backward through the same graph
+    z = x.clone().requires_grad_() * 1.0
+    loss = TF.cross_entropy(z, t, inplace_backward=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    # fallbacks and the module
+    xt = x.t().contiguous().requires_grad_()
+    g_nc, = torch.autograd.grad(TF.cross_entropy(xt.t(), t, inplace_backward=True), xt)
+    g_ref, = torch.autograd.grad(F.cross_entropy(xt.t(), t), xt)
+    torch.testing.assert_close(g_nc, g_ref)
+    assert torch.equal(xt.detach(), x.t()), "a non-contiguous input was changed"
+    with torch.no_grad():
+        torch.testing.assert_close(TF.cross_entropy(x, t, inplace_backward=True), F.cross_entropy(x, t))
+    m = tm.CrossEntropyLoss(label_smoothing=0.1, inplace_backward=True)
+    leaf = x.clone().requires_grad_()
+    m(leaf * 1.0, t).backward()
+    ref = x.clone().requires_grad_()
+    F.cross_entropy(ref, t, label_smoothing=0.1).backward()
+    torch.testing.assert_close(leaf.grad, ref.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("prob", [False, True], ids=["class", "prob"])
+def test_opcheck_inplace_backward_op(prob, device):
+    """cross_entropy_backward_ (dx into input) under torch.library.opcheck (schema, fake, mutation
+    annotations), and its result is the out-of-place op's dx."""
+    x = torch.randn(5, 7, device=device)
+    t = torch.softmax(torch.randn(5, 7, device=device), 1) if prob else torch.randint(0, 7, (5,), device=device)
+    w = torch.rand(7, device=device) + 0.5
+    _, lse, tw = ops.cross_entropy_forward(x, t, w, 1, -100, 0.1)
+    g = torch.tensor(1.5, device=device)
+    dx, _ = ops.cross_entropy_backward(g, x, t, w, lse, tw, 1, -100, 0.1, False)
+    torch.library.opcheck(ops.cross_entropy_backward_, (x.clone(), g, t, w, lse, tw, 1, -100, 0.1))
+    y = x.clone()
+    ops.cross_entropy_backward_(y, g, t, w, lse, tw, 1, -100, 0.1)
+    assert torch.equal(y, dx)
+    with pytest.raises(RuntimeError, match="cross_entropy_backward_.*not contiguous"):
+        ops.cross_entropy_backward_(x.t().contiguous().t(), g, t, w, lse, tw, 1, -100, 0.1)

@@ -204,6 +204,11 @@ def _(grad_loss, input, target, weight, lse, total_weight, reduction, ignore_ind
     return input.new_empty(input.shape), target.new_empty(target.shape) if target_grad else input.new_empty((0,))
 
 
+@_fake("cross_entropy_backward_")
+def _(input, grad_loss, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing):
+    return None
+
+
 @_fake("cross_entropy_double_backward")
 def _(gg_input, gg_target, grad_loss, input, target, weight, lse, total_weight, reduction, ignore_index,
       label_smoothing):

@@ -156,12 +156,21 @@ def log_softmax(input: torch.Tensor, dim: Optional[int] = None, dtype: Optional[
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
                   size_average: Optional[bool] = None, ignore_index: int = -100, reduce: Optional[bool] = None,
-                  reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
+                  reduction: str = "mean", label_smoothing: float = 0.0, *,
+                  inplace_backward: bool = False) -> torch.Tensor:
     """Cross entropy of logits `input` (N, C, d1, ...), (N, C) or (C,) against class indices
     (int64, the input's shape without dim C) or class probabilities (the input's shape), as
     torch.nn.functional.cross_entropy (same signature and semantics). Fused: the forward keeps
     one log-sum-exp per row for the backward, no (N, C) log-probabilities. `weight` is not
-    differentiable (as torch's for class indices)."""
+    differentiable (as torch's for class indices).
+
+    inplace_backward=True: the backward writes the logits' gradient into the logits' own storage
+    and hands that on, so no (N, C) tensor is allocated at all (as apex's xentropy option; for
+    large vocabularies the gradient is most of the loss's memory). After the backward `input`
+    holds its gradient: use it only where nothing else reads the logits afterwards. Autograd
+    nodes that saved the logits raise an error rather than read the gradient, and so does a
+    second backward (retain_graph). Eager only: under torch.compile, torch.func transforms or
+    autocast, for a non-contiguous input or a target that needs a gradient, the usual backward runs."""
     red = _reduction_enum("cross_entropy", size_average, reduce, reduction)
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("torchmodules.cross_entropy: weight is not differentiable; pass weight.detach()")
@@ -175,7 +184,35 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
         if len(dts) > 1:
             dt = functools.reduce(torch.promote_types, dts)
             input, target, weight = input.to(dt), target.to(dt), None if weight is None else weight.to(dt)
+    if inplace_backward and _ce_inplace_applies(input, target):
+        return _CrossEntropyInplaceBackward.apply(input, target, weight, red, ignore_index, float(label_smoothing))
     return ops.cross_entropy_forward(input, target, weight, red, ignore_index, float(label_smoothing))[0]
+
+
+def _ce_inplace_applies(input, target):
+    return (torch.is_grad_enabled() and input.requires_grad and input.is_contiguous() and not target.requires_grad
+            and not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
+            and not torch.is_autocast_enabled(input.device.type))
+
+
+class _CrossEntropyInplaceBackward(torch.autograd.Function):
+    """cross_entropy whose backward writes dx into the logits (cross_entropy_backward_)."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing):
+        loss, lse, total_weight = ops.cross_entropy_forward(input, target, weight, reduction, ignore_index,
+                                                            label_smoothing)
+        ctx.save_for_backward(input, target, weight, lse, total_weight)
+        ctx.args = (reduction, ignore_index, label_smoothing)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        input, target, weight, lse, total_weight = ctx.saved_tensors  # (raises on a second backward)
+        ops.cross_entropy_backward_(input, grad_loss.contiguous(), target, weight, lse, total_weight, *ctx.args)
+        torch.autograd.graph.increment_version(input)  # nodes that saved the logits now raise
+        return input.detach(), None, None, None, None, None
 
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # torch's at::Reduction numbers

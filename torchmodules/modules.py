@@ -92,11 +92,18 @@ class LogSoftmax(nn.LogSoftmax):
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
     """Cross entropy of logits against class indices or probabilities, as
-    torch.nn.CrossEntropyLoss (weight, ignore_index, reduction, label_smoothing), fused."""
+    torch.nn.CrossEntropyLoss (weight, ignore_index, reduction, label_smoothing), fused.
+    inplace_backward=True: the backward writes the gradient into the logits' storage (see
+    torchmodules.functional.cross_entropy)."""
+
+    def __init__(self, *args, inplace_backward: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.inplace_backward = inplace_backward
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                               reduction=self.reduction, label_smoothing=self.label_smoothing)
+                               reduction=self.reduction, label_smoothing=self.label_smoothing,
+                               inplace_backward=getattr(self, "inplace_backward", False))
 class NLLLoss(nn.NLLLoss):
     """Negative log likelihood, as torch.nn.NLLLoss (same arguments, weight buffer and state_dict)."""
 
