@@ -3,7 +3,8 @@
 # GEMM's tests alone (a failure shows first; later stages then run with it off); then at once
 # the CUDA tests (TM_SHARDS pytest processes) and compute-sanitizer over every kernel; then, alone
 # on the GPU so its times mean something, the main job (examples/train.py), the quick
-# benchmark and the Linear A/B (sm_90 GEMM, mma.sync, torch) appended to summary.md.
+# benchmark, the Linear A/B (sm_90 GEMM, mma.sync, torch) and the host overhead of small ops
+# (benchmarks/host_overhead.py) appended to summary.md.
 # Usage: scripts/gpu_check.sh OUTDIR   (TM_COMMIT=<sha>; TM_STAGES picks stages,
 # default "build sm90 tests sanitizer train bench"). OUTDIR gets at most 8 files: summary.md,
 # log.txt (build, train, bench output), tests.log, sanitizer.log, bench.{md,json,png},
@@ -117,6 +118,11 @@ if want bench && [ -f benchmarks/bench.py ]; then
     { echo; cat "$TMP/linear_ab.md" 2>/dev/null; echo; } >> "$SUM"
     cat "$TMP/ab.log" >> "$LOG"
   fi
+  step "7. host overhead of small ops (benchmarks/host_overhead.py)"
+  timeout ${TM_HOST_TIMEOUT:-60} $PY benchmarks/host_overhead.py --device cuda > "$TMP/host.log" 2>&1
+  echo "- host overhead (exit $?):" >> "$SUM"
+  grep "per call" "$TMP/host.log" | sed 's/^/  - /' >> "$SUM"
+  cat "$TMP/host.log" >> "$LOG"
 fi
 step "done"
 echo "- script wall: $((SECONDS - T0)) s" >> "$SUM"
