@@ -20,7 +20,7 @@ template <class T>
 struct LsmForward {
   using Elem = T;
   using A = dacc<T>;
-  static constexpr bool kSmemRow = true;  // x kept in shared memory between the passes (rows_smem)
+  static constexpr bool kSmemRow = true;  // x kept in shared memory between the passes (rows_stream, kSmem)
   static constexpr int V = 16 / sizeof(T);
   static constexpr int kWarpK = 128 / int(sizeof(A)) / V;  // 32 (float) or 16 (double) values per lane
   static constexpr int kBlockK = 64 / int(sizeof(A)) / V;  // 16 or 8 values per thread
@@ -71,7 +71,7 @@ template <class T>
 struct LsmBackward {
   using Elem = T;
   using A = dacc<T>;
-  static constexpr bool kSmemRow = true;  // dy kept in shared memory between the passes (rows_smem)
+  static constexpr bool kSmemRow = true;  // dy kept in shared memory between the passes (rows_stream, kSmem)
   static constexpr int V = 16 / sizeof(T);
   static constexpr int kWarpK = 64 / int(sizeof(A)) / V;   // 16 (float) or 8 (double) values per lane
   static constexpr int kBlockK = 64 / int(sizeof(A)) / V;

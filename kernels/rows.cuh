@@ -3,9 +3,9 @@
 // what it writes) run by four generic kernels:
 //   inner == 1, short rows:  rows_warp   W lanes (1..32) per row, row held in registers;
 //   inner == 1, mid rows:    rows_block  a block per row, row held in registers;
-//   inner == 1, rows of up to kSmemRowBytes in 16-byte vectors, for policies that opt in
-//                            (kSmemRow): rows_smem, a block per row kept in shared memory;
-//   inner == 1, long rows:   rows_stream a block per row, pass 1 reduces, pass 2 re-reads;
+//   inner == 1, long rows:   rows_stream a block per row, pass 1 reduces, pass 2 re-reads (or,
+//                            rows of up to kSmemRowBytes in 16-byte vectors for policies that
+//                            opt in with kSmemRow, takes the row from shared memory);
 //   inner > 1:               cols        (bx x by) blocks, bx columns across inner, by
 //                                        threads splitting the reduce axis of each column.
 // Rows are read in 16-byte vectors when the row length and every pointer allow.
@@ -30,8 +30,8 @@ constexpr int kWarpBlock = 128;   // threads per block of rows_warp
 constexpr int kMaxBlock = 1024;   // threads per block of rows_block / rows_stream, at most
 constexpr int kColThreads = 256;  // threads per block of cols
 constexpr int kRowOutBlock = 256; // threads per block of rows_stream for one-output-per-row policies
-constexpr int kSmemBlock = 256;   // threads per block of rows_smem
-constexpr int64_t kSmemRowBytes = 72 * 1024;  // rows_smem's row, at most: three blocks per SM (228 KB)
+constexpr int kSmemBlock = 256;   // threads per block of rows_stream keeping the row in shared memory
+constexpr int64_t kSmemRowBytes = 72 * 1024;  // such a row, at most: three blocks per SM (228 KB)
 
 // Accumulation type of a device type: float for float/__half/__nv_bfloat16, double for double.
 template <class T> using dacc = decltype(to_float(T()));
@@ -249,44 +249,11 @@ __global__ void __launch_bounds__(kMaxBlock, 1) rows_block(const P p, int64_t ro
   }
 }
 
-// inner == 1, any reduce: a block per row; pass 1 reduces, pass 2 re-reads and writes.
-template <class P, bool VEC, int kBlock = kMaxBlock, int kMinBlocks = 1>
-__global__ void __launch_bounds__(kBlock, kMinBlocks) rows_stream(const P p, int64_t rows, int64_t n) {
-  using S = typename P::State;
-  using C = typename P::template Cache<P::V>;
-  __shared__ S red[32];
-  const int64_t chunks = (n + P::V - 1) / P::V, nt = blockDim.x;
-  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const Seg<VEC> seg{row * n, n, 1};
-    S st = p.init(row);
-    for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += P::kU * nt) {
-      C c[P::kU];
-#pragma unroll
-      for (int u = 0; u < P::kU; ++u) p.load(c[u], st, seg, c0 + u * nt);
-#pragma unroll
-      for (int u = 0; u < P::kU; ++u) p.accumulate(st, c[u]);
-    }
-    st = block_allreduce<P>(st, red);
-    p.finish(st, row);
-    if constexpr (P::kRowOut) {
-      if (threadIdx.x == 0) p.store_row(st, row);
-    } else {
-      for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += P::kU * nt) {
-        C c[P::kU];
-#pragma unroll
-        for (int u = 0; u < P::kU; ++u) p.load(c[u], st, seg, c0 + u * nt);
-#pragma unroll
-        for (int u = 0; u < P::kU; ++u) p.store(st, c[u], seg, c0 + u * nt);
-      }
-    }
-  }
-}
-
 // A policy's Cache<V> that is one array of V accumulators <-> its V values as T in 16 bytes.
 template <class T, class C>
 __device__ __forceinline__ uint4 cache_to16(const C& c) {
   constexpr int V = 16 / sizeof(T);
-  static_assert(sizeof(C) == V * sizeof(dacc<T>), "rows_smem: Cache<V> must be one array of V values");
+  static_assert(sizeof(C) == V * sizeof(dacc<T>), "kSmemRow: Cache<V> must be one array of V values");
   dacc<T> a[V];
   memcpy(a, &c, sizeof(a));
   T t[V];
@@ -305,38 +272,51 @@ __device__ __forceinline__ void cache_from16(C& c, const uint4& u) {
   memcpy(&c, a, sizeof(a));
 }
 
-// inner == 1, 16-byte vectors, a row of at most kSmemRowBytes: a block per row. Pass 1 reads each
-// chunk once from global memory, keeps it in shared memory (as T: exact, the values came from T)
-// and reduces; pass 2 takes the chunks from there. So each element is read from memory once (the
-// stream kernel reads it twice), and several 256-thread blocks per SM overlap one row's reduction
-// with the others' loads. A thread reads back only the chunks it wrote: no barrier between passes.
-template <class P>
-__global__ void __launch_bounds__(kSmemBlock, 3) rows_smem(const P p, int64_t rows, int64_t n) {
-  using T = typename P::Elem;
+// inner == 1, any reduce: a block per row; pass 1 reduces, pass 2 re-reads and writes.
+// kSmem (16-byte vectors, a row of at most kSmemRowBytes, policies whose Cache<V> is one array):
+// pass 1 also keeps each chunk in shared memory (as T: exact, the values came from T) and pass 2
+// takes it from there, so each element is read from memory once; a thread reads back only the
+// chunks it wrote (no barrier between the passes).
+template <class P, bool VEC, int kBlock = kMaxBlock, int kMinBlocks = 1, bool kSmem = false>
+__global__ void __launch_bounds__(kBlock, kMinBlocks) rows_stream(const P p, int64_t rows, int64_t n) {
   using S = typename P::State;
   using C = typename P::template Cache<P::V>;
-  extern __shared__ uint4 row16[];  // the row's n / V chunks
+  extern __shared__ uint4 row16[];  // kSmem: the row's n / V chunks
   __shared__ S red[32];
-  const int64_t chunks = n / P::V;
+  const int64_t chunks = (n + P::V - 1) / P::V, nt = blockDim.x;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const Seg<true> seg{row * n, n, 1};
+    const Seg<VEC> seg{row * n, n, 1};
     S st = p.init(row);
-    for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += P::kU * kSmemBlock) {
+    for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += P::kU * nt) {
       C c[P::kU];
 #pragma unroll
-      for (int u = 0; u < P::kU; ++u) p.load(c[u], st, seg, c0 + u * kSmemBlock);  // (padded past the row)
+      for (int u = 0; u < P::kU; ++u) p.load(c[u], st, seg, c0 + u * nt);
+      if constexpr (kSmem) {
 #pragma unroll
-      for (int u = 0; u < P::kU; ++u)
-        if (c0 + u * kSmemBlock < chunks) row16[c0 + u * kSmemBlock] = cache_to16<T>(c[u]);
+        for (int u = 0; u < P::kU; ++u)
+          if (c0 + u * nt < chunks) row16[c0 + u * nt] = cache_to16<typename P::Elem>(c[u]);
+      }
 #pragma unroll
       for (int u = 0; u < P::kU; ++u) p.accumulate(st, c[u]);
     }
     st = block_allreduce<P>(st, red);
     p.finish(st, row);
-    for (int64_t k = threadIdx.x; k < chunks; k += kSmemBlock) {
-      C c;
-      cache_from16<T>(c, row16[k]);
-      p.store(st, c, seg, k);
+    if constexpr (P::kRowOut) {
+      if (threadIdx.x == 0) p.store_row(st, row);
+    } else if constexpr (kSmem) {
+      for (int64_t k = threadIdx.x; k < chunks; k += nt) {
+        C c;
+        cache_from16<typename P::Elem>(c, row16[k]);
+        p.store(st, c, seg, k);
+      }
+    } else {
+      for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += P::kU * nt) {
+        C c[P::kU];
+#pragma unroll
+        for (int u = 0; u < P::kU; ++u) p.load(c[u], st, seg, c0 + u * nt);
+#pragma unroll
+        for (int u = 0; u < P::kU; ++u) p.store(st, c[u], seg, c0 + u * nt);
+      }
     }
   }
 }
@@ -345,7 +325,7 @@ template <class P> constexpr bool smem_row() {
   if constexpr (requires { P::kSmemRow; }) return P::kSmemRow;
   else return false;
 }
-// Does rows_smem take rows of n elements (16-byte vectors: VEC)?
+// Does rows_stream<..., kSmem> take rows of n elements (16-byte vectors: VEC)?
 template <class P, bool VEC> bool smem_fits(int64_t n) {
   if constexpr (smem_row<P>() && VEC) return n * int64_t(sizeof(typename P::Elem)) <= kSmemRowBytes;
   else return false;
@@ -425,8 +405,10 @@ void launch_rows(const at::Tensor& on, const P& p, int64_t rows, int64_t n) {
       const int bytes = int(n * int64_t(sizeof(typename P::Elem)));
       const c10::cuda::CUDAGuard guard(on.device());  // the attribute is the current device's
       if (bytes > 48 * 1024)  // past the default limit of dynamic shared memory
-        C10_CUDA_CHECK(cudaFuncSetAttribute(rows_smem<P>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-      tm_launch(on, dim3(grid), dim3(kSmemBlock), size_t(bytes), rows_smem<P>, p, rows, n);
+        C10_CUDA_CHECK(cudaFuncSetAttribute(rows_stream<P, true, kSmemBlock, 3, true>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      tm_launch(on, dim3(grid), dim3(kSmemBlock), size_t(bytes), rows_stream<P, true, kSmemBlock, 3, true>, p, rows,
+                n);
     }
   } else if (P::kBlockK > 0 && chunks <= kMaxBlock * P::kBlockK) {
     if constexpr (P::kBlockK > 0) {
