@@ -34,8 +34,9 @@
 //   - instruction sets: the kernels are compiled for AVX-512, AVX2+FMA and the baseline
 //     (the build has no -march) and the widest one this CPU has is picked at run time.
 //     bfloat16 runs on Intel AMX tiles where the CPU and OS allow (gemm_cpu_amx.cpp), in the
-//     same cells of C; when its k blocks cover K in one it rounds each finished block of C
-//     itself, with the same store step (store_run) as the final rounding of the float copy.
+//     same cells of C; when its k blocks cover K in one it hands each finished block of C to
+//     the same store step (store_block: rounding, and Linear + ReLU's epilogue) as the final
+//     rounding of the float copy, so no float copy of C is made.
 #include "gemm_cpu.h"
 
 #include "gemm_cpu_amx.h"
@@ -74,9 +75,11 @@ struct GemmProblem {
   R* c;
   int64_t ldc;
   const R* bias;
-  T* out = nullptr;  // set (and c unused) when the back end stores finished blocks itself (AMX)
+  T* out = nullptr;  // the half types' output, rounded by the store step (store_block)
   int64_t ldo = 0;
-  uint32_t* relu_mask = nullptr;  // float, double: see relu_epilogue (half types: in gemm_cpu's store step)
+  // Linear + ReLU's mask (see relu_epilogue): float and double, applied to c by the kernels;
+  // the half types, by the store step to out (so only set with out).
+  uint32_t* relu_mask = nullptr;
 };
 
 // One instruction set's GEMM: its micro-tile and column block, and the loops over one block of C.
@@ -426,22 +429,36 @@ bool use_amx(const GemmProblem<T>& g) {
   return false;
 }
 
-// The store step of the half types: the finished C[i, j .. j + n) (float, at src) rounded
-// once to T into out (row stride ldo).
+// The store step of the half types, for a finished block C[i0:i1, j:j + n) (float, C(i, j + q)
+// at src[(i - i0) * ld + q]): rounded once to T into g.out (row stride g.ldo), then, for
+// Linear + ReLU, the ReLU epilogue on the rounded values while they are in cache. AMX calls it
+// on each finished block (one k block), gemm_cpu on the float copy of C (the others).
 template <typename T>
-void store_run(T* out, int64_t ldo, const float* src, int64_t i, int64_t j, int64_t n) {
-  T* o = out + i * ldo + j;
-  if constexpr (std::is_same<T, c10::BFloat16>::value)
-    if (cpu_isa() >= Isa::kAvx512) return amx::round_bf16(src, o, n);
-  for (int64_t q = 0; q < n; ++q) o[q] = static_cast<T>(src[q]);
+void store_block(const GemmProblem<T>& g, const float* src, int64_t ld, int64_t i0, int64_t i1, int64_t j, int64_t n) {
+  for (int64_t i = i0; i < i1; ++i) {
+    T* o = g.out + i * g.ldo + j;
+    const float* s = src + (i - i0) * ld;
+    if constexpr (std::is_same<T, c10::BFloat16>::value)
+      if (cpu_isa() >= Isa::kAvx512) {
+        amx::round_bf16(s, o, n);
+        continue;
+      }
+    for (int64_t q = 0; q < n; ++q) o[q] = static_cast<T>(s[q]);
+  }
+  if (g.relu_mask) relu_epilogue(g.out, g.ldo, g.N, i0, i1, j, j + n, g.relu_mask, cpu_isa() >= Isa::kAvx512);
 }
 
 template <typename T>
 IsaGemm<T> amx_gemm() {
   if constexpr (std::is_same<T, c10::BFloat16>::value)
     return {amx::kMR, amx::kNR, amx::kNC, [](const GemmProblem<T>& g, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-              amx::gemm_bf16_block(g.K, g.a, g.rs_a, g.cs_a, g.b, g.rs_b, g.cs_b, g.c, g.ldc, g.bias, g.out, g.ldo,
-                                   &store_run<c10::BFloat16>, i0, i1, j0, j1);
+              const amx::StoreStep store{[](const void* ctx, const float* src, int64_t ld, int64_t r0, int64_t r1,
+                                            int64_t j, int64_t n) {
+                                           store_block(*static_cast<const GemmProblem<T>*>(ctx), src, ld, r0, r1, j, n);
+                                         },
+                                         &g};
+              amx::gemm_bf16_block(g.K, g.a, g.rs_a, g.cs_a, g.b, g.rs_b, g.cs_b, g.c, g.ldc, g.bias,
+                                   g.out ? &store : nullptr, i0, i1, j0, j1);
             }};
   return {};
 }
@@ -520,21 +537,25 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t
       for (int64_t j = 0; j < N; ++j) bias_r[j] = static_cast<R>(bias[j]);
     }
     GemmProblem<T> g{M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, nullptr, N, bias_r};
-    // One k block: AMX stores finished blocks itself. (Not with the ReLU epilogue, which runs
-    // in the store step below: AMX's own store step does not take the mask yet.)
-    if (!relu_mask && K > 0 && K <= amx::kKC && use_amx(g)) {
+    // One k block: AMX hands each finished block of C to the store step itself (with the ReLU
+    // epilogue, if asked), with no float copy of C.
+    if (K > 0 && K <= amx::kKC && use_amx(g)) {
       g.out = c;
       g.ldo = ldc;
+      g.relu_mask = relu_mask;
       return gemm_compute<T>(g);
     }
     cbuf = at::empty({M, N}, opts);
     g.c = cbuf.data_ptr<R>();
-    gemm_compute<T>(g);
+    gemm_compute<T>(g);  // (relu_mask unset: the ReLU is decided on the rounded values below)
+    GemmProblem<T> s = g;
+    s.out = c;
+    s.ldo = ldc;
+    s.relu_mask = relu_mask;
+    // Rows in chunks of about 4K elements (in L1 between rounding and the ReLU).
+    const int64_t rows = std::max<int64_t>(1, 4096 / N);
     at::parallel_for(0, M, std::max<int64_t>(1, kGrain / N), [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m) {
-        store_run(c, ldc, g.c + m * N, m, 0, N);
-        if (relu_mask) relu_epilogue(c, ldc, N, m, m + 1, 0, N, relu_mask);  // on the rounded values
-      }
+      for (int64_t m = m0; m < m1; m += rows) store_block(s, g.c + m * N, N, m, std::min(m1, m + rows), 0, N);
     });
   }
 }

@@ -15,8 +15,9 @@
 // L2) and each 32-column panel of B: a 32 x 32 block of C in four tile registers (2 A tiles x 2
 // B tiles per 32 values of k: 4 tile loads per 4 TDPBF16PS), stored to the thread's float row
 // panel of C; then the panel is added to C (C = C + panel for the k blocks after the first,
-// + bias after the last), or, with one k block (K <= kKC), given bias and rounded to bfloat16
-// into the output by gemm_cpu's store step (no float copy of C). Every
+// + bias after the last), or, with one k block (K <= kKC), given bias and handed to gemm_cpu's
+// store step (no float copy of C), which rounds it to bfloat16 into the output and, for
+// Linear + ReLU, applies the ReLU and writes its mask while the block is in cache. Every
 // element of C is summed in the same order (k blocks of KC in order, 32 k at a time within) for
 // any cell or thread count, so results are bitwise the same for any number of threads.
 // Packing (zero-padded to whole tiles in k, rows and columns) absorbs the three layouts of
@@ -277,8 +278,7 @@ struct AmxScratch;
 inline char* scratch(size_t bytes) { return gemm_scratch<AmxScratch>(bytes); }
 
 void block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, int64_t rs_b, int64_t cs_b, float* c,
-           int64_t ldc, const float* bias, c10::BFloat16* out, int64_t ldo, StoreRun store, int64_t i0, int64_t i1,
-           int64_t j0, int64_t j1) {
+           int64_t ldc, const float* bias, const StoreStep* store, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   const int64_t kp = (std::min(KC, K) + 31) / 32 * 32;  // the longest k block, in whole tiles
   const int64_t nb = std::max<int64_t>(kNR, std::min<int64_t>(NC, kBBytes / (kp * 2) / kNR * kNR));
   const int64_t MC = std::max<int64_t>(kMR, std::min<int64_t>(256, kABytes / (kp * 2) / kMR * kMR));
@@ -317,9 +317,9 @@ void block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, in
               }
             }
           }
-          if (out) {  // the one k block: C = block + bias, stored by gemm_cpu's store step
+          if (store) {  // the one k block: C = block + bias, stored by gemm_cpu's store step
             add_block(cp, nb, cp, nb, mr, nc, false, bias_c);
-            for (int i = 0; i < mr; ++i) store(out, ldo, cp + i * nb, ic + ir + i, jc, nc);
+            store->fn(store->ctx, cp, nb, ic + ir, ic + ir + mr, jc, nc);
           } else {
             add_block(cp, nb, c + (ic + ir) * ldc + jc, ldc, mr, nc, pc > 0, bias_c);
           }
@@ -355,11 +355,11 @@ void round_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
 #pragma GCC pop_options
 
 void gemm_bf16_block(int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs_a, const c10::BFloat16* b,
-                     int64_t rs_b, int64_t cs_b, float* c, int64_t ldc, const float* bias, c10::BFloat16* out,
-                     int64_t ldo, StoreRun store, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+                     int64_t rs_b, int64_t cs_b, float* c, int64_t ldc, const float* bias, const StoreStep* store,
+                     int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   static_assert(sizeof(c10::BFloat16) == sizeof(u16), "bfloat16 is its 16 bits");
-  block(K, reinterpret_cast<const u16*>(a), rs_a, cs_a, reinterpret_cast<const u16*>(b), rs_b, cs_b, c, ldc, bias, out,
-        ldo, store, i0, i1, j0, j1);
+  block(K, reinterpret_cast<const u16*>(a), rs_a, cs_a, reinterpret_cast<const u16*>(b), rs_b, cs_b, c, ldc, bias,
+        store, i0, i1, j0, j1);
 }
 
 #else  // not x86-64 Linux with GCC: no AMX
@@ -367,7 +367,7 @@ void gemm_bf16_block(int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs
 bool available() { return false; }
 
 void gemm_bf16_block(int64_t, const c10::BFloat16*, int64_t, int64_t, const c10::BFloat16*, int64_t, int64_t, float*,
-                     int64_t, const float*, c10::BFloat16*, int64_t, StoreRun, int64_t, int64_t, int64_t, int64_t) {}
+                     int64_t, const float*, const StoreStep*, int64_t, int64_t, int64_t, int64_t) {}
 
 void round_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
   for (int64_t q = 0; q < n; ++q) dst[q] = static_cast<c10::BFloat16>(src[q]);

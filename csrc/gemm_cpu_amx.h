@@ -19,16 +19,21 @@ constexpr int64_t kKC = 2048;
 // permission (arch_prctl(ARCH_REQ_XCOMP_PERM), asked once here; it holds for every thread).
 bool available();
 
-// Stores the finished C[i, j .. j + n) (float, at src) as bfloat16 into out (row stride ldo).
-using StoreRun = void (*)(c10::BFloat16* out, int64_t ldo, const float* src, int64_t i, int64_t j, int64_t n);
+// gemm_cpu's store step: fn(ctx, src, ld, i0, i1, j, n) stores the finished C[i0:i1, j:j + n)
+// (float, C(i, j + q) at src[(i - i0) * ld + q]) as bfloat16 into the output, and applies the
+// ReLU epilogue there when Linear + ReLU asks for it.
+struct StoreStep {
+  void (*fn)(const void* ctx, const float* src, int64_t ld, int64_t i0, int64_t i1, int64_t j, int64_t n);
+  const void* ctx;
+};
 
 // C[i0:i1, j0:j1] = A B (+ bias) in float, on the calling thread, for
 //   A(i, k) = a[i * rs_a + k * cs_a],  B(k, j) = b[k * rs_b + j * cs_b],  C(i, j) = c[i * ldc + j],
-// i < M, j < N, k < K (K > 0), bias [N] or nullptr. With out set (only when K <= kKC) C is not
-// written: each finished run of C goes to store(out, ldo, ...) instead. Only call when available().
+// i < M, j < N, k < K (K > 0), bias [N] or nullptr. With store set (only when K <= kKC) C is not
+// written: each finished block of C goes to the store step instead. Only call when available().
 void gemm_bf16_block(int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs_a, const c10::BFloat16* b,
-                     int64_t rs_b, int64_t cs_b, float* c, int64_t ldc, const float* bias, c10::BFloat16* out,
-                     int64_t ldo, StoreRun store, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+                     int64_t rs_b, int64_t cs_b, float* c, int64_t ldc, const float* bias, const StoreStep* store,
+                     int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 
 // dst[q] = src[q] rounded to bfloat16, q < n, bitwise as c10::BFloat16(float) (nearest even, NaN
 // to 0x7fc0), with AVX-512. Only call on a CPU with AVX-512 F, BW.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common.h"
+#include "relu_rule.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -15,7 +16,7 @@ namespace {  // (one copy per file that includes it: TM_SIMD functions are multi
 // Once C[i, j0:j1) is final (bias added; for the half types rounded and stored), for rows
 // i in [i0, i1), in place while it is in cache:
 //   C = C < 0 ? 0 : C  (-0.0 and NaN kept),   bit of C(i, j) in the mask = !(C <= 0),
-// compared in acc_t<S> on the stored value (relu.cpp's semantics). The bit of C(i, j) sits at
+// on the stored value, by relu.cpp's rule (relu_elem, relu_rule.h). The bit of C(i, j) sits at
 // flat index f = i * N + j. Threads own disjoint blocks of C, but a 32-bit word of the mask can
 // straddle two blocks (a block edge in j, or a row end when N % 32 != 0). So the mask is zeroed
 // before the GEMM; a word wholly inside a row segment [f0, f1) belongs to that segment alone and
@@ -25,34 +26,43 @@ namespace {  // (one copy per file that includes it: TM_SIMD functions are multi
 
 // Whole words: x[32w .. 32w + 31] for w < nw, in place, and m[w] = their bits.
 template <typename S>
-TM_SIMD void relu_words(S* __restrict x, uint32_t* __restrict m, int64_t nw) {
+TM_SIMD void relu_words_vec(S* __restrict x, uint32_t* __restrict m, int64_t nw) {
+  using E = relu_elem_t<S>;
+  E* xe = reinterpret_cast<E*>(x);
   for (int64_t w = 0; w < nw; ++w) {
-    S* xw = x + w * 32;
+    E* xw = xe + w * 32;
     uint32_t bits = 0;
-    for (int i = 0; i < 32; ++i) {
-      const acc_t<S> v = static_cast<acc_t<S>>(xw[i]);
-      bits |= uint32_t(!(v <= acc_t<S>(0))) << i;
-      xw[i] = v < acc_t<S>(0) ? S(0) : xw[i];
-    }
+    for (int i = 0; i < 32; ++i) bits |= uint32_t(relu_elem<S>(xw[i], xw[i])) << i;
     m[w] = bits;
   }
+}
+
+// The half types with avx512 set (an AVX-512 BW CPU) take relu_rule.h's vector form of the rule.
+template <typename S>
+void relu_words(S* x, uint32_t* m, int64_t nw, bool avx512) {
+#ifdef TM_RELU_AVX512
+  if constexpr (sizeof(S) == 2)
+    if (avx512) {
+      uint16_t* xe = reinterpret_cast<uint16_t*>(x);
+      return relu_words16_avx512<S>(xe, xe, m, nw);
+    }
+#endif
+  relu_words_vec(x, m, nw);
 }
 
 // Part of a word: x[0 .. f1 - f0) at flat indices [f0, f1), within one word; its bits OR-ed in.
 template <typename S>
 void relu_part_word(S* x, uint32_t* mask, int64_t f0, int64_t f1) {
+  using E = relu_elem_t<S>;
+  E* xe = reinterpret_cast<E*>(x);
   uint32_t bits = 0;
-  for (int64_t f = f0; f < f1; ++f) {
-    const acc_t<S> v = static_cast<acc_t<S>>(x[f - f0]);
-    bits |= uint32_t(!(v <= acc_t<S>(0))) << (f % 32);
-    if (v < acc_t<S>(0)) x[f - f0] = S(0);
-  }
+  for (int64_t f = f0; f < f1; ++f) bits |= uint32_t(relu_elem<S>(xe[f - f0], xe[f - f0])) << (f % 32);
   if (bits) std::atomic_ref<uint32_t>(mask[f0 / 32]).fetch_or(bits, std::memory_order_relaxed);
 }
 
 // Flat indices [f0, f1), element f at base[f]: whole words plainly, the partial ones at the ends OR-ed.
 template <typename S>
-void relu_segment(S* base, uint32_t* mask, int64_t f0, int64_t f1) {
+void relu_segment(S* base, uint32_t* mask, int64_t f0, int64_t f1, bool avx512) {
   const int64_t wa = (f0 + 31) / 32, wb = f1 / 32;  // whole words [wa, wb)
   if (wa >= wb) {  // within at most two words, neither whole
     const int64_t cut = std::min(f1, wa * 32);
@@ -61,15 +71,17 @@ void relu_segment(S* base, uint32_t* mask, int64_t f0, int64_t f1) {
     return;
   }
   if (f0 < wa * 32) relu_part_word(base + f0, mask, f0, wa * 32);
-  relu_words(base + wa * 32, mask + wa, wb - wa);
+  relu_words(base + wa * 32, mask + wa, wb - wa, avx512);
   if (wb * 32 < f1) relu_part_word(base + wb * 32, mask, wb * 32, f1);
 }
 
+// avx512: the CPU has AVX-512 BW and the GEMM may use it (its TORCHMODULES_CPU_ISA cap).
 template <typename S>
-void relu_epilogue(S* c, int64_t ldc, int64_t N, int64_t i0, int64_t i1, int64_t j0, int64_t j1, uint32_t* mask) {
-  if (j0 == 0 && j1 == N && ldc == N) return relu_segment(c, mask, i0 * N, i1 * N);  // whole rows: one run
+void relu_epilogue(S* c, int64_t ldc, int64_t N, int64_t i0, int64_t i1, int64_t j0, int64_t j1, uint32_t* mask,
+                   bool avx512 = false) {
+  if (j0 == 0 && j1 == N && ldc == N) return relu_segment(c, mask, i0 * N, i1 * N, avx512);  // whole rows: one run
   for (int64_t i = i0; i < i1; ++i)
-    relu_segment(c + i * ldc - i * N, mask, i * N + j0, i * N + j1);  // C(i, j) at flat index i * N + j
+    relu_segment(c + i * ldc - i * N, mask, i * N + j0, i * N + j1, avx512);  // C(i, j) at flat index i * N + j
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 // As torch: relu(-0.0) = -0.0 (only x < 0 becomes 0) and its gradient 0 (threshold_backward
 // passes the gradient where y > 0 only); NaN: y = NaN and m = 1 (the gradient passes).
 #include "ops.h"
+#include "relu_rule.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -36,38 +37,20 @@ at::Tensor relu_backward(const at::Tensor& grad_y, const at::Tensor& mask) {
 // One call per chunk of whole 32-element words, compiled per ISA (simd.h); the last,
 // partial word runs through the same code on a zero-padded copy.
 
-// The half types are tested and selected as their 16 bits (kInfBits, common.h), with no
-// conversion, so the loop vectorises: through c10's conversions (and T(0), a rounding) it ran
-// 20-30x slower than float.
+// The element's rule, relu_elem (relu_rule.h), is the GEMM's ReLU epilogue's too.
 
 // y = x < 0 ? 0 : x (NaN and -0.0 kept); bit i of word w = !(x[32w+i] <= 0).
 template <typename T>
 TM_SIMD static void relu_forward_words(T* __restrict y, uint32_t* __restrict m, const T* __restrict x, int64_t w0,
                                        int64_t w1) {
+  using E = relu_elem_t<T>;
+  const E* xe = reinterpret_cast<const E*>(x);
+  E* ye = reinterpret_cast<E*>(y);
   for (int64_t w = w0; w < w1; ++w) {
+    const E* xw = xe + w * 32;
+    E* yw = ye + w * 32;
     uint32_t bits = 0;
-    if constexpr (sizeof(T) == 2) {
-      // x < 0: sign set, not -0.0, not NaN;  !(x <= 0): NaN, or sign clear and not +0.0.
-      const uint16_t* xw = reinterpret_cast<const uint16_t*>(x) + w * 32;
-      uint16_t* yw = reinterpret_cast<uint16_t*>(y) + w * 32;
-      for (int i = 0; i < 32; ++i) {
-        const uint16_t b = xw[i], mag = b & 0x7fff;
-        const bool neg = b >> 15, nan = mag > kInfBits<T>;
-        yw[i] = neg && mag != 0 && !nan ? uint16_t(0) : b;
-        bits |= uint32_t(nan || (!neg && mag != 0)) << i;
-      }
-    } else {
-      const T* xw = x + w * 32;
-      T* yw = y + w * 32;
-      for (int i = 0; i < 32; ++i) {
-        // Compare in the element's own accumulation type (double stays double), as torch:
-        // a float64 1e-310 is > 0 though it would round to 0 as a float.
-        const acc_t<T> v = static_cast<acc_t<T>>(xw[i]);
-        const bool pass = !(v <= acc_t<T>(0));
-        yw[i] = v < acc_t<T>(0) ? T(0) : xw[i];
-        bits |= uint32_t(pass) << i;
-      }
-    }
+    for (int i = 0; i < 32; ++i) bits |= uint32_t(relu_elem<T>(xw[i], yw[i])) << i;
     m[w] = bits;
   }
 }
@@ -85,14 +68,27 @@ TM_SIMD static void relu_backward_words(T* __restrict dx, const T* __restrict dy
   }
 }
 
+// The half types on an AVX-512 BW CPU: relu_rule.h's vector form of the rule (the GEMM's ReLU
+// epilogue runs it too).
+template <typename T>
+static void relu_forward_chunk(T* y, uint32_t* m, const T* x, int64_t w0, int64_t w1) {
+#ifdef TM_RELU_AVX512
+  if constexpr (sizeof(T) == 2)
+    if (relu_avx512_cpu())
+      return relu_words16_avx512<T>(reinterpret_cast<const uint16_t*>(x) + w0 * 32,
+                                    reinterpret_cast<uint16_t*>(y) + w0 * 32, m + w0, w1 - w0);
+#endif
+  relu_forward_words(y, m, x, w0, w1);
+}
+
 template <typename T>
 static void relu_forward_kernel(T* y, uint32_t* m, const T* x, int64_t n) {
   const int64_t full = n / 32, rest = n % 32;
-  at::parallel_for(0, full, kGrain / 32, [&](int64_t w0, int64_t w1) { relu_forward_words(y, m, x, w0, w1); });
+  at::parallel_for(0, full, kGrain / 32, [&](int64_t w0, int64_t w1) { relu_forward_chunk(y, m, x, w0, w1); });
   if (rest) {
     T xt[32] = {}, yt[32];
     std::copy(x + full * 32, x + n, xt);
-    relu_forward_words(yt, m + full, xt, 0, 1);  // the zero padding gets 0 bits
+    relu_forward_chunk(yt, m + full, xt, 0, 1);  // the zero padding gets 0 bits
     std::copy(yt, yt + rest, y + full * 32);
   }
 }

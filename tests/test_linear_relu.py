@@ -22,10 +22,12 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 # (M, K, N): 1..17 and 127, 1025 rows (the dot-product path, B read in place, packed blocks, row
 # blocks), N not a multiple of 32 (mask words straddle rows and the threads' column blocks), K = 0,
-# M = 0, and sizes that split over threads by columns and by rows.
+# M = 0, and sizes that split over threads by columns and by rows. bfloat16 on AMX (M > 4): M and
+# N not multiples of the 16 x 16 tiles or the 32 x 32 blocks, K odd, several column blocks
+# (70x65x530), and K > 2048 (several k blocks: the float copy of C, rounded at the end).
 SHAPES = [(m, 9, n) for m in (1, 2, 3, 4, 5, 12, 13, 16, 17) for n in (1, 7, 31, 33)] + [
     (127, 40, 45), (1025, 17, 127), (16, 127, 1025), (1025, 30, 33), (300, 257, 300), (1000, 100, 40),
-    (40, 600, 1100), (5, 0, 37), (0, 8, 5), (3, 4097, 15)]
+    (40, 600, 1100), (5, 0, 37), (0, 8, 5), (3, 4097, 15), (33, 31, 47), (70, 65, 530), (37, 2049, 45)]
 
 
 def _inputs(m, k, n, dtype, device, bias=True):
@@ -58,8 +60,8 @@ def test_same_bits_as_linear_then_relu(mkn, dtype, device):
         assert torch.equal(mask, mask_ref), "mask differs"
 
 
-@pytest.mark.parametrize("mkn", [(300, 257, 300), (1000, 100, 40), (40, 600, 1100), (1025, 30, 33), (13, 50, 1025)],
-                         ids=str)
+@pytest.mark.parametrize("mkn", [(300, 257, 300), (1000, 100, 40), (40, 600, 1100), (1025, 30, 33), (13, 50, 1025),
+                                 (70, 65, 530), (517, 2049, 45)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_bitwise_same_for_any_thread_count(mkn, dtype):
     x, w, b = _inputs(*mkn, dtype, "cpu")
@@ -75,9 +77,10 @@ def test_bitwise_same_for_any_thread_count(mkn, dtype):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("isa", ["avx2", "base"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "base"])
 def test_fallback_kernels(isa):
-    """The AVX2 and baseline GEMMs (TORCHMODULES_CPU_ISA) give the same bits as their unfused ops."""
+    """The AVX-512 (bfloat16 without AMX), AVX2 and baseline GEMMs (TORCHMODULES_CPU_ISA) give the
+    same bits as their unfused ops."""
     env = dict(os.environ, TORCHMODULES_CPU_ISA=isa)
     r = subprocess.run([sys.executable, "-m", "pytest", "tests/test_linear_relu.py", "-q", "-p", "no:cacheprovider",
                         "-x", "-k", "same_bits and cpu and (float32 or bfloat16)"], env=env, cwd=ROOT,
@@ -106,6 +109,56 @@ def test_negative_zero_nan_inf(dtype, device):
     (gb,) = torch.autograd.grad(y, b, g)
     (gbt,) = torch.autograd.grad(yt, bt, g)
     torch.testing.assert_close(gb, gbt)
+
+
+def _all_patterns(dtype):
+    """Every 16-bit pattern as dtype: ±0, denormals, ±inf, NaNs of both signs."""
+    return torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+
+
+def _packed_bits(b):
+    """A bool vector packed as the ReLU mask: bit i % 32 of little-endian word i // 32."""
+    b = torch.cat([b, b.new_zeros(-b.numel() % 32)]).view(-1, 8).to(torch.int32)
+    return (b << torch.arange(8, dtype=torch.int32)).sum(1).to(torch.uint8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_every_half_pattern(dtype):
+    """relu_forward and the GEMM's epilogue share one rule (relu_rule.h): on every 16-bit pattern,
+    relu_forward gives y = x < 0 ? +0.0 : x (bits, NaN payloads kept) and bit !(x <= 0) (reference
+    in float64); through linear_relu (K = 0: y = relu(bias); K = 1: y = relu(1 * w), on AMX for
+    bfloat16) the bits of linear then relu_forward, the mask !(y <= 0) of its own y."""
+    x = _all_patterns(dtype)
+    y, mask = ops.relu_forward(x)
+    xd = x.double()
+    assert torch.equal(_bits(y), _bits(torch.where(xd < 0, torch.zeros_like(x), x)))
+    assert torch.equal(mask, _packed_bits(~(xd <= 0)))
+    # M rows of 65541 columns: mask words straddle rows and the column blocks of the threads
+    v = torch.cat([x, x[:5]])
+    for m, k in ((3, 0), (7, 1), (45, 1)):
+        xs = torch.ones(m, k, dtype=dtype)
+        w = v.view(-1, 1)[:, :k].contiguous()
+        b = v if k == 0 else None
+        y, mask = ops.linear_relu_forward(xs, w, b)
+        y_ref, mask_ref = _unfused(xs, w, b)
+        assert torch.equal(_bits(y), _bits(y_ref)), (m, k)
+        assert torch.equal(mask, mask_ref), (m, k)
+        assert torch.equal(mask, _packed_bits(~(y.double() <= 0).flatten())), (m, k)
+        assert not (y.double() < 0).any()
+
+
+def test_bfloat16_inf_nan_on_amx():
+    """inf and NaN inputs through the AMX path (bfloat16, M > 4): ±inf and NaN outputs, bits as
+    linear then relu_forward, and y as torch's relu(linear) (NaN where torch's is NaN)."""
+    x, w, b = _inputs(37, 33, 45, torch.bfloat16, "cpu")
+    x[3, 5], x[10, 0], x[20, 7], w[4, 2] = float("inf"), -float("inf"), float("nan"), float("inf")
+    y, mask = ops.linear_relu_forward(x, w, b)
+    y_ref, mask_ref = _unfused(x, w, b)
+    assert torch.equal(_bits(y), _bits(y_ref)) and torch.equal(mask, mask_ref)
+    yt = torch.relu(torch.nn.functional.linear(x.double(), w.double(), b.double()))
+    assert torch.equal(y.isnan(), yt.isnan()) and torch.equal(y.isinf(), yt.isinf())
+    assert y.isinf().any() and y.isnan().any()
+    assert torch.equal(mask, _packed_bits(~(y.double() <= 0).flatten()))
 
 
 def _saved_bytes(fn):
