@@ -2,6 +2,7 @@
 //       Backward: da = dy summed over the dims a was broadcast along (add_backward), db alike.
 // add_backward is also Linear's bias gradient and reduces Maximum's broadcast gradients.
 #include "ops.h"
+#include "simd.h"
 
 namespace torchmodules {
 
@@ -73,22 +74,33 @@ at::Tensor add_backward(const at::Tensor& grad_y, c10::SymIntArrayRef sym_size) 
 
 // ---- CPU kernels ---------------------------------------------------------------------------
 
+// y[i] = a[i] + b[i] for s <= i < e, same-shape contiguous inputs; compiled per ISA (simd.h).
+template <typename T>
+TM_SIMD static void add_flat(T* __restrict y, const T* __restrict a, const T* __restrict b, int64_t s, int64_t e) {
+  for (int64_t i = s; i < e; ++i) y[i] = from_acc<T>(to_acc(a[i]) + to_acc(b[i]));
+}
+
 // y[i] = a[i] + b[i] (in acc_t for the half types); a, b read through the broadcast offsets.
 template <typename T>
 static void add_forward_kernel(T* y, const T* a, const T* b, const Broadcast2& bc, int64_t n) {
   using A = acc_t<T>;
   const bool flat = bc.ndim == 1 && bc.stride_a[0] == 1 && bc.stride_b[0] == 1;
   at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
-    if (flat) {
-      for (int64_t i = s; i < e; ++i) y[i] = static_cast<T>(static_cast<A>(a[i]) + static_cast<A>(b[i]));
-      return;
-    }
+    if (flat) return add_flat(y, a, b, s, e);
     for (int64_t i = s; i < e; ++i) {
       int64_t oa, ob;
       bc.offsets(i, oa, ob);
       y[i] = static_cast<T>(static_cast<A>(a[oa]) + static_cast<A>(b[ob]));
     }
   });
+}
+
+// acc[i] += sum_r dy[r * s + i] for 0 <= i < len, r in order (a block of columns of [R, O]).
+template <typename T>
+TM_SIMD static void add_rows_into(acc_t<T>* __restrict acc, const T* __restrict dy, int64_t R, int64_t s,
+                                  int64_t len) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t i = 0; i < len; ++i) acc[i] += to_acc(dy[r * s + i]);
 }
 
 // out[o] = sum_r dy[kept(o) + reduced(r)], in acc_t, r in order (deterministic).
@@ -105,10 +117,7 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
       for (int64_t c = c0; c < c1; c += kCols) {
         const int64_t len = std::min(kCols, c1 - c);
         for (int64_t i = 0; i < len; ++i) acc[i] = A(0);
-        for (int64_t r = 0; r < R; ++r) {
-          const T* row = dy + r * s + c;
-          for (int64_t i = 0; i < len; ++i) acc[i] += static_cast<A>(row[i]);
-        }
+        add_rows_into(acc, dy + c, R, s, len);
         for (int64_t i = 0; i < len; ++i) out[c + i] = static_cast<T>(acc[i]);
       }
     });

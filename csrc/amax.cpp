@@ -136,11 +136,11 @@ TM_SIMD static void amax_forward_rows(T* __restrict y, const T* __restrict x, in
     int nan = 0;
 #pragma omp simd reduction(max : m) reduction(| : nan) if (!kShort)
     for (int64_t r = 0; r < n; ++r) {
-      const A v = static_cast<A>(x[o * n + r]);
+      const A v = to_acc(x[o * n + r]);
       m = std::max(m, v);
       nan |= v != v;
     }
-    y[o] = static_cast<T>(nan ? std::numeric_limits<A>::quiet_NaN() : m);
+    y[o] = from_acc<T>(nan ? std::numeric_limits<A>::quiet_NaN() : m);
   }
 }
 
@@ -148,13 +148,13 @@ TM_SIMD static void amax_forward_rows(T* __restrict y, const T* __restrict x, in
 template <typename T>
 TM_SIMD static void amax_forward_cols(T* __restrict y, const T* __restrict x, Rows R, acc_t<T>* __restrict m) {
   using A = acc_t<T>;
-  for (int64_t i = 0; i < R.inner; ++i) m[i] = static_cast<A>(x[i]);
+  for (int64_t i = 0; i < R.inner; ++i) m[i] = to_acc(x[i]);
   for (int64_t r = 1; r < R.reduce; ++r)
     for (int64_t i = 0; i < R.inner; ++i) {
-      const A v = static_cast<A>(x[r * R.inner + i]);
+      const A v = to_acc(x[r * R.inner + i]);
       m[i] = (v > m[i] || v != v) && m[i] == m[i] ? v : m[i];  // once NaN, stays NaN
     }
-  for (int64_t i = 0; i < R.inner; ++i) y[i] = static_cast<T>(m[i]);
+  for (int64_t i = 0; i < R.inner; ++i) y[i] = from_acc<T>(m[i]);
 }
 
 template <typename T>
@@ -175,18 +175,18 @@ template <typename T, bool kDouble>
 TM_SIMD static void amax_grad_row(T* __restrict out, const T* __restrict g, const T* __restrict x, T yt, int64_t n,
                                   int64_t step) {
   using A = acc_t<T>;
-  const A yv = static_cast<A>(yt);
+  const A yv = to_acc(yt);
   int64_t c = 0;
 #pragma omp simd reduction(+ : c)
-  for (int64_t r = 0; r < n; ++r) c += static_cast<A>(x[r * step]) == yv;
+  for (int64_t r = 0; r < n; ++r) c += to_acc(x[r * step]) == yv;
   if (!kDouble) {
-    const A share = static_cast<A>(g[0]) / A(c);
-    for (int64_t r = 0; r < n; ++r) out[r * step] = static_cast<T>(share * A(static_cast<A>(x[r * step]) == yv));
+    const A share = to_acc(g[0]) / A(c);
+    for (int64_t r = 0; r < n; ++r) out[r * step] = from_acc<T>(share * A(to_acc(x[r * step]) == yv));
   } else {
     A acc = A(0);
 #pragma omp simd reduction(+ : acc)
-    for (int64_t r = 0; r < n; ++r) acc += static_cast<A>(g[r * step]) / A(c) * A(static_cast<A>(x[r * step]) == yv);
-    out[0] = static_cast<T>(acc);
+    for (int64_t r = 0; r < n; ++r) acc += to_acc(g[r * step]) / A(c) * A(to_acc(x[r * step]) == yv);
+    out[0] = from_acc<T>(acc);
   }
 }
 

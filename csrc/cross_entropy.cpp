@@ -283,12 +283,12 @@ TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m
     const int64_t e = std::min(n, b + kBlock);
     A mb = -INFINITY;
 #pragma omp simd reduction(max : mb)
-    for (int64_t k = b; k < e; ++k) mb = std::max(mb, static_cast<A>(x[k]));
+    for (int64_t k = b; k < e; ++k) mb = std::max(mb, to_acc(x[k]));
     const A m2 = std::max(m, mb);
     if (m2 == -INFINITY) continue;  // only -inf so far: s stays 0
     A sb = 0;
 #pragma omp simd reduction(+ : sb)
-    for (int64_t k = b; k < e; ++k) sb += fast_exp(static_cast<A>(x[k]) - m2);
+    for (int64_t k = b; k < e; ++k) sb += fast_exp(to_acc(x[k]) - m2);
     s = s * fast_exp(m - m2) + sb;
     m = m2;
   }
@@ -300,7 +300,7 @@ TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m
 template <typename T>
 TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, int64_t n, acc_t<T> GU,
                                        acc_t<T> lse) {
-  for (int64_t c = 0; c < n; ++c) dx[c] = static_cast<T>(GU * fast_exp(static_cast<acc_t<T>>(x[c]) - lse));
+  for (int64_t c = 0; c < n; ++c) dx[c] = from_acc<T>(GU * fast_exp(to_acc(x[c]) - lse));
 }
 
 // The row's pointers and scalars every kernel starts from.

@@ -50,7 +50,7 @@ TM_SIMD static void duplicate_backward_range(T* __restrict dx, const T* const* g
   if (n == 2) {
     const T* __restrict g0 = gs[0];
     const T* __restrict g1 = gs[1];
-    for (int64_t i = b; i < e; ++i) dx[i] = static_cast<T>(static_cast<A>(g0[i]) + static_cast<A>(g1[i]));
+    for (int64_t i = b; i < e; ++i) dx[i] = from_acc<T>(to_acc(g0[i]) + to_acc(g1[i]));
     return;
   }
   constexpr int64_t kChunk = 1024;
@@ -58,12 +58,12 @@ TM_SIMD static void duplicate_backward_range(T* __restrict dx, const T* const* g
   for (int64_t c = b; c < e; c += kChunk) {
     const int64_t len = std::min(kChunk, e - c);
     const T* __restrict g0 = gs[0] + c;
-    for (int64_t i = 0; i < len; ++i) acc[i] = static_cast<A>(g0[i]);
+    for (int64_t i = 0; i < len; ++i) acc[i] = to_acc(g0[i]);
     for (size_t k = 1; k < n; ++k) {
       const T* __restrict gk = gs[k] + c;
-      for (int64_t i = 0; i < len; ++i) acc[i] += static_cast<A>(gk[i]);
+      for (int64_t i = 0; i < len; ++i) acc[i] += to_acc(gk[i]);
     }
-    for (int64_t i = 0; i < len; ++i) dx[c + i] = static_cast<T>(acc[i]);
+    for (int64_t i = 0; i < len; ++i) dx[c + i] = from_acc<T>(acc[i]);
   }
 }
 

@@ -74,13 +74,13 @@ TM_SIMD static void log_softmax_forward_rows(T* __restrict y, const T* __restric
     T* yo = y + o * n;
     A m = -std::numeric_limits<A>::infinity();
 #pragma omp simd reduction(max : m)
-    for (int64_t r = 0; r < n; ++r) m = std::max(m, static_cast<A>(xo[r]));
+    for (int64_t r = 0; r < n; ++r) m = std::max(m, to_acc(xo[r]));
     A s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t r = 0; r < n; ++r) s += fast_exp(static_cast<A>(xo[r]) - m);
+    for (int64_t r = 0; r < n; ++r) s += fast_exp(to_acc(xo[r]) - m);
     // y = (x - m) - log s: x - m is exact-ish at |x| ~ 1e4, x - (m + log s) is not.
     const A ls = std::log(s);
-    for (int64_t r = 0; r < n; ++r) yo[r] = static_cast<T>((static_cast<A>(xo[r]) - m) - ls);
+    for (int64_t r = 0; r < n; ++r) yo[r] = from_acc<T>((to_acc(xo[r]) - m) - ls);
   }
 }
 
@@ -91,13 +91,13 @@ TM_SIMD static void log_softmax_forward_cols(T* __restrict yo, const T* __restri
   using A = acc_t<T>;
   for (int64_t i = 0; i < R.inner; ++i) { m[i] = -std::numeric_limits<A>::infinity(); s[i] = A(0); }
   for (int64_t r = 0; r < R.reduce; ++r)
-    for (int64_t i = 0; i < R.inner; ++i) m[i] = std::max(m[i], static_cast<A>(xo[r * R.inner + i]));
+    for (int64_t i = 0; i < R.inner; ++i) m[i] = std::max(m[i], to_acc(xo[r * R.inner + i]));
   for (int64_t r = 0; r < R.reduce; ++r)
-    for (int64_t i = 0; i < R.inner; ++i) s[i] += fast_exp(static_cast<A>(xo[r * R.inner + i]) - m[i]);
+    for (int64_t i = 0; i < R.inner; ++i) s[i] += fast_exp(to_acc(xo[r * R.inner + i]) - m[i]);
   for (int64_t i = 0; i < R.inner; ++i) s[i] = std::log(s[i]);
   for (int64_t r = 0; r < R.reduce; ++r)
     for (int64_t i = 0; i < R.inner; ++i)
-      yo[r * R.inner + i] = static_cast<T>((static_cast<A>(xo[r * R.inner + i]) - m[i]) - s[i]);
+      yo[r * R.inner + i] = from_acc<T>((to_acc(xo[r * R.inner + i]) - m[i]) - s[i]);
 }
 
 // kDouble == false: out0 = dx = dy - exp(y) * sum(dy)                         (g0 = dy)
@@ -113,21 +113,21 @@ TM_SIMD static void log_softmax_grad_rows(T* __restrict out0, T* __restrict out1
     A s = 0, t = 0;
     if (!kDouble) {
 #pragma omp simd reduction(+ : s)
-      for (int64_t r = 0; r < n; ++r) s += static_cast<A>(g0[base + r]);
+      for (int64_t r = 0; r < n; ++r) s += to_acc(g0[base + r]);
       for (int64_t r = 0; r < n; ++r) {
         const int64_t k = base + r;
-        out0[k] = static_cast<T>(static_cast<A>(g0[k]) - fast_exp(static_cast<A>(y[k])) * s);
+        out0[k] = from_acc<T>(to_acc(g0[k]) - fast_exp(to_acc(y[k])) * s);
       }
     } else {
 #pragma omp simd reduction(+ : s, t)
       for (int64_t r = 0; r < n; ++r) {
-        s += static_cast<A>(g1[base + r]);                                       // sum dy
-        t += static_cast<A>(g0[base + r]) * fast_exp(static_cast<A>(y[base + r]));  // sum gg exp(y)
+        s += to_acc(g1[base + r]);                                   // sum dy
+        t += to_acc(g0[base + r]) * fast_exp(to_acc(y[base + r]));  // sum gg exp(y)
       }
       for (int64_t r = 0; r < n; ++r) {
         const int64_t k = base + r;
-        out0[k] = static_cast<T>(static_cast<A>(g0[k]) - t);
-        out1[k] = static_cast<T>(-static_cast<A>(g0[k]) * fast_exp(static_cast<A>(y[k])) * s);
+        out0[k] = from_acc<T>(to_acc(g0[k]) - t);
+        out1[k] = from_acc<T>(-to_acc(g0[k]) * fast_exp(to_acc(y[k])) * s);
       }
     }
   }
@@ -144,21 +144,21 @@ TM_SIMD static void log_softmax_grad_cols(T* __restrict out0, T* __restrict out1
     for (int64_t i = 0; i < R.inner; ++i) {
       const int64_t k = base + r * R.inner + i;
       if (!kDouble) {
-        s[i] += static_cast<A>(g0[k]);
+        s[i] += to_acc(g0[k]);
       } else {
-        s[i] += static_cast<A>(g1[k]);
-        t[i] += static_cast<A>(g0[k]) * fast_exp(static_cast<A>(y[k]));
+        s[i] += to_acc(g1[k]);
+        t[i] += to_acc(g0[k]) * fast_exp(to_acc(y[k]));
       }
     }
   for (int64_t r = 0; r < R.reduce; ++r)
     for (int64_t i = 0; i < R.inner; ++i) {
       const int64_t k = base + r * R.inner + i;
-      const A p = fast_exp(static_cast<A>(y[k]));
+      const A p = fast_exp(to_acc(y[k]));
       if (!kDouble) {
-        out0[k] = static_cast<T>(static_cast<A>(g0[k]) - p * s[i]);
+        out0[k] = from_acc<T>(to_acc(g0[k]) - p * s[i]);
       } else {
-        out0[k] = static_cast<T>(static_cast<A>(g0[k]) - t[i]);
-        out1[k] = static_cast<T>(-static_cast<A>(g0[k]) * p * s[i]);
+        out0[k] = from_acc<T>(to_acc(g0[k]) - t[i]);
+        out1[k] = from_acc<T>(-to_acc(g0[k]) * p * s[i]);
       }
     }
 }

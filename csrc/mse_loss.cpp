@@ -115,7 +115,7 @@ TM_SIMD acc_t<T> sq_diff_sum_flat(const T* __restrict x, const T* __restrict t, 
   A s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = i0; i < i1; ++i) {
-    const A d = static_cast<A>(x[i]) - static_cast<A>(t[i]);
+    const A d = to_acc(x[i]) - to_acc(t[i]);
     s += d * d;
   }
   return s;
@@ -127,8 +127,8 @@ TM_SIMD void diff_map_flat(T* __restrict y, const T* __restrict x, const T* __re
                            acc_t<T> c, int64_t i0, int64_t i1) {
   using A = acc_t<T>;
   for (int64_t i = i0; i < i1; ++i) {
-    const A d = static_cast<A>(x[i]) - static_cast<A>(t[i]);
-    y[i] = static_cast<T>(kSquare ? d * d : c * d * static_cast<A>(dy[kPer ? i : 0]));
+    const A d = to_acc(x[i]) - to_acc(t[i]);
+    y[i] = from_acc<T>(kSquare ? d * d : c * d * to_acc(dy[kPer ? i : 0]));
   }
 }
 

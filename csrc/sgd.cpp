@@ -103,11 +103,11 @@ TM_SIMD void sgd_span(T* __restrict__ p, T* __restrict__ b, const T* __restrict_
               const SgdCoef<acc_t<T>>& c) {
   using A = acc_t<T>;
   for (int64_t i = 0; i < len; ++i) {
-    A pv = static_cast<A>(p[i]), bv = A(0);
-    if constexpr (kMom == kSgdMomentum) bv = static_cast<A>(b[i]);
-    sgd_update<kMom, kWd, kNesterov>(pv, bv, static_cast<A>(g[i]), c);
-    p[i] = static_cast<T>(pv);
-    if constexpr (kMom != kSgdPlain) b[i] = static_cast<T>(bv);
+    A pv = to_acc(p[i]), bv = A(0);
+    if constexpr (kMom == kSgdMomentum) bv = to_acc(b[i]);
+    sgd_update<kMom, kWd, kNesterov>(pv, bv, to_acc(g[i]), c);
+    p[i] = from_acc<T>(pv);
+    if constexpr (kMom != kSgdPlain) b[i] = from_acc<T>(bv);
   }
 }
 
