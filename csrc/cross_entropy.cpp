@@ -162,40 +162,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(const at::T
   return {loss, lse, total_weight};
 }
 
-std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& input,
-                                                          const at::Tensor& target,
-                                                          const std::optional<at::Tensor>& weight,
-                                                          const at::Tensor& lse, const at::Tensor& total_weight,
-                                                          int64_t reduction, int64_t ignore_index,
-                                                          double label_smoothing, bool target_grad) {
-  const char* op = "cross_entropy_backward";
+// The backward's checks and launch, into dx (x's shape, contiguous: a new tensor, or the input
+// itself for cross_entropy_backward_: every kernel reads an element of x before it writes dx
+// there). Returns dq, undefined unless target_grad.
+static at::Tensor ce_backward_into(const char* op, at::Tensor dx, const at::Tensor& grad_loss,
+                                   const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                                   const at::Tensor& lse, const at::Tensor& total_weight, int64_t reduction,
+                                   int64_t ignore_index, double label_smoothing, bool target_grad) {
   const at::Tensor w = opt(weight);
   const CeParams p = ce_params(op, input, target, w, reduction, ignore_index, label_smoothing);
   ce_check_saved(op, input, grad_loss, lse, total_weight, p);
   TORCH_CHECK(!target_grad || p.prob, "torchmodules.", op, ": class indices have no gradient");
   const at::Tensor gc = grad_loss.contiguous(), xc = input.contiguous(), tc = target.contiguous(), wc = contig(w),
                    lc = lse.contiguous(), twc = total_weight.contiguous();
-  at::Tensor dx = new_output(input.sizes(), input.options());
   at::Tensor dq = target_grad ? new_output(target.sizes(), target.options()) : at::Tensor();
   if (input.numel() > 0) TM_LAUNCH(cross_entropy_backward, input, dx, dq, gc, xc, tc, wc, lc, twc, p);
+  return dq;
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& input,
+                                                          const at::Tensor& target,
+                                                          const std::optional<at::Tensor>& weight,
+                                                          const at::Tensor& lse, const at::Tensor& total_weight,
+                                                          int64_t reduction, int64_t ignore_index,
+                                                          double label_smoothing, bool target_grad) {
+  at::Tensor dx = new_output(input.sizes(), input.options());
+  const at::Tensor dq = ce_backward_into("cross_entropy_backward", dx, grad_loss, input, target, weight, lse,
+                                         total_weight, reduction, ignore_index, label_smoothing, target_grad);
   return {dx, target_grad ? dq : new_output({0}, input.options())};
 }
 
-// dx into input itself: every kernel reads an element of x before it writes dx there.
 void cross_entropy_backward_inplace(at::Tensor& input, const at::Tensor& grad_loss, const at::Tensor& target,
                                     const std::optional<at::Tensor>& weight, const at::Tensor& lse,
                                     const at::Tensor& total_weight, int64_t reduction, int64_t ignore_index,
                                     double label_smoothing) {
   const char* op = "cross_entropy_backward_";
-  const at::Tensor w = opt(weight);
-  const CeParams p = ce_params(op, input, target, w, reduction, ignore_index, label_smoothing);
-  ce_check_saved(op, input, grad_loss, lse, total_weight, p);
   TORCH_CHECK(input.is_contiguous(), "torchmodules.", op, ": input of shape ", input.sizes(), " and strides ",
               input.strides(), " is not contiguous (its storage cannot hold the contiguous gradient)");
-  const at::Tensor gc = grad_loss.contiguous(), tc = target.contiguous(), wc = contig(w), lc = lse.contiguous(),
-                   twc = total_weight.contiguous();
-  at::Tensor dq;
-  if (input.numel() > 0) TM_LAUNCH(cross_entropy_backward, input, input, dq, gc, input, tc, wc, lc, twc, p);
+  ce_backward_into(op, input, grad_loss, input, target, weight, lse, total_weight, reduction, ignore_index,
+                   label_smoothing, false);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_double_backward(

@@ -210,7 +210,7 @@ class _CrossEntropyInplaceBackward(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
         input, target, weight, lse, total_weight = ctx.saved_tensors  # (raises on a second backward)
-        ops.cross_entropy_backward_(input, grad_loss.contiguous(), target, weight, lse, total_weight, *ctx.args)
+        ops.cross_entropy_backward_(input, grad_loss, target, weight, lse, total_weight, *ctx.args)
         torch.autograd.graph.increment_version(input)  # nodes that saved the logits now raise
         return input.detach(), None, None, None, None, None
 
