@@ -14,6 +14,7 @@
 
 #include "launch.cuh"
 
+#include <atomic>
 #include <cstring>
 
 namespace torchmodules {
@@ -403,10 +404,17 @@ void launch_rows(const at::Tensor& on, const P& p, int64_t rows, int64_t n) {
   } else if (smem_fits<P, VEC>(n)) {
     if constexpr (smem_row<P>()) {
       const int bytes = int(n * int64_t(sizeof(typename P::Elem)));
-      const c10::cuda::CUDAGuard guard(on.device());  // the attribute is the current device's
-      if (bytes > 48 * 1024)  // past the default limit of dynamic shared memory
+      // The limit of dynamic shared memory is the current device's, 48 KB less the static `red` by
+      // default: raised once per device to the largest row (a limit set per launch to `bytes`
+      // could be lowered by another thread between its set and this launch).
+      static std::atomic<uint64_t> raised{0};  // bit d: device d (per kernel instance)
+      const c10::cuda::CUDAGuard guard(on.device());
+      const uint64_t bit = uint64_t(1) << (on.get_device() & 63);
+      if (!(raised.load(std::memory_order_acquire) & bit)) {
         C10_CUDA_CHECK(cudaFuncSetAttribute(rows_stream<P, true, kSmemBlock, 3, true>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemRowBytes)));
+        raised.fetch_or(bit, std::memory_order_release);
+      }
       tm_launch(on, dim3(grid), dim3(kSmemBlock), size_t(bytes), rows_stream<P, true, kSmemBlock, 3, true>, p, rows,
                 n);
     }
