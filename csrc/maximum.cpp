@@ -128,7 +128,7 @@ static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, co
 }
 
 // da = dy where a won (or at a NaN), dy * 1/2 at a tie (in the acc type), and an exact 0
-// where it lost, even for an infinite or NaN dy (as torch): a select, not dy * share; db
+// where it lost, even for an infinite or NaN dy (as torch): a mask, not dy * share; db
 // likewise. W: 0 writes da only, 1 db only, 2 both (one pass over dy and the codes).
 template <typename T, int W>
 TM_SIMD static void maximum_backward_words(T* __restrict da, T* __restrict db, const T* __restrict dy,
@@ -139,10 +139,16 @@ TM_SIMD static void maximum_backward_words(T* __restrict da, T* __restrict db, c
     for (int k = 0; k < 16; ++k) {
       const uint32_t c = (codes >> (2 * k)) & 3u;
       const T g = dy[w * 16 + k];
-      const T v = c == kMaxTie ? static_cast<T>(static_cast<A>(g) * A(0.5)) : g;  // winner or NaN: g
+      // g * 1/2 at a tie, else g (winner or NaN): the factor 1 or 1/2 built in its exponent bits, so
+      // the product runs in every case. As `c == kMaxTie ? g * 0.5 : g` GCC leaves a float op under
+      // a branch (it may trap), which only the AVX-512 clone vectorises, through masks.
+      using U = std::conditional_t<sizeof(A) == 4, uint32_t, uint64_t>;
+      const U tie = c == kMaxTie;
+      const A factor = bits_as<A>(bits_as<U>(A(1)) - (tie << (sizeof(A) == 4 ? 23 : 52)));
+      const T v = from_acc<T>(to_acc(g) * factor);
       // (equality selects only: GCC turns `c == 3 || c == 0` into a bit test that does not vectorise)
-      if constexpr (W != 1) da[w * 16 + k] = c == kMaxSecond ? T(0) : v;
-      if constexpr (W != 0) db[w * 16 + k] = c == kMaxFirst ? T(0) : v;
+      if constexpr (W != 1) da[w * 16 + k] = zero_unless(c != kMaxSecond, v);
+      if constexpr (W != 0) db[w * 16 + k] = zero_unless(c != kMaxFirst, v);
     }
   }
 }

@@ -16,7 +16,11 @@
 #include <limits>
 #include <type_traits>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#if defined(TM_SIMD_ONLY)  // one clone only, to measure what another CPU runs: CFLAGS=-DTM_SIMD_ONLY=v3
+#define TM_SIMD_STR(x) #x
+#define TM_SIMD_TARGET(isa) __attribute__((target(TM_SIMD_STR(arch=x86-64-isa))))
+#define TM_SIMD TM_SIMD_TARGET(TM_SIMD_ONLY)
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
 #define TM_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TM_SIMD
@@ -115,15 +119,29 @@ TM_INLINE T clamp_select(T v, T lo, T hi) {
   return v < lo ? lo : v > hi ? hi : v;
 }
 
+// v where keep, else +0.0, by a mask on v's bits. As a select (`keep ? v : 0`) GCC may move
+// the float op that made v under a branch (a float op may trap), and only the AVX-512 clone
+// vectorises that, through masks.
+template <typename T>
+TM_INLINE T zero_unless(bool keep, T v) {
+  using B = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+  return bits_as<T>(B(bits_as<B>(v) & (B(0) - B(keep))));
+}
+
 // exp(v) in plain arithmetic the vectoriser can widen (std::exp stays a scalar call).
 //   v = n ln2 + r, |r| <= ln2 / 2:  exp(v) = 2^n exp(r),  exp(r) = sum_{k <= K} r^k / k!
 // ln2 is split in a high part with few mantissa bits (n * ln2_hi is exact) and the rest.
 // Truncation error r^(K+1) / (K+1)! relative: 5e-9 for float (K = 7, < 1/10 ulp),
 // 2e-18 for double (K = 13). 2^n is built from exponent bits in two halves, 2^n1 2^n2,
-// so results near the overflow and in the denormal range come out right; past them
-// the result is 0 or +inf, and NaN stays NaN.
+// so results near the overflow and in the denormal range come out right (p 2^n1 is exact,
+// the second product rounds once); n is clamped so that both halves stay normal, and past
+// the clamp the products overflow to +inf. Below the underflow (v < -104 for float) the
+// polynomial of a large negative r is meaningless: the result is zeroed through a mask of
+// v's bits (negative, beyond the threshold, not NaN: as unsigned, threshold < bits <= -inf).
+// No float select on v: with trapping math GCC if-converts none, and the AVX2 and SSE
+// clones stayed scalar (4x slower log_softmax there); the AVX-512 clone masked it.
 TM_INLINE float fast_exp(float v) {
-  const float n = clamp_select(std::nearbyint(v * 1.44269504088896341f), -252.f, 254.f);
+  const float n = std::nearbyint(clamp_select(v * 1.44269504088896341f, -252.f, 254.f));
   const float r = (v - n * 0.693145751953125f) - n * 1.42860682e-6f;
   float p = 1.f / 5040;
   p = p * r + 1.f / 720;
@@ -136,11 +154,13 @@ TM_INLINE float fast_exp(float v) {
   const int32_t n1 = static_cast<int32_t>(n) / 2, n2 = static_cast<int32_t>(n) - n1;  // each in [-126, 127]
   const float e = p * bits_as<float>((static_cast<uint32_t>(n1) + 127u) << 23) *
                   bits_as<float>((static_cast<uint32_t>(n2) + 127u) << 23);
-  return v < -104.f ? 0.f : v > 88.7228394f ? std::numeric_limits<float>::infinity() : e;
+  const uint32_t b = bits_as<uint32_t>(v);
+  const uint32_t zero = 0u - uint32_t(b > 0xc2d00000u && b <= 0xff800000u);  // -104 > v >= -inf
+  return bits_as<float>(bits_as<uint32_t>(e) & ~zero);
 }
 
 TM_INLINE double fast_exp(double v) {
-  const double n = clamp_select(std::nearbyint(v * 1.4426950408889634), -2044.0, 2046.0);
+  const double n = std::nearbyint(clamp_select(v * 1.4426950408889634, -2044.0, 2046.0));
   const double r = (v - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
   double p = 1.0 / 6227020800.0;  // 1/13!
   p = p * r + 1.0 / 479001600.0;  // 1/12!
@@ -159,7 +179,9 @@ TM_INLINE double fast_exp(double v) {
   const int32_t n1 = static_cast<int32_t>(n) / 2, n2 = static_cast<int32_t>(n) - n1;  // each in [-1022, 1023]
   const double e = p * bits_as<double>((static_cast<uint64_t>(n1) + 1023u) << 52) *
                    bits_as<double>((static_cast<uint64_t>(n2) + 1023u) << 52);
-  return v < -746.0 ? 0.0 : v > 709.782712893384 ? std::numeric_limits<double>::infinity() : e;
+  const uint64_t b = bits_as<uint64_t>(v);
+  const uint64_t zero = 0u - uint64_t(b > 0xc087500000000000u && b <= 0xfff0000000000000u);  // -746 > v >= -inf
+  return bits_as<double>(bits_as<uint64_t>(e) & ~zero);
 }
 
 }  // namespace torchmodules

@@ -1,9 +1,10 @@
-// Test harness for the half-type conversions of csrc/simd.h, built and run by
+// Test harness for the half-type conversions and fast_exp of csrc/simd.h, built and run by
 // tests/test_half_cpu.py: the same loops the kernels vectorise, compiled for each ISA of
 // TM_SIMD's clones that this CPU runs, next to c10's scalar conversions (what the kernels
 // used before).
 //   half_convert IN16 IN32 OUT:  IN16 holds uint16 bit patterns, IN32 uint32 (float) ones;
-//   writes OUT.<isa>.{h2f,b2f,f2h,f2b} and OUT.c10.{...}, and prints the ISAs it ran.
+//   writes OUT.<isa>.{h2f,b2f,f2h,f2b,exp,expd} (exp: fast_exp of the IN32 floats, expd: of
+//   them widened to double) and OUT.c10.{h2f,...,f2b}, and prints the ISAs it ran.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -26,6 +27,10 @@ using namespace torchmodules;
       f2h[i] = float_to_half_bits(bits_as<float>(in[i]));                                                 \
       f2b[i] = float_to_bf16_bits(bits_as<float>(in[i]));                                                \
     }                                                                                                     \
+  }                                                                                                       \
+  TARGET void NAME##_exp(float* __restrict e, double* __restrict ed, const uint32_t* __restrict in, long n) { \
+    for (long i = 0; i < n; ++i) e[i] = fast_exp(bits_as<float>(in[i]));                                 \
+    for (long i = 0; i < n; ++i) ed[i] = fast_exp(double(bits_as<float>(in[i])));                        \
   }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -72,7 +77,9 @@ int main(int argc, char** argv) {
   const long n16 = (long)in16.size(), n32 = (long)in32.size();
   std::vector<uint32_t> h2f(n16), b2f(n16);
   std::vector<uint16_t> f2h(n32), f2b(n32);
-  auto run = [&](const char* isa, auto widen, auto narrow) {
+  std::vector<float> e(n32);
+  std::vector<double> ed(n32);
+  auto run = [&](const char* isa, auto widen, auto narrow, auto exp) {
     widen(h2f.data(), b2f.data(), in16.data(), n16);
     narrow(f2h.data(), f2b.data(), in32.data(), n32);
     const std::string out = std::string(argv[3]) + "." + isa;
@@ -80,17 +87,22 @@ int main(int argc, char** argv) {
     write_all(out + ".b2f", b2f);
     write_all(out + ".f2h", f2h);
     write_all(out + ".f2b", f2b);
+    if (exp) {
+      exp(e.data(), ed.data(), in32.data(), n32);
+      write_all(out + ".exp", e);
+      write_all(out + ".expd", ed);
+    }
     std::printf("%s\n", isa);
   };
-  run("c10", c10_widen, c10_narrow);
-  run("base", base_widen, base_narrow);
+  run("c10", c10_widen, c10_narrow, (decltype(&base_exp)) nullptr);
+  run("base", base_widen, base_narrow, base_exp);
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-    run("v3", v3_widen, v3_narrow);
+    run("v3", v3_widen, v3_narrow, v3_exp);
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    run("v4", v4_widen, v4_narrow);
+    run("v4", v4_widen, v4_narrow, v4_exp);
 #endif
   return 0;
 }

@@ -251,6 +251,12 @@ def test_inplace_backward_guards(device):
     g_ref, = torch.autograd.grad(F.cross_entropy(xt.t(), t), xt)
     torch.testing.assert_close(g_nc, g_ref)
     assert torch.equal(xt.detach(), x.t()), "a non-contiguous input was changed"
+    leaf = x.clone().requires_grad_()  # a leaf keeps its values; its .grad is a tensor of its own
+    TF.cross_entropy(leaf, t, inplace_backward=True).backward()
+    ref = x.clone().requires_grad_()
+    F.cross_entropy(ref, t).backward()
+    torch.testing.assert_close(leaf.grad, ref.grad)
+    assert torch.equal(leaf.detach(), x) and leaf.grad.data_ptr() != leaf.data_ptr()
     with torch.no_grad():
         torch.testing.assert_close(TF.cross_entropy(x, t, inplace_backward=True), F.cross_entropy(x, t))
     m = tm.CrossEntropyLoss(label_smoothing=0.1, inplace_backward=True)

@@ -3,7 +3,7 @@ conversions of csrc/simd.h (bits <-> float, computing in float):
   - the conversions themselves, built for each ISA of TM_SIMD's clones this CPU runs (by
     tests/half_convert.cpp), against torch's .to() and c10's scalar ones (which the kernels
     used before): every float16 / bfloat16 pattern, and float patterns around every rounding
-    boundary;
+    boundary; and simd.h's fast_exp, float and double, per ISA against torch.exp;
   - the kernels on inputs with NaN, inf and subnormals: add against torch's add, and each
     kernel that uses the conversions against our float32 kernel on the same values, rounded
     once by torch (the half path must be the float path plus the conversions, bit for bit).
@@ -86,6 +86,9 @@ def conversions(tmp_path_factory):
             what, len(in32)), dtype=dtype)
     out = {isa: {"h2f": load(isa, "h2f", torch.float32), "b2f": load(isa, "b2f", torch.float32),
                  "f2h": load(isa, "f2h", torch.float16), "f2b": load(isa, "f2b", torch.bfloat16)} for isa in isas}
+    for isa in isas:
+        if isa != "c10":
+            out[isa]["exp"], out[isa]["expd"] = load(isa, "exp", torch.float32), load(isa, "expd", torch.float64)
     return in16, in32, out
 
 
@@ -126,6 +129,31 @@ def test_narrow_rounds_to_nearest_even(conversions, isa):
         assert torch.equal(_bits(ours)[~nan], _bits(ref)[~nan]), what
         assert bool(ours[nan].isnan().all()), what
         assert torch.equal(_bits(ours), _bits(out["c10"][what])), what
+
+
+@pytest.mark.parametrize("isa", ["base", "v3", "v4"])
+def test_fast_exp(conversions, isa):
+    """simd.h's fast_exp (log_softmax's and cross_entropy's exp) in float and double, on every
+    float exponent (the float patterns above, and them widened to double) against torch.exp in
+    float64: within 2 ulp, subnormal results within one subnormal step, +0.0 (never -0.0) below
+    the underflow and for -inf, inf past the overflow and for inf, NaN for NaN."""
+    _, in32, out = conversions
+    if isa not in out:
+        pytest.skip(f"this CPU does not run the {isa} clone")
+    x = in32.view(torch.float32).double()
+    for what, dt, ulp, tiny, big in (("exp", torch.float32, 2.0**-23, 2.0**-149, 3.4028234663852886e38),
+                                     ("expd", torch.float64, 2.0**-52, 2.0**-1074, 1.7976931348623157e308)):
+        ours = out[isa][what]
+        ref = x.exp()
+        nan = x.isnan()
+        assert bool(ours[nan].isnan().all()) and not bool(ours[~nan].isnan().any()), what
+        assert not bool(ours[~nan].signbit().any()), f"{what}: a negative result (-0.0?)"
+        fin = ~nan & (ref <= big)
+        torch.testing.assert_close(ours[fin].double(), ref[fin], rtol=2 * ulp, atol=tiny, msg=what)
+        over = ~nan & (ref > big * (1 + 4 * ulp))
+        assert bool((ours[over] == float("inf")).all()), what
+        under = ~nan & (ref < tiny / 2 * (1 - 4 * ulp))
+        assert bool((ours[under] == 0).all()), what
 
 
 # ---- the kernels -------------------------------------------------------------------------------

@@ -170,7 +170,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
     holds its gradient: use it only where nothing else reads the logits afterwards. Autograd
     nodes that saved the logits raise an error rather than read the gradient, and so does a
     second backward (retain_graph). Eager only: under torch.compile, torch.func transforms or
-    autocast, for a non-contiguous input or a target that needs a gradient, the usual backward runs."""
+    autocast, for a non-contiguous input, a leaf input (its .grad would share the leaf's storage)
+    or a target that needs a gradient, the usual backward runs."""
     red = _reduction_enum("cross_entropy", size_average, reduce, reduction)
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("torchmodules.cross_entropy: weight is not differentiable; pass weight.detach()")
@@ -190,7 +191,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
 
 
 def _ce_inplace_applies(input, target):
-    return (torch.is_grad_enabled() and input.requires_grad and input.is_contiguous() and not target.requires_grad
+    return (torch.is_grad_enabled() and input.requires_grad and not input.is_leaf and input.is_contiguous()
+            and not target.requires_grad
             and not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
             and not torch.is_autocast_enabled(input.device.type))
 
