@@ -20,6 +20,7 @@
 // back (one sync on CUDA; skipped while a CUDA graph is captured, where the rows are NaN).
 // The backward kernels write NaN rows for such targets rather than reading out of bounds.
 #include "ops.h"
+#include "short_rows.h"
 #include "simd.h"
 
 #include <atomic>
@@ -360,48 +361,58 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
   std::vector<A> buf(rows_out ? 0 : R);
   std::atomic<int64_t> bad_n{0}, bad_last{0};
+  // Short contiguous rows of class indices: m and s of a block of rows at once (short_rows.h).
+  const bool short_rows = !P.prob && !smooth && P.inner == 1 && C > 0 && C < kShortRow;
+  const int64_t block = short_rows ? kShortBlock / C : R;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const CeRow row = ce_row(P, r);
-      const T* xr = x + row.base;
-      A L, l;
-      if (P.prob) {
-        const T* qr = q + row.base;
-        Online<A> st;
-        for (int64_t c = 0; c < C; ++c)
-          st.template add<true>(A(xr[c * row.D]), (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc));
-        const A ls = tm_log(st.s);
-        L = st.a + st.up * ls;
-        l = st.m + ls;
-        if (!std::isfinite(L))
-          L = A(ce_prob_row_exact(xr, qr, row.D, C, w, 1.0 - P.smoothing, P.smoothing / double(C)));
-      } else {
-        const int64_t tr = t[r];
-        if (tr == P.ignore_index) {
-          L = 0, l = 0;
-        } else if (tr < 0 || tr >= C) {
-          bad_n.fetch_add(1);
-          for (int64_t cur = bad_last.load(); cur < r + 1 && !bad_last.compare_exchange_weak(cur, r + 1);) {
-          }
-          L = nan_v<A>(), l = nan_v<A>();
-        } else {
+    A sm[kShortBlock], ss[kShortBlock], scratch[kShortBlock];  // m and s of a block's short rows
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+      const int64_t b1 = std::min(r1, b0 + block);
+      if (short_rows) short_rows_max_sumexp(x + b0 * C, C, b1 - b0, sm, ss, scratch);
+      for (int64_t r = b0; r < b1; ++r) {
+        const CeRow row = ce_row(P, r);
+        const T* xr = x + row.base;
+        A L, l;
+        if (P.prob) {
+          const T* qr = q + row.base;
           Online<A> st;
-          if (smooth) {
-            for (int64_t c = 0; c < C; ++c) st.template add<true>(A(xr[c * row.D]), w ? A(w[c]) : A(1));
-          } else if (row.D == 1) {
-            online_lse_contiguous(xr, C, &st.m, &st.s);
-          } else {
-            for (int64_t c = 0; c < C; ++c) st.template add<false>(A(xr[c * row.D]), A(0));
-          }
+          for (int64_t c = 0; c < C; ++c)
+            st.template add<true>(A(xr[c * row.D]), (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc));
           const A ls = tm_log(st.s);
-          const A nll = (w ? A(w[tr]) : A(1)) * ((st.m - A(xr[tr * row.D])) + ls);
-          L = smooth ? keep * nll + epsc * (st.a + st.up * ls) : nll;
+          L = st.a + st.up * ls;
           l = st.m + ls;
+          if (!std::isfinite(L))
+            L = A(ce_prob_row_exact(xr, qr, row.D, C, w, 1.0 - P.smoothing, P.smoothing / double(C)));
+        } else {
+          const int64_t tr = t[r];
+          if (tr == P.ignore_index) {
+            L = 0, l = 0;
+          } else if (tr < 0 || tr >= C) {
+            bad_n.fetch_add(1);
+            for (int64_t cur = bad_last.load(); cur < r + 1 && !bad_last.compare_exchange_weak(cur, r + 1);) {
+            }
+            L = nan_v<A>(), l = nan_v<A>();
+          } else {
+            Online<A> st;
+            if (smooth) {
+              for (int64_t c = 0; c < C; ++c) st.template add<true>(A(xr[c * row.D]), w ? A(w[c]) : A(1));
+            } else if (short_rows) {
+              st.m = sm[r - b0], st.s = ss[r - b0];
+            } else if (row.D == 1) {
+              online_lse_contiguous(xr, C, &st.m, &st.s);
+            } else {
+              for (int64_t c = 0; c < C; ++c) st.template add<false>(A(xr[c * row.D]), A(0));
+            }
+            const A ls = tm_log(st.s);
+            const A nll = (w ? A(w[tr]) : A(1)) * ((st.m - A(xr[tr * row.D])) + ls);
+            L = smooth ? keep * nll + epsc * (st.a + st.up * ls) : nll;
+            l = st.m + ls;
+          }
         }
+        lse[r] = l;
+        if (rows_out) loss[r] = static_cast<T>(L);
+        else buf[r] = L;
       }
-      lse[r] = l;
-      if (rows_out) loss[r] = static_cast<T>(L);
-      else buf[r] = L;
     }
   });
   if (bad) bad[0] = bad_n.load(), bad[1] = bad_last.load();
@@ -429,41 +440,55 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
+  // Short contiguous rows of class indices: p = exp(x - lse) of a block of rows at once (short_rows.h).
+  const bool short_rows = !P.prob && !smooth && P.inner == 1 && C > 0 && C < kShortRow;
+  const int64_t block = short_rows ? kShortBlock / C : R;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const CeRow row = ce_row(P, r);
-      const T* xr = x + row.base;
-      T* dxr = dx + row.base;
-      const A G = A(g[P.reduction == 0 ? r : 0]) * sc, l = lse[r];
-      if (P.prob) {
-        const T* qr = q + row.base;
-        A U = 0;
-        for (int64_t c = 0; c < C; ++c) U += (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc);
-        for (int64_t c = 0; c < C; ++c) {
-          const A wc = w ? A(w[c]) : A(1), xv = A(xr[c * row.D]);
-          const A u = wc * (keep * A(qr[c * row.D]) + epsc);
-          dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(xv - l) - u));
-          if (dq) dq[row.base + c * row.D] = static_cast<T>(-keep * G * wc * (xv - l));
+    A p[kShortBlock];  // the block's p, from x before any of its dx is written (dx may be x: cross_entropy_backward_)
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+      const int64_t b1 = std::min(r1, b0 + block);
+      if (short_rows) short_rows_softmax(x + b0 * C, lse + b0, C, b1 - b0, p);
+      for (int64_t r = b0; r < b1; ++r) {
+        const CeRow row = ce_row(P, r);
+        const T* xr = x + row.base;
+        T* dxr = dx + row.base;
+        const A G = A(g[P.reduction == 0 ? r : 0]) * sc, l = lse[r];
+        if (P.prob) {
+          const T* qr = q + row.base;
+          A U = 0;
+          for (int64_t c = 0; c < C; ++c) U += (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc);
+          for (int64_t c = 0; c < C; ++c) {
+            const A wc = w ? A(w[c]) : A(1), xv = A(xr[c * row.D]);
+            const A u = wc * (keep * A(qr[c * row.D]) + epsc);
+            dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(xv - l) - u));
+            if (dq) dq[row.base + c * row.D] = static_cast<T>(-keep * G * wc * (xv - l));
+          }
+          continue;
         }
-        continue;
-      }
-      const int64_t tr = t[r];
-      if (tr == P.ignore_index || tr < 0 || tr >= C) {
-        const T fill = static_cast<T>(tr == P.ignore_index ? A(0) : nan_v<A>());
-        for (int64_t c = 0; c < C; ++c) dxr[c * row.D] = fill;
-        continue;
-      }
-      const A wt = w ? A(w[tr]) : A(1);
-      const A U = keep * wt + (smooth ? epsc * wsum : A(0));
-      if (!smooth && row.D == 1) {  // u is keep * wt at the target, 0 elsewhere
-        const A xt = A(xr[tr]);       // (read first: dx may be x itself, cross_entropy_backward_)
-        softmax_scaled_contiguous(dxr, xr, C, G * U, l);
-        dxr[tr] = static_cast<T>(G * (U * fast_exp(xt - l) - keep * wt));
-        continue;
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const A u = (c == tr ? keep * wt : A(0)) + (smooth ? epsc * (w ? A(w[c]) : A(1)) : A(0));
-        dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(A(xr[c * row.D]) - l) - u));
+        const int64_t tr = t[r];
+        if (tr == P.ignore_index || tr < 0 || tr >= C) {
+          const T fill = static_cast<T>(tr == P.ignore_index ? A(0) : nan_v<A>());
+          for (int64_t c = 0; c < C; ++c) dxr[c * row.D] = fill;
+          continue;
+        }
+        const A wt = w ? A(w[tr]) : A(1);
+        const A U = keep * wt + (smooth ? epsc * wsum : A(0));
+        if (short_rows) {  // u is keep * wt at the target, 0 elsewhere
+          const A* pr = p + (r - b0) * C;
+          for (int64_t c = 0; c < C; ++c) dxr[c] = static_cast<T>(G * U * pr[c]);
+          dxr[tr] = static_cast<T>(G * (U * pr[tr] - keep * wt));
+          continue;
+        }
+        if (!smooth && row.D == 1) {  // as above
+          const A xt = A(xr[tr]);     // (read first: dx may be x itself, cross_entropy_backward_)
+          softmax_scaled_contiguous(dxr, xr, C, G * U, l);
+          dxr[tr] = static_cast<T>(G * (U * fast_exp(xt - l) - keep * wt));
+          continue;
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const A u = (c == tr ? keep * wt : A(0)) + (smooth ? epsc * (w ? A(w[c]) : A(1)) : A(0));
+          dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(A(xr[c * row.D]) - l) - u));
+        }
       }
     }
   });

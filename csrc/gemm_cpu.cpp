@@ -80,6 +80,10 @@ struct GemmProblem {
   // Linear + ReLU's mask (see relu_epilogue): float and double, applied to c by the kernels;
   // the half types, by the store step to out (so only set with out).
   uint32_t* relu_mask = nullptr;
+  // bfloat16: set when an AMX block packed a subnormal (read as 0 by AMX; gemm_cpu then reruns
+  // the product with no_amx, on the vector kernels).
+  std::atomic<bool>* amx_subnormal = nullptr;
+  bool no_amx = false;
 };
 
 // One instruction set's GEMM: its micro-tile and column block, and the loops over one block of C.
@@ -425,7 +429,7 @@ IsaGemm<T> pick_isa_gemm() {
 template <typename T>
 bool use_amx(const GemmProblem<T>& g) {
   if constexpr (std::is_same<T, c10::BFloat16>::value)
-    return cpu_isa() == Isa::kAmx && !(g.cs_a == 1 && g.rs_b == 1 && g.M <= kDotRows);
+    return cpu_isa() == Isa::kAmx && !g.no_amx && !(g.cs_a == 1 && g.rs_b == 1 && g.M <= kDotRows);
   return false;
 }
 
@@ -457,8 +461,9 @@ IsaGemm<T> amx_gemm() {
                                            store_block(*static_cast<const GemmProblem<T>*>(ctx), src, ld, r0, r1, j, n);
                                          },
                                          &g};
-              amx::gemm_bf16_block(g.K, g.a, g.rs_a, g.cs_a, g.b, g.rs_b, g.cs_b, g.c, g.ldc, g.bias,
-                                   g.out ? &store : nullptr, i0, i1, j0, j1);
+              if (amx::gemm_bf16_block(g.K, g.a, g.rs_a, g.cs_a, g.b, g.rs_b, g.cs_b, g.c, g.ldc, g.bias,
+                                       g.out ? &store : nullptr, i0, i1, j0, j1) && g.amx_subnormal)
+                g.amx_subnormal->store(true, std::memory_order_relaxed);
             }};
   return {};
 }
@@ -537,17 +542,26 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t
       for (int64_t j = 0; j < N; ++j) bias_r[j] = static_cast<R>(bias[j]);
     }
     GemmProblem<T> g{M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, nullptr, N, bias_r};
+    std::atomic<bool> subnormal{false};  // AMX met a subnormal: rerun on the vector kernels
+    g.amx_subnormal = &subnormal;
     // One k block: AMX hands each finished block of C to the store step itself (with the ReLU
     // epilogue, if asked), with no float copy of C.
     if (K > 0 && K <= amx::kKC && use_amx(g)) {
       g.out = c;
       g.ldo = ldc;
       g.relu_mask = relu_mask;
-      return gemm_compute<T>(g);
+      gemm_compute<T>(g);
+      if (!subnormal) return;
+      g.out = nullptr, g.ldo = 0, g.relu_mask = nullptr, g.no_amx = true;
+      if (relu_mask) std::memset(relu_mask, 0, (M * N + 31) / 32 * sizeof(uint32_t));
     }
     cbuf = at::empty({M, N}, opts);
     g.c = cbuf.data_ptr<R>();
     gemm_compute<T>(g);  // (relu_mask unset: the ReLU is decided on the rounded values below)
+    if (subnormal && !g.no_amx) {
+      g.no_amx = true;
+      gemm_compute<T>(g);
+    }
     GemmProblem<T> s = g;
     s.out = c;
     s.ldo = ldc;

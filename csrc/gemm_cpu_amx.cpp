@@ -100,6 +100,19 @@ inline __mmask16 mask16(int n) { return n >= 16 ? __mmask16(0xffff) : __mmask16(
 // Up to n (<= 32) bfloat16 from p, zeros past n (nothing read there).
 inline __m512i load_n(const u16* p, int64_t n) { return n > 0 ? _mm512_maskz_loadu_epi16(mask32(n), p) : _mm512_setzero_si512(); }
 
+// TDPBF16PS reads bfloat16 subnormals as 0 (Intel SDM, "denormal inputs are treated as zero"):
+// a subnormal times inf gives NaN, not inf, and times a huge value 0, not its finite product.
+// Packing stores every element once, so it notes there whether any was subnormal (exponent 0,
+// mantissa not 0), and gemm_cpu reruns such a product on the vector kernels.
+inline void store_packed(u16* dst, __m512i v, __mmask32& sub) {
+  sub |= _mm512_test_epi16_mask(v, _mm512_set1_epi16(0x007f)) & ~_mm512_test_epi16_mask(v, _mm512_set1_epi16(0x7f80));
+  _mm512_store_si512(dst, v);
+}
+inline u16 packed(u16 v, __mmask32& sub) {
+  sub |= (v & 0x7f80) == 0 && (v & 0x007f) != 0;
+  return v;
+}
+
 // The bfloat16 pairs (x[j], y[j]) of x, y's lanes j = 0 .. 15 (lo) and 16 .. 31 (hi).
 inline void interleave(__m512i x, __m512i y, __m512i& lo, __m512i& hi) {
   alignas(64) static constexpr int16_t kLo[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
@@ -141,13 +154,14 @@ inline void transpose16(__m512i (&r)[16]) {
 // A's block, rows [0, mc) x k [0, kc) of A(i, k) = src[i * rs + k * cs], as A tiles: tile
 // (p, kb) (rows 16p .. 16p + 15, k 32kb .. 32kb + 31) at dst + (p * nkb + kb) * kTile, A(i, k)
 // at row i % 16, column k % 32 of it; zeros past mc and kc.
-void pack_a(u16* __restrict dst, const u16* __restrict src, int64_t rs, int64_t cs, int64_t mc, int64_t kc) {
+void pack_a(u16* __restrict dst, const u16* __restrict src, int64_t rs, int64_t cs, int64_t mc, int64_t kc,
+            __mmask32& sub) {
   const int64_t nkb = (kc + 31) / 32, mp = (mc + 15) / 16 * 16;
   auto row = [&](int64_t i, int64_t kb) { return dst + (i / 16 * nkb + kb) * kTile + i % 16 * 32; };
   if (cs == 1) {  // row copies
     for (int64_t i = 0; i < mp; ++i)
       for (int64_t kb = 0; kb < nkb; ++kb)
-        _mm512_store_si512(row(i, kb), i < mc ? load_n(src + i * rs + kb * 32, kc - kb * 32) : _mm512_setzero_si512());
+        store_packed(row(i, kb), i < mc ? load_n(src + i * rs + kb * 32, kc - kb * 32) : _mm512_setzero_si512(), sub);
   } else if (rs == 1) {  // column-major: rows of 32 i at k, k + 1 interleaved into pairs, transposed
     for (int64_t kb = 0; kb < nkb; ++kb)
       for (int64_t i0 = 0; i0 < mp; i0 += 32) {
@@ -159,22 +173,24 @@ void pack_a(u16* __restrict dst, const u16* __restrict src, int64_t rs, int64_t 
           interleave(e, o, x[r], y[r]);
         }
         transpose16(x);
-        for (int i = 0; i < 16; ++i) _mm512_store_si512(row(i0 + i, kb), x[i]);
+        for (int i = 0; i < 16; ++i) store_packed(row(i0 + i, kb), x[i], sub);
         if (i0 + 16 < mp) {
           transpose16(y);
-          for (int i = 0; i < 16; ++i) _mm512_store_si512(row(i0 + 16 + i, kb), y[i]);
+          for (int i = 0; i < 16; ++i) store_packed(row(i0 + 16 + i, kb), y[i], sub);
         }
       }
   } else {
     for (int64_t i = 0; i < mp; ++i)
-      for (int64_t k = 0; k < nkb * 32; ++k) row(i, k / 32)[k % 32] = i < mc && k < kc ? src[i * rs + k * cs] : 0;
+      for (int64_t k = 0; k < nkb * 32; ++k)
+        row(i, k / 32)[k % 32] = packed(i < mc && k < kc ? src[i * rs + k * cs] : 0, sub);
   }
 }
 
 // B's block, k [0, kc) x columns [0, nc) of B(k, j) = src[k * rs + j * cs], as B tiles: tile
 // (q, kb) (columns 16q .. 16q + 15, k 32kb .. 32kb + 31) at dst + (q * nkb + kb) * kTile,
 // B(k, j) at [(k % 32) / 2 * 32 + (j % 16) * 2 + k % 2] of it; zeros past kc and nc.
-void pack_b(u16* __restrict dst, const u16* __restrict src, int64_t rs, int64_t cs, int64_t kc, int64_t nc) {
+void pack_b(u16* __restrict dst, const u16* __restrict src, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+            __mmask32& sub) {
   const int64_t nkb = (kc + 31) / 32, np = (nc + 15) / 16;
   auto tile = [&](int64_t q, int64_t kb) { return dst + (q * nkb + kb) * kTile; };
   if (cs == 1) {  // rows k, k + 1 interleaved: 32 columns at a time, along the rows
@@ -187,8 +203,8 @@ void pack_b(u16* __restrict dst, const u16* __restrict src, int64_t rs, int64_t 
           __m512i lo, hi;
           interleave(k < kc ? load_n(e + j0, nc - j0) : _mm512_setzero_si512(),
                      k + 1 < kc ? load_n(o + j0, nc - j0) : _mm512_setzero_si512(), lo, hi);
-          _mm512_store_si512(tile(j0 / 16, kb) + r * 32, lo);
-          if (j0 + 16 < nc) _mm512_store_si512(tile(j0 / 16 + 1, kb) + r * 32, hi);
+          store_packed(tile(j0 / 16, kb) + r * 32, lo, sub);
+          if (j0 + 16 < nc) store_packed(tile(j0 / 16 + 1, kb) + r * 32, hi, sub);
         }
       }
   } else if (rs == 1) {  // k-contiguous: 16 columns x 32 k (16 pairs), transposed as 32-bit pairs
@@ -198,14 +214,14 @@ void pack_b(u16* __restrict dst, const u16* __restrict src, int64_t rs, int64_t 
         for (int j = 0; j < 16; ++j)
           x[j] = q * 16 + j < nc ? load_n(src + (q * 16 + j) * cs + kb * 32, kc - kb * 32) : _mm512_setzero_si512();
         transpose16(x);
-        for (int r = 0; r < 16; ++r) _mm512_store_si512(tile(q, kb) + r * 32, x[r]);
+        for (int r = 0; r < 16; ++r) store_packed(tile(q, kb) + r * 32, x[r], sub);
       }
   } else {
     for (int64_t q = 0; q < np; ++q)
       for (int64_t k = 0; k < nkb * 32; ++k)
         for (int j = 0; j < 16; ++j) {
           const int64_t jj = q * 16 + j;
-          tile(q, k / 32)[k % 32 / 2 * 32 + j * 2 + k % 2] = k < kc && jj < nc ? src[k * rs + jj * cs] : 0;
+          tile(q, k / 32)[k % 32 / 2 * 32 + j * 2 + k % 2] = packed(k < kc && jj < nc ? src[k * rs + jj * cs] : 0, sub);
         }
   }
 }
@@ -277,7 +293,7 @@ void add_block(const float* blk, int64_t ld, float* c, int64_t ldc, int mr, int6
 struct AmxScratch;
 inline char* scratch(size_t bytes) { return gemm_scratch<AmxScratch>(bytes); }
 
-void block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, int64_t rs_b, int64_t cs_b, float* c,
+bool block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, int64_t rs_b, int64_t cs_b, float* c,
            int64_t ldc, const float* bias, const StoreStep* store, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   const int64_t kp = (std::min(KC, K) + 31) / 32 * 32;  // the longest k block, in whole tiles
   const int64_t nb = std::max<int64_t>(kNR, std::min<int64_t>(NC, kBBytes / (kp * 2) / kNR * kNR));
@@ -288,16 +304,17 @@ void block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, in
   u16* const bp = reinterpret_cast<u16*>(ws + a_bytes);
   float* const cp = reinterpret_cast<float*>(ws + a_bytes + b_bytes);  // 32 rows x nb of C
   static const TileConfig config;
+  __mmask32 sub = 0;  // a subnormal packed (see store_packed)
   _tile_loadconfig(&config);  // per thread: this thread's tiles, released at the end
   for (int64_t jc = j0; jc < j1; jc += nb) {
     const int64_t nc = std::min(nb, j1 - jc);
     for (int64_t pc = 0; pc < K; pc += KC) {
       const int64_t kc = std::min(KC, K - pc), nkb = (kc + 31) / 32, panel = nkb * kTile;
-      pack_b(bp, b + pc * rs_b + jc * cs_b, rs_b, cs_b, kc, nc);
+      pack_b(bp, b + pc * rs_b + jc * cs_b, rs_b, cs_b, kc, nc, sub);
       const float* bias_c = pc + kc == K && bias ? bias + jc : nullptr;
       for (int64_t ic = i0; ic < i1; ic += MC) {
         const int64_t mc = std::min(MC, i1 - ic);
-        pack_a(ap, a + ic * rs_a + pc * cs_a, rs_a, cs_a, mc, kc);
+        pack_a(ap, a + ic * rs_a + pc * cs_a, rs_a, cs_a, mc, kc, sub);
         for (int64_t ir = 0; ir < mc; ir += kMR) {
           const int mr = int(std::min<int64_t>(kMR, mc - ir));
           // C's 32 x nc rows in cp (L2), KK tiles of k at a time.
@@ -328,6 +345,7 @@ void block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, in
     }
   }
   _tile_release();
+  return sub != 0;
 }
 
 #pragma GCC diagnostic pop
@@ -354,11 +372,11 @@ void round_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 
-void gemm_bf16_block(int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs_a, const c10::BFloat16* b,
+bool gemm_bf16_block(int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs_a, const c10::BFloat16* b,
                      int64_t rs_b, int64_t cs_b, float* c, int64_t ldc, const float* bias, const StoreStep* store,
                      int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   static_assert(sizeof(c10::BFloat16) == sizeof(u16), "bfloat16 is its 16 bits");
-  block(K, reinterpret_cast<const u16*>(a), rs_a, cs_a, reinterpret_cast<const u16*>(b), rs_b, cs_b, c, ldc, bias,
+  return block(K, reinterpret_cast<const u16*>(a), rs_a, cs_a, reinterpret_cast<const u16*>(b), rs_b, cs_b, c, ldc, bias,
         store, i0, i1, j0, j1);
 }
 
@@ -366,8 +384,10 @@ void gemm_bf16_block(int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs
 
 bool available() { return false; }
 
-void gemm_bf16_block(int64_t, const c10::BFloat16*, int64_t, int64_t, const c10::BFloat16*, int64_t, int64_t, float*,
-                     int64_t, const float*, const StoreStep*, int64_t, int64_t, int64_t, int64_t) {}
+bool gemm_bf16_block(int64_t, const c10::BFloat16*, int64_t, int64_t, const c10::BFloat16*, int64_t, int64_t, float*,
+                     int64_t, const float*, const StoreStep*, int64_t, int64_t, int64_t, int64_t) {
+  return false;
+}
 
 void round_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
   for (int64_t q = 0; q < n; ++q) dst[q] = static_cast<c10::BFloat16>(src[q]);

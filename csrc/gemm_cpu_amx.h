@@ -31,7 +31,9 @@ struct StoreStep {
 //   A(i, k) = a[i * rs_a + k * cs_a],  B(k, j) = b[k * rs_b + j * cs_b],  C(i, j) = c[i * ldc + j],
 // i < M, j < N, k < K (K > 0), bias [N] or nullptr. With store set (only when K <= kKC) C is not
 // written: each finished block of C goes to the store step instead. Only call when available().
-void gemm_bf16_block(int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs_a, const c10::BFloat16* b,
+// Returns true when A or B held a bfloat16 subnormal, which AMX reads as 0: then C may differ
+// from the IEEE products (subnormal x inf = NaN) and the caller reruns the product elsewhere.
+bool gemm_bf16_block(int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs_a, const c10::BFloat16* b,
                      int64_t rs_b, int64_t cs_b, float* c, int64_t ldc, const float* bias, const StoreStep* store,
                      int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 

@@ -5,6 +5,7 @@
 //   Double backward, for gg = d/d(dx):
 //             d_dy_k = gg_k - sum_i gg_i exp(y_i),   d_y_k = -gg_k exp(y_k) sum_j dy_j.
 #include "ops.h"
+#include "short_rows.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -163,37 +164,44 @@ TM_SIMD static void log_softmax_grad_cols(T* __restrict out0, T* __restrict out1
     }
 }
 
-// Short rows (n < kShortRow): vector loops along 10 elements never fill a register, so
-// the exps of a block of rows are done as one flat loop over a scratch buffer t:
-//   t = x - m (per row),  t = exp(t) (flat),  y = (x - m) - log sum_row exp(x - m).
-constexpr int64_t kShortRow = 32, kShortBlock = 2048;  // scratch: kShortBlock elements
-
-template <typename T>
-TM_SIMD static void exp_in_place(T* __restrict t, int64_t len) {
-  for (int64_t k = 0; k < len; ++k) t[k] = fast_exp(t[k]);
-}
-
+// Short rows (n < kShortRow, short_rows.h): m and s of a block of rows at once, then
+//   y = (x - m) - log s.
 template <typename T>
 static void log_softmax_forward_short_rows(T* y, const T* x, int64_t n, int64_t o0, int64_t o1) {
   using A = acc_t<T>;
-  A t[kShortBlock], m[kShortBlock];
+  A t[kShortBlock], m[kShortBlock], s[kShortBlock];
   const int64_t rows = kShortBlock / n;
   for (int64_t b0 = o0; b0 < o1; b0 += rows) {
-    const int64_t b1 = std::min(o1, b0 + rows), len = (b1 - b0) * n;
+    const int64_t b1 = std::min(o1, b0 + rows);
     const T* xb = x + b0 * n;
+    short_rows_max_sumexp(xb, n, b1 - b0, m, s, t);
     for (int64_t b = 0; b < b1 - b0; ++b) {
-      A mb = -std::numeric_limits<A>::infinity();
-      for (int64_t r = 0; r < n; ++r) mb = std::max(mb, static_cast<A>(xb[b * n + r]));
-      m[b] = mb;
-      for (int64_t r = 0; r < n; ++r) t[b * n + r] = static_cast<A>(xb[b * n + r]) - mb;
-    }
-    exp_in_place(t, len);
-    for (int64_t b = 0; b < b1 - b0; ++b) {
-      A s = 0;
-      for (int64_t r = 0; r < n; ++r) s += t[b * n + r];
-      const A ls = std::log(s);
+      const A ls = std::log(s[b]);
       for (int64_t r = 0; r < n; ++r) y[(b0 + b) * n + r] = static_cast<T>((static_cast<A>(xb[b * n + r]) - m[b]) - ls);
     }
+  }
+}
+
+// dx = dy - exp(y) s over a block of short rows as one flat loop, with s spread per element.
+template <typename T>
+TM_SIMD static void log_softmax_backward_flat(T* __restrict dx, const T* __restrict dy, const T* __restrict y,
+                                              const acc_t<T>* __restrict s, int64_t len) {
+  for (int64_t k = 0; k < len; ++k) dx[k] = from_acc<T>(to_acc(dy[k]) - fast_exp(to_acc(y[k])) * s[k]);
+}
+
+template <typename T>
+static void log_softmax_backward_short_rows(T* dx, const T* dy, const T* y, int64_t n, int64_t o0, int64_t o1) {
+  using A = acc_t<T>;
+  A s[kShortBlock];  // each row's sum(dy), once per element
+  const int64_t rows = kShortBlock / n;
+  for (int64_t b0 = o0; b0 < o1; b0 += rows) {
+    const int64_t b1 = std::min(o1, b0 + rows), off = b0 * n;
+    for (int64_t b = 0; b < b1 - b0; ++b) {
+      A sb = 0;
+      for (int64_t r = 0; r < n; ++r) sb += to_acc(dy[off + b * n + r]);
+      for (int64_t r = 0; r < n; ++r) s[b * n + r] = sb;
+    }
+    log_softmax_backward_flat(dx + off, dy + off, y + off, s, (b1 - b0) * n);
   }
 }
 
@@ -217,6 +225,8 @@ static void log_softmax_forward_kernel(T* y, const T* x, Rows R) {
 template <typename T, bool kDouble>
 static void log_softmax_grad_kernel(T* out0, T* out1, const T* g0, const T* g1, const T* y, Rows R) {
   for_outer(R, [&](int64_t o0, int64_t o1) {
+    if (!kDouble && R.inner == 1 && R.reduce < kShortRow)
+      return log_softmax_backward_short_rows(out0, g0, y, R.reduce, o0, o1);
     if (R.inner == 1) return log_softmax_grad_rows<T, kDouble>(out0, out1, g0, g1, y, R.reduce, o0, o1);
     std::vector<acc_t<T>> s(R.inner), t(R.inner);
     for (int64_t o = o0; o < o1; ++o)

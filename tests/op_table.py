@@ -162,6 +162,9 @@ _CE_CASES = [
     Case("noncontig", _ce(6, 10, xform=strided, tform=lambda t: torch.stack([t, t], 1)[:, 0], ignore=0.2)),
     Case("noncontig_nd_transposed", _ce(3, 4, d=(5,), xform=lambda t: t.transpose(0, 2).contiguous().transpose(0, 2),
                                         label_smoothing=0.1, weight=True)),
+    # short rows over several blocks of the CPU's flat path (short_rows.h: 2048 / C rows a block)
+    Case("short_rows_blocks", _ce(700, 10, weight=True, ignore=0.2, reduction="none"), smooth=False),
+    Case("short_rows_mean", _ce(1500, 3, ignore=0.1), smooth=False),
     Case("long_row", _ce(3, 5000, label_smoothing=0.1), scale=4),
     Case("row_33k_weight", _ce(2, 32771, weight=True, ignore=0.3, label_smoothing=0.1), smooth=False, scale=8),
     Case("big", _ce(6, 40, scale=1e4), smooth=False, scale=1e4),
@@ -423,6 +426,7 @@ OPS = [
         Case("row_48kb_f64", lambda: [randn(2, 6144), 1], smooth=False),
         Case("row_256k", lambda: [randn(2, 262147), 1], smooth=False),  # the streaming path; too big for gradcheck
         Case("noncontig", lambda: [strided(randn(6, 10)), 1]),
+        Case("short_rows_blocks", lambda: [randn(700, 10), 1], smooth=False),  # CPU: several flat blocks
         Case("big", lambda: [randn(5, 40) * 1e4, 1], smooth=False),
         Case("neg_inf", lambda: [special(6, 20, kinds=("-inf",)), 1], smooth=False),
         Case("all_neg_inf_row", lambda: [torch.cat([randn(2, 8), torch.full((1, 8), -math.inf, dtype=F64)]), 1],

@@ -116,6 +116,34 @@ def test_amx_bf16_strided_operands():
         assert torch.equal(a, f)
 
 
+@pytest.mark.parametrize("k", [200, 2100], ids=["one_k_block", "two_k_blocks"])
+def test_bf16_subnormals(k):
+    """AMX reads bfloat16 subnormals as 0; a product with one reruns on the vector kernels, so a
+    subnormal times inf is +-inf (not NaN) and times a huge value its finite product, in the
+    three products and Linear + ReLU: NaN and infinities where float64 has them, the finite
+    values within _check_vs_float64's bound."""
+    m, n = 300, 100
+    x, w, b, dy = _inputs(m, k, n, seed=2)
+    x[5, 7], w[3, 7] = 1e-39, float("inf")  # y[:, 3] inf (y[5, 3] by the subnormal)
+    x[:, 8], dy[:, 4] = 0, 0                # (so that w[4, 8] meets no other term)
+    x[6, 8], w[4, 8] = -5e-39, 3e38         # y[6, 4]: -1.5 from the subnormal
+    dy[9, 2], w[2, 9] = 2e-39, float("inf")  # dx[:, 9] inf (dx[9, 9] by the subnormal)
+    dy[10, 3] = float("-inf")               # dx[10] and dW[3] infinite
+    X, W, B, DY = (t.double() for t in (x, w, b, dy))
+    refs = ((X @ W.T + B, X.abs() @ W.abs().T + B.abs()), (DY @ W, DY.abs() @ W.abs()),
+            (DY.T @ X, DY.abs().T @ X.abs()))
+    y_relu, _ = ops.linear_relu_forward(x, w, b)
+    got = _products(x, w, b, dy) + (y_relu,)
+    for name, o, (ref, size) in zip(("forward", "dx", "dW", "linear_relu"), got, refs + ((refs[0][0].relu(),
+                                                                                          refs[0][1]),)):
+        fin = ref.isfinite()
+        assert torch.equal(o.isnan(), ref.isnan()), name
+        assert torch.equal(o[ref.isinf()], ref[ref.isinf()].to(o.dtype)), name
+        err = (o.double() - ref).abs()[fin]
+        # (+ bfloat16's subnormal step: dW[:, 8] = dy[6] x[6, 8] is subnormal)
+        assert bool((err <= 2.0**-8 * ref.abs()[fin] + 2.0**-12 * size[fin] + 2.0**-133).all()), name
+
+
 @needs_amx
 def test_amx_bf16_empty_inner_dim():
     """K = 0: y = b; M = 0: dW = 0."""
