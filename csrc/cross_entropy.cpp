@@ -309,6 +309,43 @@ TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, 
   for (int64_t c = 0; c < n; ++c) dx[c] = from_acc<T>(GU * fast_exp(to_acc(x[c]) - lse));
 }
 
+// A probability row, contiguous: m = max x, s = sum exp(x - m), up = sum u, a = sum u (m - x),
+// u_c = w_c (keep q_c + epsc), in two vectorised passes (the online pass's sums, Online<A>::add<true>;
+// an all -inf row keeps s = 0, a non-finite a goes to the caller's exact path as before).
+template <typename T, typename A = acc_t<T>>
+TM_SIMD void ce_prob_stats_contiguous(const T* __restrict x, const T* __restrict q, const T* __restrict w, int64_t n,
+                                      A keep, A epsc, A* out /* m, s, up, a */) {
+  A m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t c = 0; c < n; ++c) m = std::max(m, to_acc(x[c]));
+  const A shift = m == -A(INFINITY) ? A(0) : m;
+  A s = 0, up = 0, a = 0;
+#pragma omp simd reduction(+ : s, up, a)
+  for (int64_t c = 0; c < n; ++c) {
+    const A xv = to_acc(x[c]), u = (w ? to_acc(w[c]) : A(1)) * (keep * to_acc(q[c]) + epsc);
+    s += fast_exp(xv - shift);
+    up += u;
+    a += u * (m - xv);
+  }
+  out[0] = m, out[1] = s, out[2] = up, out[3] = a;
+}
+
+// dx_c = G (U exp(x_c - l) - u_c) and, when asked, dq_c = -keep G w_c (x_c - l), on a contiguous
+// probability row (U = sum u). dx may be x itself (cross_entropy_backward_): x_c is read before dx_c is
+// written, and nothing reads it after.
+template <typename T, typename A = acc_t<T>>
+TM_SIMD void ce_prob_backward_contiguous(T* dx, T* __restrict dq, const T* x, const T* __restrict q,
+                                         const T* __restrict w, int64_t n, A G, A l, A keep, A epsc) {
+  A U = 0;
+#pragma omp simd reduction(+ : U)
+  for (int64_t c = 0; c < n; ++c) U += (w ? to_acc(w[c]) : A(1)) * (keep * to_acc(q[c]) + epsc);
+  for (int64_t c = 0; c < n; ++c) {
+    const A wc = w ? to_acc(w[c]) : A(1), xv = to_acc(x[c]), u = wc * (keep * to_acc(q[c]) + epsc);
+    if (dq) dq[c] = from_acc<T>(-keep * G * wc * (xv - l));
+    dx[c] = from_acc<T>(G * (U * fast_exp(xv - l) - u));
+  }
+}
+
 // The row's pointers and scalars every kernel starts from.
 struct CeRow {
   int64_t base;  // element 0 of the row
@@ -376,8 +413,14 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
         if (P.prob) {
           const T* qr = q + row.base;
           Online<A> st;
-          for (int64_t c = 0; c < C; ++c)
-            st.template add<true>(A(xr[c * row.D]), (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc));
+          if (row.D == 1 && C >= kShortRow) {  // (a call per short row costs more than the online loop)
+            A mspa[4];
+            ce_prob_stats_contiguous(xr, qr, w, C, keep, epsc, mspa);
+            st.m = mspa[0], st.s = mspa[1], st.up = mspa[2], st.a = mspa[3];
+          } else {
+            for (int64_t c = 0; c < C; ++c)
+              st.template add<true>(A(xr[c * row.D]), (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc));
+          }
           const A ls = tm_log(st.s);
           L = st.a + st.up * ls;
           l = st.m + ls;
@@ -453,6 +496,10 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
         const T* xr = x + row.base;
         T* dxr = dx + row.base;
         const A G = A(g[P.reduction == 0 ? r : 0]) * sc, l = lse[r];
+        if (P.prob && row.D == 1) {
+          ce_prob_backward_contiguous(dxr, dq ? dq + row.base : nullptr, xr, q + row.base, w, C, G, l, keep, epsc);
+          continue;
+        }
         if (P.prob) {
           const T* qr = q + row.base;
           A U = 0;

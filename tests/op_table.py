@@ -106,17 +106,17 @@ def _ce(n, c, *, d=(), prob=False, weight=False, zero_weight=False, ignore=0.0, 
     return make
 
 
-def _ce_neg_inf(*, prob=False, weight=False, **kw):
+def _ce_neg_inf(*, prob=False, weight=False, n=6, c=9, **kw):
     """-inf logits away from the (class-index) targets: torch's loss is finite without smoothing."""
     def make():
-        x = randn(6, 9)
-        t = torch.randint(0, 9, (6,))
-        mask = torch.rand(6, 9) < 0.3
-        mask[torch.arange(6), t] = False
+        x = randn(n, c)
+        t = torch.randint(0, c, (n,))
+        mask = torch.rand(n, c) < 0.3
+        mask[torch.arange(n), t] = False
         x[mask] = -math.inf
-        w8 = torch.randint(1, 17, (9,)) if weight else None
+        w8 = torch.randint(1, 17, (c,)) if weight else None
         if prob:
-            t = torch.softmax(randn(6, 9), 1)
+            t = torch.softmax(randn(n, c), 1)
         return [x, t, w8, dict(kw)]
     return make
 
@@ -189,6 +189,9 @@ _CE_CASES = [
     Case("prob_long_row", _ce(2, 3000, prob=True, label_smoothing=0.1), scale=4),
     Case("prob_big", _ce(5, 30, prob=True, scale=1e4), smooth=False, scale=1e4),
     Case("prob_neg_inf", _ce_neg_inf(prob=True, reduction="none"), smooth=False),  # inf, as torch
+    # CPU: rows of >= 32 classes take the vectorised two-pass sums
+    Case("prob_neg_inf_40", _ce_neg_inf(prob=True, weight=True, n=5, c=40, reduction="none"), smooth=False),
+    Case("prob_smooth_weight_40", _ce(6, 40, prob=True, weight=True, label_smoothing=0.2)),
 ]
 
 # ---- losses ------------------------------------------------------------------------------
