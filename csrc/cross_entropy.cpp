@@ -346,6 +346,13 @@ TM_SIMD void ce_prob_backward_contiguous(T* dx, T* __restrict dq, const T* x, co
   }
 }
 
+// Rows per block of the flat path for short rows (short_rows.h): contiguous rows of fewer than
+// kShortRow classes, class indices, no smoothing; 0 for every other problem.
+inline int64_t ce_short_block(const CeParams& P) {
+  const bool flat = !P.prob && !(P.smoothing > 0) && P.inner == 1 && P.classes > 0 && P.classes < kShortRow;
+  return flat ? kShortBlock / P.classes : 0;
+}
+
 // The row's pointers and scalars every kernel starts from.
 struct CeRow {
   int64_t base;  // element 0 of the row
@@ -399,8 +406,7 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
   std::vector<A> buf(rows_out ? 0 : R);
   std::atomic<int64_t> bad_n{0}, bad_last{0};
   // Short contiguous rows of class indices: m and s of a block of rows at once (short_rows.h).
-  const bool short_rows = !P.prob && !smooth && P.inner == 1 && C > 0 && C < kShortRow;
-  const int64_t block = short_rows ? kShortBlock / C : R;
+  const int64_t short_rows = ce_short_block(P), block = short_rows ? short_rows : R;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A sm[kShortBlock], ss[kShortBlock], scratch[kShortBlock];  // m and s of a block's short rows
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
@@ -484,8 +490,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
   // Short contiguous rows of class indices: p = exp(x - lse) of a block of rows at once (short_rows.h).
-  const bool short_rows = !P.prob && !smooth && P.inner == 1 && C > 0 && C < kShortRow;
-  const int64_t block = short_rows ? kShortBlock / C : R;
+  const int64_t short_rows = ce_short_block(P), block = short_rows ? short_rows : R;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A p[kShortBlock];  // the block's p, from x before any of its dx is written (dx may be x: cross_entropy_backward_)
     for (int64_t b0 = r0; b0 < r1; b0 += block) {

@@ -527,7 +527,8 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t
               int64_t cs_b, T* c, int64_t ldc, const T* bias, uint32_t* relu_mask) {
   if (M <= 0 || N <= 0) return;
   using R = acc_t<T>;
-  if (relu_mask) std::memset(relu_mask, 0, (M * N + 31) / 32 * sizeof(uint32_t));
+  const size_t mask_bytes = (M * N + 31) / 32 * sizeof(uint32_t);
+  if (relu_mask) std::memset(relu_mask, 0, mask_bytes);
   if constexpr (std::is_same<T, R>::value) {
     GemmProblem<T> g{M, N, K, a, rs_a, cs_a, b, rs_b, cs_b, c, ldc, bias};
     g.relu_mask = relu_mask;
@@ -553,7 +554,7 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t
       gemm_compute<T>(g);
       if (!subnormal) return;
       g.out = nullptr, g.ldo = 0, g.relu_mask = nullptr, g.no_amx = true;
-      if (relu_mask) std::memset(relu_mask, 0, (M * N + 31) / 32 * sizeof(uint32_t));
+      if (relu_mask) std::memset(relu_mask, 0, mask_bytes);  // (the rerun's store step sets it again)
     }
     cbuf = at::empty({M, N}, opts);
     g.c = cbuf.data_ptr<R>();
