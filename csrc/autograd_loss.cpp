@@ -232,6 +232,17 @@ TM_OP(mse_backward_op, "mse_loss_backward", Tensor(const Tensor&, const Tensor&,
 TM_OP(mse_double_backward_op, "mse_loss_double_backward",
       std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t))
 
+// mse_loss_backward(dy, a, b) summed down to a's shape. A half-type a that was broadcast gets
+// its elements computed and summed in float, rounded once: rounding each element before the
+// sum (torch's way) adds up to half an ulp per element summed.
+Tensor mse_grad_down(const Tensor& dy, const Tensor& a, const Tensor& b, int64_t red) {
+  const auto shape = at::infer_size_symdimvector(a.sym_sizes(), b.sym_sizes());
+  if (c10::SymIntArrayRef(shape).equals(a.sym_sizes())) return mse_backward_op().call(dy, a, b, red);
+  if (!at::isReducedFloatingType(a.scalar_type())) return sum_down(mse_backward_op().call(dy, a, b, red), a.sym_sizes());
+  const auto f = [](const Tensor& v) { return v.to(at::kFloat); };
+  return sum_down(mse_backward_op().call(f(dy), f(a), f(b), red), a.sym_sizes()).to(a.scalar_type());
+}
+
 // dx = c (x - t) dy,  dt = -dx = mse_loss_backward(dy, t, x), each summed down to its input's shape.
 struct MseLossForward : torch::autograd::Function<MseLossForward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& t, int64_t reduction) {
@@ -244,8 +255,8 @@ struct MseLossForward : torch::autograd::Function<MseLossForward> {
     const Tensor &x = s[0], &t = s[1], &dy = grads[0];
     const int64_t red = ctx->saved_data["reduction"].toInt();
     const bool need_x = ctx->needs_input_grad(0), need_t = ctx->needs_input_grad(1);
-    return {need_x ? sum_down(mse_backward_op().call(dy, x, t, red), x.sym_sizes()) : Tensor(),
-            need_t ? sum_down(mse_backward_op().call(dy, t, x, red), t.sym_sizes()) : Tensor(), Tensor()};
+    return {need_x ? mse_grad_down(dy, x, t, red) : Tensor(), need_t ? mse_grad_down(dy, t, x, red) : Tensor(),
+            Tensor()};
   }
 };
 

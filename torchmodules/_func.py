@@ -1223,6 +1223,15 @@ def _elem_grad(gy, dg, B, reduction, shape, n):
     return g_.reshape(B, *[1] * len(shape)).expand(B, *shape)
 
 
+def _mse_grad_down(gy, a, b, r):
+    """mse_loss_backward(gy, a, b) summed down to a's shape; a broadcast half-type a in float, rounded
+    once after the sum (rounding each element first adds half an ulp per element summed)."""
+    if torch.broadcast_shapes(a.shape, b.shape) == a.shape:
+        return ops.mse_loss_backward(gy, a, b, r)
+    acc = _acc(a.dtype)
+    return _sum_to(ops.mse_loss_backward(gy.to(acc), a.to(acc), b.to(acc), r), a.shape).to(a.dtype)
+
+
 @_register("mse_loss_forward")
 class _MseLoss(Function):
     @staticmethod
@@ -1238,8 +1247,7 @@ class _MseLoss(Function):
     def backward(ctx, gy):
         x, t = ctx.saved_tensors
         n, r = ctx.needs_input_grad, ctx.reduction
-        return (_sum_to(ops.mse_loss_backward(gy, x, t, r), x.shape) if n[0] else None,
-                _sum_to(ops.mse_loss_backward(gy, t, x, r), t.shape) if n[1] else None, None)
+        return (_mse_grad_down(gy, x, t, r) if n[0] else None, _mse_grad_down(gy, t, x, r) if n[1] else None, None)
 
     @staticmethod
     def jvp(ctx, tx, tt, _):
