@@ -4,9 +4,10 @@
 # the CUDA tests (TM_SHARDS pytest processes) and compute-sanitizer over every kernel; then, alone
 # on the GPU so its times mean something, the main job (examples/train.py), the quick
 # benchmark, the Linear A/B (sm_90 GEMM, mma.sync, torch) and the host overhead of small ops
-# (benchmarks/host_overhead.py) appended to summary.md.
+# (benchmarks/host_overhead.py) appended to summary.md; last, Nsight Compute's reading of the
+# targets' kernels (benchmarks/ncu_targets.py: throughput, occupancy, registers per kernel).
 # Usage: scripts/gpu_check.sh OUTDIR   (TM_COMMIT=<sha>; TM_STAGES picks stages,
-# default "build sm90 tests sanitizer train bench"). OUTDIR gets at most 8 files: summary.md,
+# default "build sm90 tests sanitizer train bench ncu"). OUTDIR gets at most 8 files: summary.md,
 # log.txt (build, train, bench output), tests.log, sanitizer.log, bench.{md,json,png},
 # digits_loss.png.
 set -uo pipefail
@@ -36,7 +37,7 @@ except IndexError:
     print("ok")' > /dev/null 2>&1
 echo "- torch's own IndexError (torch.rand(10)[10]): exit $? (0: raised normally, 139: segfault)" >> "$SUM"
 
-STAGES=" ${TM_STAGES:-build sm90 tests sanitizer train bench} "
+STAGES=" ${TM_STAGES:-build sm90 tests sanitizer train bench ncu} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 T0=$SECONDS
 
@@ -123,6 +124,13 @@ if want bench && [ -f benchmarks/bench.py ]; then
   echo "- host overhead (exit $?):" >> "$SUM"
   grep "per call" "$TMP/host.log" | sed 's/^/  - /' >> "$SUM"
   cat "$TMP/host.log" >> "$LOG"
+fi
+if want ncu; then
+  step "8. Nsight Compute over the targets' kernels (benchmarks/ncu_targets.py)"
+  timeout ${TM_NCU_TIMEOUT:-150} $PY benchmarks/ncu_targets.py --raw "$TMP/ncu.csv" > "$TMP/ncu.md" 2>&1
+  echo "- ncu (exit $?): per kernel of each target call" >> "$SUM"
+  { echo; cat "$TMP/ncu.md"; echo; } >> "$SUM"
+  { echo "==== ncu details (csv)"; cat "$TMP/ncu.csv" 2>/dev/null; } >> "$LOG"
 fi
 step "done"
 echo "- script wall: $((SECONDS - T0)) s" >> "$SUM"
