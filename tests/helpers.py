@@ -58,7 +58,9 @@ def assert_close(what, ours, ref64, torch_dt, dtype, scale=1.0):
     assert torch.equal(o.isnan(), nan_ref), f"{what}: NaN at other places than the reference"
     fin = ~nan_ref
     o, r, t = o[fin], ref64[fin], t[fin]
-    same_inf = (o == r)  # exact matches (infinities included)
+    # exact matches, infinities included; an infinity is also right where the reference rounded
+    # to dtype overflows to it (float16 log_softmax of +-3e4 inputs: -6e4 - lse is below -65504)
+    same_inf = (o == r) | (o.isinf() & (o == r.to(dtype).double()))
     assert torch.equal(o.isinf() & ~same_inf, torch.zeros_like(same_inf)), f"{what}: infinity where ref has none"
     atol, rtol = TOL[dtype]
     torch_err = (t - r).abs()
