@@ -1,5 +1,6 @@
 """DistributedDataParallel: a network of our modules trained with torchmodules.optim.SGD by
-2 processes (gloo on the CPU; NCCL with 2 GPUs) takes, step by step, the same gradients and
+2 processes (gloo on the CPU; gloo with both ranks on one GPU, so our CUDA kernels train under
+DDP on a one-GPU machine; NCCL with 2 GPUs) takes, step by step, the same gradients and
 parameters as one process on the whole (global) batch, in float64.
 
 Each rank gets half of every global batch; the loss is a mean, so the average of the ranks'
@@ -72,12 +73,21 @@ def _train(model, params, xs, ts):
     return grads, weights
 
 
-def _worker(rank, backend, port, out_dir):
+def _backend_device(config, rank):
+    """(process-group backend, this rank's device) of a test configuration."""
+    if config == "nccl":
+        return "nccl", torch.device(f"cuda:{rank}")
+    if config == "gloo_cuda":  # both ranks on GPU 0: gloo stages the all-reduce through the host
+        return "gloo", torch.device("cuda:0")
+    return config, torch.device("cpu")
+
+
+def _worker(rank, config, port, out_dir):
     try:
         # (gloo needs the loopback interface named on this machine; MASTER_* for anything that reads them)
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
         torch.set_num_threads(1)
-        device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
+        backend, device = _backend_device(config, rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         timeout = datetime.timedelta(seconds=60)
@@ -89,7 +99,7 @@ def _worker(rank, backend, port, out_dir):
         results = {}
         for bucket_view in BUCKET_VIEWS:
             model = _new_model(device)
-            ddp = DDP(model, device_ids=[rank] if device.type == "cuda" else None,
+            ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                       gradient_as_bucket_view=bucket_view)
             results[bucket_view] = _train(ddp, list(ddp.parameters()), xs, ts)
         dist.destroy_process_group()
@@ -100,7 +110,7 @@ def _worker(rank, backend, port, out_dir):
         raise
 
 
-def _run_ranks(backend, out_dir):
+def _run_ranks(config, out_dir):
     """Runs _worker on WORLD fresh processes; fails (never hangs) if one dies or stalls.
 
     The processes come from a forkserver that has imported torch, torch._dynamo (which DDP's
@@ -113,7 +123,7 @@ def _run_ranks(backend, out_dir):
     # port); the ranks connect to it as clients.
     store = dist.TCPStore("127.0.0.1", 0, WORLD, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=JOIN_TIMEOUT_S))
-    procs = [ctx.Process(target=_worker, args=(r, backend, store.port, str(out_dir)), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(r, config, store.port, str(out_dir)), daemon=True)
              for r in range(WORLD)]
     for p in procs:
         p.start()
@@ -141,13 +151,15 @@ def _run_ranks(backend, out_dir):
     if stalled:
         why = "past the deadline" if time.monotonic() >= deadline else "after another rank failed"
         errors = f"\nrank(s) {stalled} killed, still running {why} ({JOIN_TIMEOUT_S} s deadline){errors}"
-    assert codes == [0] * WORLD, f"{backend}: exit codes {codes}{errors}"
+    assert codes == [0] * WORLD, f"{config}: exit codes {codes}{errors}"
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 
 BACKENDS = [
     pytest.param("gloo", marks=pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                                   reason="no gloo")),
+    pytest.param("gloo_cuda", marks=pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available()
+                                                       or not torch.cuda.is_available(), reason="needs gloo and a GPU")),
     pytest.param("nccl", marks=pytest.mark.skipif(not dist.is_available() or not dist.is_nccl_available()
                                                   or torch.cuda.device_count() < WORLD,
                                                   reason=f"needs NCCL and {WORLD} GPUs")),
@@ -157,7 +169,7 @@ BACKENDS = [
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ddp_matches_single_process(backend, tmp_path):
     ranks = _run_ranks(backend, tmp_path)
-    device = "cuda" if backend == "nccl" else "cpu"
+    device = _backend_device(backend, 0)[1]
     model = _new_model(device)
     ref_grads, ref_weights = _train(model, list(model.parameters()), *_data(device))
     names = [n for n, _ in model.named_parameters()]
