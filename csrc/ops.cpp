@@ -1,7 +1,6 @@
 // The op table: every schema of torchmodules, each forward next to its backward.
 // Kernels register per device (csrc/<op>.cpp for CPU, kernels/<op>.cu for CUDA), the
 // autograd formulas in C++ (csrc/autograd*.cpp), the fake (meta) kernels in torchmodules/_ops.py.
-#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(torchmodules, m) {
@@ -121,8 +120,3 @@ TORCH_LIBRARY(torchmodules, m) {
   m.def("nearest_neighbor_backward_weight(Tensor grad, Tensor x, Tensor weight, Tensor index) -> Tensor");
 }
 
-// An importable module, so `import torchmodules._C` loads the library above.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "torchmodules kernels", -1, nullptr};
-  return PyModule_Create(&def);
-}

@@ -18,6 +18,32 @@ ops = torch.ops.torchmodules
 _lib = "torchmodules::"
 
 
+class _Direct:
+    """ops.<name> for the Python API (functional.py): _C.<name>, the op's typed C++ entry (csrc/python.cpp:
+    the same dispatcher call, ~1 us less than torch.ops' boxed one), except where a Python layer must see
+    the call as torch.ops.torchmodules.<name>: while torch.compile traces, and for arguments with a
+    __torch_function__ override or under a TorchFunctionMode. Ops without a typed entry are torch.ops'."""
+
+    def __init__(self):
+        from . import _C
+        is_compiling, has_torch_function = torch.compiler.is_compiling, torch._C._has_torch_function
+        for name in ("linear_forward", "linear_relu_forward", "relu_forward", "duplicate_forward", "add_forward",
+                     "maximum_forward", "amax_forward", "log_softmax_forward", "cross_entropy_forward",
+                     "nll_loss_forward", "mse_loss_forward", "nearest_neighbor_forward"):
+            boxed, typed = getattr(ops, name), getattr(_C, name)
+
+            def call(*args, boxed=boxed, typed=typed):
+                return boxed(*args) if is_compiling() or has_torch_function(args) else typed(*args)
+            call.__name__ = call.__qualname__ = name
+            setattr(self, name, call)
+
+    def __getattr__(self, name):
+        return getattr(ops, name)
+
+
+ops_direct = _Direct()
+
+
 def _fake(name):
     return torch.library.register_fake(_lib + name)
 

@@ -1,0 +1,44 @@
+// The Python module torchmodules._C: importing it loads the ops (TORCH_LIBRARY in ops.cpp and the
+// kernels' registrations), and it binds the forward ops as typed C++ calls into the dispatcher.
+//
+// _C.relu_forward(x) makes the same dispatcher call as torch.ops.torchmodules.relu_forward(x)
+// (autograd, autocast, torch.func and dispatch modes all see it), without torch.ops' boxed Python
+// entry, which parses each argument against the schema onto a stack: ~1 us less a call (ReLU of 16
+// elements: 0.9 us against 1.8 us; torch.relu 0.8 us). torchmodules/_ops.py calls these only where no
+// Python layer must see the call (not while torch.compile traces, no __torch_function__).
+#include <torch/extension.h>
+
+#include <string>
+
+#include "ops.h"
+
+namespace {
+
+// Binds torchmodules::<name> as _C.<name>, typed as `kernel` (the glue function registered for
+// it, ops.h, whose signature is the schema's).
+template <class R, class... A>
+void bind(pybind11::module_& m, const char* name, R (*kernel)(A...)) {
+  (void)kernel;  // its type only
+  const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow((std::string("torchmodules::") + name).c_str(), "").typed<R(A...)>();
+  m.def(name, [op](A... args) { return op.call(args...); });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace tm = torchmodules;
+  m.doc() = "torchmodules kernels, and typed entries of the forward ops (csrc/python.cpp)";
+  bind(m, "linear_forward", &tm::linear_forward);
+  bind(m, "linear_relu_forward", &tm::linear_relu_forward);
+  bind(m, "relu_forward", &tm::relu_forward);
+  bind(m, "duplicate_forward", &tm::duplicate_forward);
+  bind(m, "add_forward", &tm::add_forward);
+  bind(m, "maximum_forward", &tm::maximum_forward);
+  bind(m, "amax_forward", &tm::amax_forward);
+  bind(m, "log_softmax_forward", &tm::log_softmax_forward);
+  bind(m, "cross_entropy_forward", &tm::cross_entropy_forward);
+  bind(m, "nll_loss_forward", &tm::nll_loss_forward);
+  bind(m, "mse_loss_forward", &tm::mse_loss_forward);
+  bind(m, "nearest_neighbor_forward", &tm::nearest_neighbor_forward);
+}
