@@ -37,15 +37,16 @@ TM_SIMD void relu_words_vec(S* __restrict x, uint32_t* __restrict m, int64_t nw)
   }
 }
 
-// The half types with avx512 set (an AVX-512 BW CPU) take relu_rule.h's vector form of the rule.
+// The half types take relu_rule.h's vector forms of the rule: AVX-512 with avx512 set (an AVX-512 BW
+// CPU), else AVX2 where the CPU has it.
 template <typename S>
 void relu_words(S* x, uint32_t* m, int64_t nw, bool avx512) {
-#ifdef TM_RELU_AVX512
-  if constexpr (sizeof(S) == 2)
-    if (avx512) {
-      uint16_t* xe = reinterpret_cast<uint16_t*>(x);
-      return relu_words16_avx512<S>(xe, xe, m, nw);
-    }
+#ifdef TM_RELU_X86
+  if constexpr (sizeof(S) == 2) {
+    uint16_t* xe = reinterpret_cast<uint16_t*>(x);
+    if (avx512) return relu_words16_avx512<S>(xe, xe, m, nw);
+    if (relu_half_isa() >= 1) return relu_words16_avx2<S>(xe, xe, m, nw);
+  }
 #endif
   relu_words_vec(x, m, nw);
 }

@@ -68,15 +68,15 @@ TM_SIMD static void relu_backward_words(T* __restrict dx, const T* __restrict dy
   }
 }
 
-// The half types on an AVX-512 BW CPU: relu_rule.h's vector form of the rule (the GEMM's ReLU
-// epilogue runs it too).
+// The half types on an AVX-512 BW or AVX2 CPU: relu_rule.h's vector forms of the rule (the GEMM's
+// ReLU epilogue runs them too).
 template <typename T>
 static void relu_forward_chunk(T* y, uint32_t* m, const T* x, int64_t w0, int64_t w1) {
-#ifdef TM_RELU_AVX512
+#ifdef TM_RELU_X86
   if constexpr (sizeof(T) == 2)
-    if (relu_avx512_cpu())
-      return relu_words16_avx512<T>(reinterpret_cast<const uint16_t*>(x) + w0 * 32,
-                                    reinterpret_cast<uint16_t*>(y) + w0 * 32, m + w0, w1 - w0);
+    if (relu_words16<T>(reinterpret_cast<const uint16_t*>(x) + w0 * 32, reinterpret_cast<uint16_t*>(y) + w0 * 32,
+                        m + w0, w1 - w0))
+      return;
 #endif
   relu_forward_words(y, m, x, w0, w1);
 }

@@ -6,11 +6,13 @@
 #include "simd.h"
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
 #include <immintrin.h>
-#define TM_RELU_AVX512 1
+#define TM_RELU_X86 1
 #endif
 
 namespace torchmodules {
@@ -39,8 +41,8 @@ TM_INLINE bool relu_elem(relu_elem_t<T> x, relu_elem_t<T>& y) {
   }
 }
 
-#ifdef TM_RELU_AVX512
-// relu_elem on whole words of a half type with AVX-512 BW (only call where relu_avx512_cpu()):
+#ifdef TM_RELU_X86
+// relu_elem on whole words of a half type with AVX-512 BW (only call where relu_half_isa() == 2):
 // for w < nw, y[32w .. 32w + 31] = relu(x[..]) (y may be x) and m[w] = their 32 bits, the bits
 // straight from the compare masks. (GCC builds them from relu_elem's loop by shifting lanes and
 // OR-ing them across the vector: in the AMX GEMM's bfloat16 epilogue that took a third of the
@@ -66,10 +68,55 @@ __attribute__((target("avx512f,avx512bw"))) void relu_words16_avx512(const uint1
   }
 }
 
-// Whether relu_words16_avx512 may run here (AVX-512 F and BW).
-inline bool relu_avx512_cpu() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return ok;
+// The same on AVX2, two vectors of 16 a word: no compare into mask registers, so the lanes a
+// compare sets to all ones are packed to bytes (_mm256_packs_epi16 interleaves the two vectors'
+// 128-bit halves; a 64-bit permute puts the bytes back in element order) and their top bits
+// gathered by _mm256_movemask_epi8.
+//   drop (x < 0):  ninf > s - 1   (the complement of the keep test above),
+//   bit 0:         drop, or s & 0x7fff == 0.
+template <typename T>
+__attribute__((target("avx2"))) void relu_words16_avx2(const uint16_t* x, uint16_t* y, uint32_t* m, int64_t nw) {
+  static_assert(sizeof(T) == 2, "the half types");
+  const __m256i ninf = _mm256_set1_epi16(int16_t(0x8000 | kInfBits<T>)), one = _mm256_set1_epi16(1),
+                mag = _mm256_set1_epi16(0x7fff), zero = _mm256_setzero_si256();
+  for (int64_t w = 0; w < nw; ++w) {
+    __m256i off[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + w * 32 + h * 16));
+      const __m256i drop = _mm256_cmpgt_epi16(ninf, _mm256_sub_epi16(v, one));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + w * 32 + h * 16), _mm256_andnot_si256(drop, v));
+      off[h] = _mm256_or_si256(drop, _mm256_cmpeq_epi16(_mm256_and_si256(v, mag), zero));
+    }
+    const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(off[0], off[1]), 0xD8);
+    m[w] = ~uint32_t(_mm256_movemask_epi8(bytes));
+  }
+}
+
+// The vector form of relu_elem this CPU runs for the half types: 2 (relu_words16_avx512: AVX-512 F
+// and BW), 1 (relu_words16_avx2) or 0 (the scalar loop). TORCHMODULES_CPU_ISA=avx2 or =base caps it,
+// as it caps the GEMM's (tests of the fallbacks).
+inline int relu_half_isa() {
+  static const int isa = [] {
+    __builtin_cpu_init();
+    int best = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (best && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) best = 2;
+    const char* cap = std::getenv("TORCHMODULES_CPU_ISA");
+    if (cap && std::strcmp(cap, "avx2") == 0 && best > 1) best = 1;
+    if (cap && std::strcmp(cap, "base") == 0) best = 0;
+    return best;
+  }();
+  return isa;
+}
+
+// relu_elem over nw whole words of a half type in the widest vector form here (y may be x); false,
+// having done nothing, where there is none.
+template <typename T>
+bool relu_words16(const uint16_t* x, uint16_t* y, uint32_t* m, int64_t nw) {
+  switch (relu_half_isa()) {
+    case 2: relu_words16_avx512<T>(x, y, m, nw); return true;
+    case 1: relu_words16_avx2<T>(x, y, m, nw); return true;
+    default: return false;
+  }
 }
 #endif
 
