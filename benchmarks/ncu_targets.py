@@ -227,7 +227,11 @@ def main():
         cmd += ["--section", s]
     cmd += [sys.executable, os.path.abspath(__file__), "--child"] + (["--only", a.only] if only else [])
     # One stream: the child's @@ lines come before the report, which ncu prints at the end.
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except FileNotFoundError:
+        print(f"ncu: {a.ncu} not found")
+        return 1
     if a.raw:
         with open(a.raw, "w") as f:
             f.write(p.stdout)
