@@ -236,11 +236,11 @@ TM_OP(mse_double_backward_op, "mse_loss_double_backward",
 // its elements computed and summed in float, rounded once: rounding each element before the
 // sum (torch's way) adds up to half an ulp per element summed.
 Tensor mse_grad_down(const Tensor& dy, const Tensor& a, const Tensor& b, int64_t red) {
-  const auto shape = at::infer_size_symdimvector(a.sym_sizes(), b.sym_sizes());
-  if (c10::SymIntArrayRef(shape).equals(a.sym_sizes())) return mse_backward_op().call(dy, a, b, red);
-  if (!at::isReducedFloatingType(a.scalar_type())) return sum_down(mse_backward_op().call(dy, a, b, red), a.sym_sizes());
-  const auto f = [](const Tensor& v) { return v.to(at::kFloat); };
-  return sum_down(mse_backward_op().call(f(dy), f(a), f(b), red), a.sym_sizes()).to(a.scalar_type());
+  const bool widen = at::isReducedFloatingType(a.scalar_type()) &&
+                     !c10::SymIntArrayRef(at::infer_size_symdimvector(a.sym_sizes(), b.sym_sizes())).equals(a.sym_sizes());
+  const auto f = [widen](const Tensor& v) { return widen ? v.to(at::kFloat) : v; };
+  const Tensor g = sum_down(mse_backward_op().call(f(dy), f(a), f(b), red), a.sym_sizes());
+  return widen ? g.to(a.scalar_type()) : g;
 }
 
 // dx = c (x - t) dy,  dt = -dx = mse_loss_backward(dy, t, x), each summed down to its input's shape.

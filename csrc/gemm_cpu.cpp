@@ -449,7 +449,7 @@ void store_block(const GemmProblem<T>& g, const float* src, int64_t ld, int64_t 
       }
     for (int64_t q = 0; q < n; ++q) o[q] = static_cast<T>(s[q]);
   }
-  if (g.relu_mask) relu_epilogue(g.out, g.ldo, g.N, i0, i1, j, j + n, g.relu_mask, cpu_isa() >= Isa::kAvx512);
+  if (g.relu_mask) relu_epilogue(g.out, g.ldo, g.N, i0, i1, j, j + n, g.relu_mask);
 }
 
 template <typename T>

@@ -37,15 +37,14 @@ TM_SIMD void relu_words_vec(S* __restrict x, uint32_t* __restrict m, int64_t nw)
   }
 }
 
-// The half types take relu_rule.h's vector forms of the rule: AVX-512 with avx512 set (an AVX-512 BW
-// CPU), else AVX2 where the CPU has it.
+// The half types take relu_rule.h's vector forms of the rule (AVX-512 BW or AVX2, under the same
+// TORCHMODULES_CPU_ISA cap as the GEMM) where the CPU has one.
 template <typename S>
-void relu_words(S* x, uint32_t* m, int64_t nw, bool avx512) {
+void relu_words(S* x, uint32_t* m, int64_t nw) {
 #ifdef TM_RELU_X86
   if constexpr (sizeof(S) == 2) {
     uint16_t* xe = reinterpret_cast<uint16_t*>(x);
-    if (avx512) return relu_words16_avx512<S>(xe, xe, m, nw);
-    if (relu_half_isa() >= 1) return relu_words16_avx2<S>(xe, xe, m, nw);
+    if (relu_words16<S>(xe, xe, m, nw)) return;
   }
 #endif
   relu_words_vec(x, m, nw);
@@ -63,7 +62,7 @@ void relu_part_word(S* x, uint32_t* mask, int64_t f0, int64_t f1) {
 
 // Flat indices [f0, f1), element f at base[f]: whole words plainly, the partial ones at the ends OR-ed.
 template <typename S>
-void relu_segment(S* base, uint32_t* mask, int64_t f0, int64_t f1, bool avx512) {
+void relu_segment(S* base, uint32_t* mask, int64_t f0, int64_t f1) {
   const int64_t wa = (f0 + 31) / 32, wb = f1 / 32;  // whole words [wa, wb)
   if (wa >= wb) {  // within at most two words, neither whole
     const int64_t cut = std::min(f1, wa * 32);
@@ -72,17 +71,15 @@ void relu_segment(S* base, uint32_t* mask, int64_t f0, int64_t f1, bool avx512) 
     return;
   }
   if (f0 < wa * 32) relu_part_word(base + f0, mask, f0, wa * 32);
-  relu_words(base + wa * 32, mask + wa, wb - wa, avx512);
+  relu_words(base + wa * 32, mask + wa, wb - wa);
   if (wb * 32 < f1) relu_part_word(base + wb * 32, mask, wb * 32, f1);
 }
 
-// avx512: the CPU has AVX-512 BW and the GEMM may use it (its TORCHMODULES_CPU_ISA cap).
 template <typename S>
-void relu_epilogue(S* c, int64_t ldc, int64_t N, int64_t i0, int64_t i1, int64_t j0, int64_t j1, uint32_t* mask,
-                   bool avx512 = false) {
-  if (j0 == 0 && j1 == N && ldc == N) return relu_segment(c, mask, i0 * N, i1 * N, avx512);  // whole rows: one run
+void relu_epilogue(S* c, int64_t ldc, int64_t N, int64_t i0, int64_t i1, int64_t j0, int64_t j1, uint32_t* mask) {
+  if (j0 == 0 && j1 == N && ldc == N) return relu_segment(c, mask, i0 * N, i1 * N);  // whole rows: one run
   for (int64_t i = i0; i < i1; ++i)
-    relu_segment(c + i * ldc - i * N, mask, i * N + j0, i * N + j1, avx512);  // C(i, j) at flat index i * N + j
+    relu_segment(c + i * ldc - i * N, mask, i * N + j0, i * N + j1);  // C(i, j) at flat index i * N + j
 }
 
 }  // namespace

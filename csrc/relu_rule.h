@@ -3,10 +3,10 @@
 #pragma once
 
 #include "common.h"
+#include "gemm_cpu.h"
 #include "simd.h"
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -92,18 +92,13 @@ __attribute__((target("avx2"))) void relu_words16_avx2(const uint16_t* x, uint16
   }
 }
 
-// The vector form of relu_elem this CPU runs for the half types: 2 (relu_words16_avx512: AVX-512 F
-// and BW), 1 (relu_words16_avx2) or 0 (the scalar loop). TORCHMODULES_CPU_ISA=avx2 or =base caps it,
-// as it caps the GEMM's (tests of the fallbacks).
+// The vector form of relu_elem this CPU runs for the half types: 2 (relu_words16_avx512), 1
+// (relu_words16_avx2) or 0 (the scalar loop), by the GEMM's instruction set, so that
+// TORCHMODULES_CPU_ISA=avx2 or =base caps both (tests of the fallbacks).
 inline int relu_half_isa() {
   static const int isa = [] {
-    __builtin_cpu_init();
-    int best = __builtin_cpu_supports("avx2") ? 1 : 0;
-    if (best && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) best = 2;
-    const char* cap = std::getenv("TORCHMODULES_CPU_ISA");
-    if (cap && std::strcmp(cap, "avx2") == 0 && best > 1) best = 1;
-    if (cap && std::strcmp(cap, "base") == 0) best = 0;
-    return best;
+    const char* g = gemm_cpu_isa();
+    return std::strcmp(g, "amx") == 0 || std::strcmp(g, "avx512") == 0 ? 2 : std::strcmp(g, "avx2") == 0 ? 1 : 0;
   }();
   return isa;
 }
