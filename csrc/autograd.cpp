@@ -12,7 +12,7 @@ TM_OP(linear_forward_op, "linear_forward", Tensor(const Tensor&, const Tensor&, 
 TM_OP(linear_backward_input_op, "linear_backward_input", Tensor(const Tensor&, const Tensor&))
 TM_OP(linear_backward_weight_op, "linear_backward_weight", Tensor(const Tensor&, const Tensor&))
 
-struct LinearForward : torch::autograd::Function<LinearForward> {
+struct LinearForward : Function<LinearForward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
     ctx->save_for_backward({x, w});
     ctx->saved_data["bias"] = b.has_value() && b->defined();
@@ -29,7 +29,7 @@ struct LinearForward : torch::autograd::Function<LinearForward> {
 };
 
 // dx = dy W:  d/d(dy) = gg W^T,  d/dW = dy^T gg.
-struct LinearBackwardInput : torch::autograd::Function<LinearBackwardInput> {
+struct LinearBackwardInput : Function<LinearBackwardInput> {
   static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& w) {
     ctx->save_for_backward({dy, w});
     return below(linear_backward_input_op(), dy, w);
@@ -41,7 +41,7 @@ struct LinearBackwardInput : torch::autograd::Function<LinearBackwardInput> {
 };
 
 // dW = dy^T x:  d/d(dy) = x gg^T,  d/dx = dy gg.
-struct LinearBackwardWeight : torch::autograd::Function<LinearBackwardWeight> {
+struct LinearBackwardWeight : Function<LinearBackwardWeight> {
   static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& x) {
     ctx->save_for_backward({dy, x});
     return below(linear_backward_weight_op(), dy, x);
@@ -57,13 +57,13 @@ struct LinearBackwardWeight : torch::autograd::Function<LinearBackwardWeight> {
 TM_OP(relu_forward_op, "relu_forward", std::tuple<Tensor, Tensor>(const Tensor&))
 TM_OP(relu_backward_op, "relu_backward", Tensor(const Tensor&, const Tensor&))
 
-struct ReluForward : torch::autograd::Function<ReluForward> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x) {
+struct ReluForward : Function<ReluForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
     auto [y, mask] = below(relu_forward_op(), x);
     ctx->save_for_backward({mask});
-    ctx->mark_non_differentiable({mask});
-    ctx->set_materialize_grads(false);  // no zeros made for the mask's gradient (a launch on a GPU)
-    return {y, mask};
+    ctx->set_materialize_grads(false);  // an undefined dy stays so (no zeros launched)
+    side_outputs() = {mask};
+    return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
     if (!dy[0].defined()) return {Tensor()};
@@ -72,7 +72,7 @@ struct ReluForward : torch::autograd::Function<ReluForward> {
 };
 
 // dx = mask * dy is linear in dy: its backward is itself.
-struct ReluBackward : torch::autograd::Function<ReluBackward> {
+struct ReluBackward : Function<ReluBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& mask) {
     ctx->save_for_backward({mask});
     return below(relu_backward_op(), dy, mask);
@@ -89,14 +89,14 @@ struct ReluBackward : torch::autograd::Function<ReluBackward> {
 TM_OP(linear_relu_forward_op, "linear_relu_forward",
       std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&))
 
-struct LinearReluForward : torch::autograd::Function<LinearReluForward> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+struct LinearReluForward : Function<LinearReluForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
     auto [y, mask] = below(linear_relu_forward_op(), x, w, b);
     ctx->save_for_backward({x, w, mask});
     ctx->saved_data["bias"] = b.has_value() && b->defined();
-    ctx->mark_non_differentiable({mask});
-    ctx->set_materialize_grads(false);  // no zeros made for the mask's gradient
-    return {y, mask};
+    ctx->set_materialize_grads(false);  // an undefined dy stays so (no zeros launched)
+    side_outputs() = {mask};
+    return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
     if (!dy[0].defined()) return {Tensor(), Tensor(), Tensor()};
@@ -114,7 +114,7 @@ struct LinearReluForward : torch::autograd::Function<LinearReluForward> {
 TM_OP(duplicate_forward_op, "duplicate_forward", std::vector<Tensor>(const Tensor&, int64_t))
 TM_OP(duplicate_backward_op, "duplicate_backward", Tensor(at::TensorList))
 
-struct DuplicateForward : torch::autograd::Function<DuplicateForward> {
+struct DuplicateForward : Function<DuplicateForward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, int64_t n) {
     ctx->set_materialize_grads(false);  // copies left unused add nothing (no zeros made for them)
     return below(duplicate_forward_op(), x, n);
@@ -128,7 +128,7 @@ struct DuplicateForward : torch::autograd::Function<DuplicateForward> {
 };
 
 // dx = sum_k dy_k:  d/d(dy_k) = gg for every k.
-struct DuplicateBackward : torch::autograd::Function<DuplicateBackward> {
+struct DuplicateBackward : Function<DuplicateBackward> {
   static Tensor forward(AutogradContext* ctx, at::TensorList dys) {
     ctx->saved_data["n"] = static_cast<int64_t>(dys.size());
     return below(duplicate_backward_op(), dys);
@@ -142,7 +142,7 @@ struct DuplicateBackward : torch::autograd::Function<DuplicateBackward> {
 
 TM_OP(add_forward_op, "add_forward", Tensor(const Tensor&, const Tensor&))
 
-struct AddForward : torch::autograd::Function<AddForward> {
+struct AddForward : Function<AddForward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& a, const Tensor& b) {
     ctx->saved_data["a"] = a.sym_sizes();
     ctx->saved_data["b"] = b.sym_sizes();
@@ -155,7 +155,7 @@ struct AddForward : torch::autograd::Function<AddForward> {
 };
 
 // add_backward sums over broadcast dims: its backward broadcasts back (a view).
-struct AddBackward : torch::autograd::Function<AddBackward> {
+struct AddBackward : Function<AddBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& dy, c10::SymIntArrayRef size) {
     ctx->saved_data["shape"] = dy.sym_sizes();
     return below(add_backward_op(), dy, size);
@@ -172,15 +172,15 @@ TM_OP(maximum_forward_op, "maximum_forward", std::tuple<Tensor, Tensor>(const Te
 TM_OP(maximum_backward_op, "maximum_backward", Tensor(const Tensor&, const Tensor&, int64_t))
 TM_OP(maximum_backward_both_op, "maximum_backward_both", std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&))
 
-struct MaximumForward : torch::autograd::Function<MaximumForward> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& b) {
+struct MaximumForward : Function<MaximumForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& a, const Tensor& b) {
     auto [y, mask] = below(maximum_forward_op(), a, b);
     ctx->saved_data["a"] = a.sym_sizes();
     ctx->saved_data["b"] = b.sym_sizes();
     ctx->save_for_backward({mask});
-    ctx->mark_non_differentiable({mask});
-    ctx->set_materialize_grads(false);  // no zeros made for the mask's gradient
-    return {y, mask};
+    ctx->set_materialize_grads(false);  // an undefined dy stays so (no zeros launched)
+    side_outputs() = {mask};
+    return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
     const Tensor mask = saved(ctx, 0);
@@ -201,7 +201,7 @@ struct MaximumForward : torch::autograd::Function<MaximumForward> {
 };
 
 // d = dy * share is linear in dy: its backward is itself.
-struct MaximumBackward : torch::autograd::Function<MaximumBackward> {
+struct MaximumBackward : Function<MaximumBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& mask, int64_t which) {
     ctx->save_for_backward({mask});
     ctx->saved_data["which"] = which;
@@ -213,7 +213,7 @@ struct MaximumBackward : torch::autograd::Function<MaximumBackward> {
 };
 
 // (da, db) = dy * (share_0, share_1): d/d(dy) of <gga, da> + <ggb, db> = gga * share_0 + ggb * share_1.
-struct MaximumBackwardBoth : torch::autograd::Function<MaximumBackwardBoth> {
+struct MaximumBackwardBoth : Function<MaximumBackwardBoth> {
   static variable_list forward(AutogradContext* ctx, const Tensor& dy, const Tensor& mask) {
     ctx->save_for_backward({mask});
     ctx->set_materialize_grads(false);

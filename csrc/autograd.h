@@ -85,16 +85,40 @@ auto forward_mode(const c10::TypedOperatorHandle<Sig>& op, Args&&... args) {
   return op.redispatch(c10::DispatchKeySet(key), std::forward<Args>(args)...);
 }
 
-// A Function's outputs (a Tensor, or a list) as the op's return type.
-template <class R>
-R as_result(at::Tensor t) { return t; }
+// Base of every Autograd kernel's Function. Its backward calls only ops with fake kernels and
+// torch ops, so compiled autograd may trace it into its graph (is_traceable) rather than run it
+// as an opaque call, which fullgraph refuses.
+template <class F>
+struct Function : torch::autograd::Function<F> {
+  static constexpr bool is_traceable = true;
+};
+
+// Outputs that carry no gradient (masks, lse, indices) leave a Function beside it, not through it:
+// its forward returns the differentiable outputs and puts these here, and the Autograd kernel
+// appends them to the op's result as plain tensors (no grad_fn). That is what
+// mark_non_differentiable gives, in the form compiled autograd accepts (torch's CppNode asserts
+// under it that no output was marked).
+inline variable_list& side_outputs() {
+  thread_local variable_list v;
+  return v;
+}
+
+// A Function's outputs (a Tensor, or a list), then the side outputs, as the op's return type.
 template <class R, size_t... I>
 R list_as_tuple(const variable_list& v, std::index_sequence<I...>) { return R(v[I]...); }
 template <class R>
 R as_result(variable_list v) {
+  variable_list& side = side_outputs();
+  v.insert(v.end(), side.begin(), side.end());
+  side.clear();
   if constexpr (std::is_same_v<R, at::Tensor>) return v[0];
   else if constexpr (std::is_same_v<R, std::vector<at::Tensor>>) return v;
   else return list_as_tuple<R>(v, std::make_index_sequence<std::tuple_size_v<R>>{});
+}
+template <class R>
+R as_result(at::Tensor t) {
+  if constexpr (std::is_same_v<R, at::Tensor>) return t;
+  else return as_result<R>(variable_list{std::move(t)});
 }
 
 template <class H> struct sig_of;
@@ -107,6 +131,7 @@ struct AutogradKernel<F, R(Args...)> {
   static R run(Args... args) {
     if ((has_tangent(args) || ...)) return forward_mode(Op(), args...);
     if (!(ad_sees(args) || ...)) return below(Op(), args...);
+    side_outputs().clear();  // (left over if a forward threw)
     return as_result<R>(F::apply(args...));
   }
 };

@@ -36,15 +36,15 @@ void save_ce_params(AutogradContext* ctx, const Tensor& t, int64_t reduction, in
 }
 
 // dx = G (U p - u),  dq = -(1-eps) G w (x - lse) (probability targets only).
-struct CrossEntropyForward : torch::autograd::Function<CrossEntropyForward> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& t, const OptTensor& w,
-                               int64_t reduction, int64_t ignore_index, double smoothing) {
+struct CrossEntropyForward : Function<CrossEntropyForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& t, const OptTensor& w,
+                        int64_t reduction, int64_t ignore_index, double smoothing) {
     auto [loss, lse, tw] = below(ce_forward_op(), x, t, w, reduction, ignore_index, smoothing);
-    ctx->mark_non_differentiable({lse, tw});
-    ctx->set_materialize_grads(false);  // no zeros made for the gradients of lse and tw
+    ctx->set_materialize_grads(false);  // an undefined gradient stays so (no zeros launched)
     save_ce_params(ctx, t, reduction, ignore_index, smoothing);
     ctx->save_for_backward({x, t, w.value_or(Tensor()), lse, tw});
-    return {loss, lse, tw};
+    side_outputs() = {lse, tw};
+    return loss;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const bool need_x = ctx->needs_input_grad(0);
@@ -60,7 +60,7 @@ struct CrossEntropyForward : torch::autograd::Function<CrossEntropyForward> {
 };
 
 // dx = G (U p - u) (and dq): the double backward op gives d/dg, d/dx (through lse too), d/dq.
-struct CrossEntropyBackward : torch::autograd::Function<CrossEntropyBackward> {
+struct CrossEntropyBackward : Function<CrossEntropyBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& g, const Tensor& x, const Tensor& t,
                                const OptTensor& w, const Tensor& lse, const Tensor& tw, int64_t reduction,
                                int64_t ignore_index, double smoothing, bool target_grad) {
@@ -97,7 +97,7 @@ struct CrossEntropyBackward : torch::autograd::Function<CrossEntropyBackward> {
 //   d/dx  = a sc (U p (gg - S) - k (hh w - p Hw)) + G U (p b (gg - S) - p Bg - Pb p (gg - S))
 //           + k G Hw p (b - Pb) + k G Ew p (gg - S),
 //   d/dq  = k w (a sc (S - gg) + G Bg).
-struct CrossEntropyDoubleBackward : torch::autograd::Function<CrossEntropyDoubleBackward> {
+struct CrossEntropyDoubleBackward : Function<CrossEntropyDoubleBackward> {
   static variable_list forward(AutogradContext* ctx, const OptTensor& gg, const OptTensor& hh, const Tensor& g,
                                const Tensor& x, const Tensor& t, const OptTensor& w, const Tensor& lse,
                                const Tensor& tw, int64_t reduction, int64_t ignore_index, double smoothing) {
@@ -183,17 +183,17 @@ TM_OP(nll_backward_op, "nll_loss_backward",
       Tensor(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, c10::SymIntArrayRef, int64_t, int64_t))
 
 // dx[n, c, d] = -w[c] g_i [c == t_i]; saves W, not x. W is non-differentiable (free of x).
-struct NllLossForward : torch::autograd::Function<NllLossForward> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& t, const OptTensor& w,
-                               int64_t reduction, int64_t ignore_index) {
+struct NllLossForward : Function<NllLossForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& t, const OptTensor& w,
+                        int64_t reduction, int64_t ignore_index) {
     auto [y, W] = below(nll_forward_op(), x, t, w, reduction, ignore_index);
-    ctx->mark_non_differentiable({W});
-    ctx->set_materialize_grads(false);  // no zeros made for W's gradient
+    ctx->set_materialize_grads(false);  // an undefined gradient stays so (no zeros launched)
     ctx->saved_data["input_size"] = x.sym_sizes();
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["ignore_index"] = ignore_index;
     ctx->save_for_backward({t, w.value_or(Tensor()), W});
-    return {y, W};
+    side_outputs() = {W};
+    return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[0].defined()) return variable_list(5);
@@ -207,7 +207,7 @@ struct NllLossForward : torch::autograd::Function<NllLossForward> {
 
 // dx is linear in dy and free of x: d/d(dy) <gg, dx> is the forward applied to gg (for mean, the
 // forward's W, recomputed from target and weight, equals the W the backward was given).
-struct NllLossBackward : torch::autograd::Function<NllLossBackward> {
+struct NllLossBackward : Function<NllLossBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& t, const OptTensor& w,
                                const Tensor& W, c10::SymIntArrayRef input_size, int64_t reduction,
                                int64_t ignore_index) {
@@ -244,7 +244,7 @@ Tensor mse_grad_down(const Tensor& dy, const Tensor& a, const Tensor& b, int64_t
 }
 
 // dx = c (x - t) dy,  dt = -dx = mse_loss_backward(dy, t, x), each summed down to its input's shape.
-struct MseLossForward : torch::autograd::Function<MseLossForward> {
+struct MseLossForward : Function<MseLossForward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& t, int64_t reduction) {
     ctx->saved_data["reduction"] = reduction;
     ctx->save_for_backward({x, t});
@@ -261,7 +261,7 @@ struct MseLossForward : torch::autograd::Function<MseLossForward> {
 };
 
 // dx = c (x - t) dy:  d/d(dy) = c (x - t) gg [summed],  d/dx = c dy gg,  d/dt = -c dy gg.
-struct MseLossBackward : torch::autograd::Function<MseLossBackward> {
+struct MseLossBackward : Function<MseLossBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& x, const Tensor& t,
                                int64_t reduction) {
     ctx->saved_data["reduction"] = reduction;
@@ -284,7 +284,7 @@ struct MseLossBackward : torch::autograd::Function<MseLossBackward> {
 // Third order, from our own ops. For (A, B, C) = (c R[u (x - t)], c dy u, -c dy u), u = gg, and
 // upstream (p, q, r):  d/du = c p (x - t) + c dy (q - r) = bwd(p, x, t) + bwd(dy, q, r),
 //   d/d(dy) = c R[u (q - r)] = D(u, ., q, r)[0],  d/dx = c p u = D(u, p, x, t)[1],  d/dt = D(u, p, x, t)[2].
-struct MseLossDoubleBackward : torch::autograd::Function<MseLossDoubleBackward> {
+struct MseLossDoubleBackward : Function<MseLossDoubleBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& gg, const Tensor& dy, const Tensor& x,
                                const Tensor& t, int64_t reduction) {
     ctx->saved_data["reduction"] = reduction;

@@ -28,13 +28,13 @@ Tensor row_dot(const Tensor& a, const Tensor& x, const Tensor& w, const Tensor& 
   return (a * (x - gather_rows(w, index, x))).sum(-1);
 }
 
-struct NearestNeighborForward : torch::autograd::Function<NearestNeighborForward> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w) {
+struct NearestNeighborForward : Function<NearestNeighborForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w) {
     auto [sqdist, index] = below(nn_forward_op(), x, w);
-    ctx->mark_non_differentiable({index});
-    ctx->set_materialize_grads(false);  // no zeros made for the index's gradient (or an unused sqdist)
+    ctx->set_materialize_grads(false);  // an unused sqdist's gradient stays undefined (no zeros launched)
     ctx->save_for_backward({x, w, index});
-    return {sqdist, index};
+    side_outputs() = {index};
+    return sqdist;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Tensor& g = grads[0];
@@ -48,7 +48,7 @@ struct NearestNeighborForward : torch::autograd::Function<NearestNeighborForward
 // dx = 2 g (x - w[index]). For upstream a (x's shape):
 //   d/dg = 2 <a, x - w[index]>,  d/dx = 2 g a = backward_input(g, a, 0, index),
 //   d/dw = -2 sum_{index_n = k} g_n a_n = backward_weight(g, a, 0, index).
-struct NearestNeighborBackwardInput : torch::autograd::Function<NearestNeighborBackwardInput> {
+struct NearestNeighborBackwardInput : Function<NearestNeighborBackwardInput> {
   static Tensor forward(AutogradContext* ctx, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& index) {
     ctx->save_for_backward({g, x, w, index});
     return below(nn_backward_input_op(), g, x, w, index);
@@ -71,7 +71,7 @@ struct NearestNeighborBackwardInput : torch::autograd::Function<NearestNeighborB
 // dw = -2 sum_{index_n = k} g_n (x_n - w_k). For upstream b (w's shape):
 //   d/dg = -2 <b[index], x - w[index]>,  d/dx = -2 g b[index] = backward_input(g, 0, b, index),
 //   d/dw_k = 2 b_k sum_{index_n = k} g_n = backward_weight(g, 0, b, index).
-struct NearestNeighborBackwardWeight : torch::autograd::Function<NearestNeighborBackwardWeight> {
+struct NearestNeighborBackwardWeight : Function<NearestNeighborBackwardWeight> {
   static Tensor forward(AutogradContext* ctx, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& index) {
     ctx->save_for_backward({g, x, w, index});
     return below(nn_backward_weight_op(), g, x, w, index);

@@ -32,7 +32,7 @@ Tensor call_amax(AutogradContext* ctx, const Op& op, const Tensor& g) {
                  ctx->saved_data["keepdim"].toBool());
 }
 
-struct AmaxForward : torch::autograd::Function<AmaxForward> {
+struct AmaxForward : Function<AmaxForward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, IntArrayRef dim, bool keepdim) {
     Tensor y = below(amax_forward_op(), x, dim, keepdim);
     save_amax(ctx, x, y, dim, keepdim);
@@ -45,7 +45,7 @@ struct AmaxForward : torch::autograd::Function<AmaxForward> {
 
 // dx is linear in dy; x and y only select (zero gradient almost everywhere):
 // d/d(dy) = sum over the row of (gg / c) [x == y], the double backward op.
-struct AmaxBackward : torch::autograd::Function<AmaxBackward> {
+struct AmaxBackward : Function<AmaxBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& x, const Tensor& y, IntArrayRef dim,
                         bool keepdim) {
     save_amax(ctx, x, y, dim, keepdim);
@@ -57,7 +57,7 @@ struct AmaxBackward : torch::autograd::Function<AmaxBackward> {
 };
 
 // The double backward is linear in gg, the transpose of the backward: its backward is the backward op.
-struct AmaxDoubleBackward : torch::autograd::Function<AmaxDoubleBackward> {
+struct AmaxDoubleBackward : Function<AmaxDoubleBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& gg, const Tensor& x, const Tensor& y, IntArrayRef dim,
                         bool keepdim) {
     save_amax(ctx, x, y, dim, keepdim);
@@ -78,7 +78,7 @@ TM_OP(log_softmax_double_backward_op, "log_softmax_double_backward",
 int64_t saved_dim(AutogradContext* ctx) { return ctx->saved_data["dim"].toInt(); }
 
 // Saves y (the output) for dx = dy - exp(y) sum(dy).
-struct LogSoftmaxForward : torch::autograd::Function<LogSoftmaxForward> {
+struct LogSoftmaxForward : Function<LogSoftmaxForward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, int64_t dim) {
     Tensor y = below(log_softmax_forward_op(), x, dim);
     ctx->save_for_backward({y});
@@ -91,7 +91,7 @@ struct LogSoftmaxForward : torch::autograd::Function<LogSoftmaxForward> {
 };
 
 // For gg = d/d(dx):  d/d(dy) = gg - sum(gg exp(y)),  d/dy = -gg exp(y) sum(dy): the double backward op.
-struct LogSoftmaxBackward : torch::autograd::Function<LogSoftmaxBackward> {
+struct LogSoftmaxBackward : Function<LogSoftmaxBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& dy, const Tensor& y, int64_t dim) {
     ctx->save_for_backward({dy, y});
     ctx->saved_data["dim"] = dim;
@@ -107,7 +107,7 @@ struct LogSoftmaxBackward : torch::autograd::Function<LogSoftmaxBackward> {
 // over dim, a = d/d(d_dy), b = d/d(d_y):
 //   d/dgg = a - p S(a) - b p S(dy),   d/ddy = -S(b gg p),   d/dy = -p gg (S(a) + b S(dy)).
 // Composed from at:: ops on top of our log_softmax_backward (which gives a - p S(a)).
-struct LogSoftmaxDoubleBackward : torch::autograd::Function<LogSoftmaxDoubleBackward> {
+struct LogSoftmaxDoubleBackward : Function<LogSoftmaxDoubleBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& gg, const Tensor& dy, const Tensor& y,
                                int64_t dim) {
     ctx->save_for_backward({gg, dy, y});

@@ -200,3 +200,24 @@ def test_forward_mode_matches_torch(device):
         j = torch.autograd.functional.jacobian(lambda v: TF.relu(TF.linear(v, w)), x, vectorize=vec)
         ref_j = torch.autograd.functional.jacobian(lambda v: torch.relu(v @ w.T), x, vectorize=vec)
         torch.testing.assert_close(j, ref_j, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_side_outputs_carry_no_gradient(device):
+    """The outputs that carry no gradient (masks, CrossEntropy's lse and total weight, NLL's
+    total weight, NearestNeighbor's index) come out as plain tensors, like the total_weight of
+    torch's aten.nll_loss_forward: no grad_fn, requires_grad False; the first output has our node."""
+    x = torch.randn(5, 4, device=device, requires_grad=True)
+    t = torch.randint(0, 4, (5,), device=device)
+    ops = torch.ops.torchmodules
+    _, torch_tw = torch.ops.aten.nll_loss_forward(x, t, None, 1, -100)
+    calls = {"relu": lambda: ops.relu_forward(x), "maximum": lambda: ops.maximum_forward(x, x.flip(0)),
+             "linear_relu": lambda: ops.linear_relu_forward(x, x, None),
+             "cross_entropy": lambda: ops.cross_entropy_forward(x, t, None, 1, -100, 0.0),
+             "nll_loss": lambda: ops.nll_loss_forward(x, t, None, 1, -100),
+             "nearest_neighbor": lambda: ops.nearest_neighbor_forward(x, x[:3])}
+    for name, call in calls.items():
+        first, *side = call()
+        assert first.grad_fn is not None, name
+        for s in side:
+            assert (s.grad_fn, s.requires_grad) == (torch_tw.grad_fn, torch_tw.requires_grad) == (None, False), name

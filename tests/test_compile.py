@@ -191,3 +191,76 @@ def test_cuda_graph_replay_with_loss_matches_eager(loss):
         model(x, t)
     l_graph, _ = _loss_step(compiled, x, t)
     assert l_graph.isnan().item(), l_graph
+
+
+# ---- compiled autograd: an eager forward, its backward compiled as one graph -----------------------
+
+from torch._dynamo import compiled_autograd  # noqa: E402
+
+
+def _compiled_autograd_grads(step, params):
+    """Runs step() (a forward and loss.backward()) under compiled autograd with fullgraph, so a
+    backward node that dynamo cannot trace raises; returns the gradients of params and the names
+    of the ops in the compiled backward graph."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    def compiler(gm):
+        return torch.compile(gm, backend=aot_autograd(fw_compiler=record), fullgraph=True)
+
+    for p in params:
+        p.grad = None
+    with compiled_autograd._enable(compiler):
+        step()
+    ops = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    return [p.grad.clone() for p in params], ops
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("loss", ["nll", "cross_entropy", "mse"])
+def test_compiled_autograd(loss, device):
+    """Our Functions' backwards are traced into compiled autograd's graph (is_traceable, and no
+    output marked non-differentiable: torch's C++ Function asserts under compiled autograd that
+    none is), so the graph calls our backward kernels; the gradients equal eager autograd's."""
+    torch.manual_seed(5)
+    torch._dynamo.reset()
+    crit = {"nll": tm.NLLLoss(), "cross_entropy": tm.CrossEntropyLoss(), "mse": tm.MSELoss()}[loss]
+    model = NetWithLoss(crit).to(device)
+    x = torch.randn(7, 6, device=device)
+    t = torch.randn(7, 3, device=device) if loss == "mse" else torch.randint(0, 3, (7,), device=device)
+    _, g_eager = _loss_step(model, x, t)
+    g_comp, ops = _compiled_autograd_grads(lambda: model(x, t).backward(), list(model.parameters()))
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    loss_op = {"nll": "nll_loss_backward", "cross_entropy": "cross_entropy_backward", "mse": "mse_loss_backward"}[loss]
+    for op in ("linear_backward_input", "linear_backward_weight", "relu_backward", "duplicate_backward",
+               "maximum_backward_both", "add_backward", "amax_backward", "log_softmax_backward", loss_op):
+        assert f"torchmodules.{op}.default" in ops, (op, sorted(ops))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_autograd_linear_relu_nearest_neighbor(device):
+    """The other ops with outputs that carry no gradient (LinearReLU's mask, NearestNeighbor's
+    index) under compiled autograd: their side outputs are plain tensors, the gradients equal eager."""
+    torch.manual_seed(6)
+    torch._dynamo.reset()
+    lr, nn_ = tm.LinearReLU(6, 5).to(device), tm.NearestNeighbor(4, 5).to(device)
+    x = torch.randn(9, 6, device=device)
+    params = [*lr.parameters(), *nn_.parameters()]
+
+    def step():
+        index, sqdist = nn_(lr(x))
+        assert not index.requires_grad and index.grad_fn is None
+        sqdist.sum().backward()
+
+    g_comp, ops = _compiled_autograd_grads(step, params)
+    for p in params:
+        p.grad = None
+    step()
+    for a, p in zip(g_comp, params):
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-6)
+    for op in ("nearest_neighbor_backward_input", "nearest_neighbor_backward_weight", "relu_backward"):
+        assert f"torchmodules.{op}.default" in ops, (op, sorted(ops))
