@@ -1,8 +1,19 @@
-"""Where the host time of a small op goes: ReLU's backward and Add's forward + backward at 65536
-elements (launch-bound on a GPU: the H100 check 3 measured ReLU's backward at 33 us ours against
-13 us torch's), ours against torch's, timed per call and profiled (torch.profiler, CPU side).
+"""Where the time of a small op goes: ReLU, Add, Maximum and Duplicate at 65536 elements, ours
+against torch's. The H100 check 3 timed ReLU's backward at 33 us ours against 13 us torch's with
+triton's do_bench (L2 flushed before each call), at 65536 and at 4M elements alike, though the
+kernel moves under a megabyte at 65536: a cost that is not the kernel's. Per call this prints
+  host:   wall time per call in a loop, synchronised once at the end (the host's cost, or the
+          GPU's where that is larger);
+  gpu:    CUDA events around one call queued behind a 2 ms spin kernel, so the host has enqueued
+          it all before the GPU starts: the GPU time of the call alone;
+  bench:  triton.testing.do_bench as benchmarks/bench.py takes it (after an L2 flush);
+  syncs:  whether the call makes the host wait for the GPU (torch.cuda.set_sync_debug_mode;
+          a wait there lets the host's later work into the bench time);
+then torch.profiler tables (CPU and CUDA) of ReLU's backward, ours and torch's.
+bench well above gpu with no sync means the host could not keep ahead of the GPU.
 Usage: python benchmarks/host_overhead.py [--device cuda] [--n 65536]"""
 import argparse
+import statistics
 import time
 
 import torch
@@ -11,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 import torchmodules.functional as TF
 
 
-def per_call_us(fn, device, reps=300):
+def host_us(fn, device, reps=300):
     for _ in range(20):
         fn()
     if device == "cuda":
@@ -24,29 +35,75 @@ def per_call_us(fn, device, reps=300):
     return (time.perf_counter() - t) / reps * 1e6
 
 
+def gpu_us(fn, reps=20):
+    """Median GPU time of one call, each queued behind a spin kernel (the host far ahead)."""
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(2_000_000)  # ~1-2 ms of clock cycles on the GPU
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+def bench_us(fn):
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        return float("nan")
+    return do_bench(fn, warmup=5, rep=20, return_mode="median") * 1e3
+
+
+def syncs(fn):
+    """'no', or the first line of the error a synchronising call raises in sync debug mode."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return "no"
+    except RuntimeError as e:
+        return "yes: " + str(e).splitlines()[0][:100]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--n", type=int, default=65536)
     a = ap.parse_args()
+    cuda = a.device == "cuda"
     x = torch.randn(a.n, device=a.device, requires_grad=True)
     b = torch.randn(a.n, device=a.device, requires_grad=True)
     g = torch.randn(a.n, device=a.device)
+    impls = {"ours": (TF.relu, TF.add, TF.maximum, lambda t: TF.duplicate(t, 2)),
+             "torch": (torch.relu, torch.add, torch.maximum, lambda t: (t.clone(), t.clone()))}
     cases = {}
-    for name, relu, add in (("ours", TF.relu, TF.add), ("torch", torch.relu, torch.add)):
-        y = relu(x)
+    for name, (relu, add, maximum, dup) in impls.items():
+        y, m, (d1, d2) = relu(x), maximum(x, b), dup(x)
         cases[f"relu backward, {name}"] = lambda y=y: torch.autograd.grad(y, x, g, retain_graph=True)
         cases[f"relu forward (grad), {name}"] = lambda relu=relu: relu(x)
         cases[f"add fwd+bwd, {name}"] = lambda add=add: torch.autograd.grad(add(x, b), (x, b), g)
+        cases[f"maximum backward, {name}"] = lambda m=m: torch.autograd.grad(m, (x, b), g, retain_graph=True)
+        cases[f"duplicate backward, {name}"] = lambda d=(d1, d2): torch.autograd.grad(d, x, (g, g), retain_graph=True)
+    print(f"n = {a.n}, {a.device}" + (f" ({torch.cuda.get_device_name()})" if cuda else ""))
     for k, fn in cases.items():
-        print(f"{k:28s} {per_call_us(fn, a.device):8.1f} us per call (host + sync, {a.device})")
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device == "cuda" else [])
+        line = f"{k:32s} host {host_us(fn, a.device):7.1f} us per call"
+        if cuda:
+            line += f" | gpu {gpu_us(fn):6.1f} us | bench {bench_us(fn):6.1f} us | syncs: {syncs(fn)}"
+        print(line, flush=True)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     for k in ("relu backward, ours", "relu backward, torch"):
         with profile(activities=acts) as prof:
             for _ in range(50):
                 cases[k]()
-        print(f"\n==== profile: {k} (50 calls; self CPU time)")
+        print(f"\n==== profile: {k} (50 calls; sorted by self CPU time)")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=60))
+        if cuda:
+            print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=8, max_name_column_width=60))
 
 
 if __name__ == "__main__":
