@@ -19,7 +19,8 @@ struct LinearForward : Function<LinearForward> {
     return below(linear_forward_op(), x, w, b);
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
-    const Tensor x = saved(ctx, 0), w = saved(ctx, 1);
+    const auto s = ctx->get_saved_variables();
+    const Tensor &x = s[0], &w = s[1];
     return {ctx->needs_input_grad(0) ? linear_backward_input_op().call(dy[0], w) : Tensor(),
             ctx->needs_input_grad(1) ? linear_backward_weight_op().call(dy[0], x) : Tensor(),
             // (needs_input_grad counts tensor arguments only: index 2 exists when there is a bias)
@@ -35,8 +36,9 @@ struct LinearBackwardInput : Function<LinearBackwardInput> {
     return below(linear_backward_input_op(), dy, w);
   }
   static variable_list backward(AutogradContext* ctx, variable_list gg) {
-    return {ctx->needs_input_grad(0) ? linear_forward_op().call(gg[0], saved(ctx, 1), std::nullopt) : Tensor(),
-            ctx->needs_input_grad(1) ? linear_backward_weight_op().call(saved(ctx, 0), gg[0]) : Tensor()};
+    const auto s = ctx->get_saved_variables();  // dy, w
+    return {ctx->needs_input_grad(0) ? linear_forward_op().call(gg[0], s[1], std::nullopt) : Tensor(),
+            ctx->needs_input_grad(1) ? linear_backward_weight_op().call(s[0], gg[0]) : Tensor()};
   }
 };
 
@@ -47,8 +49,9 @@ struct LinearBackwardWeight : Function<LinearBackwardWeight> {
     return below(linear_backward_weight_op(), dy, x);
   }
   static variable_list backward(AutogradContext* ctx, variable_list gg) {
-    return {ctx->needs_input_grad(0) ? linear_forward_op().call(saved(ctx, 1), gg[0], std::nullopt) : Tensor(),
-            ctx->needs_input_grad(1) ? linear_backward_input_op().call(saved(ctx, 0), gg[0]) : Tensor()};
+    const auto s = ctx->get_saved_variables();  // dy, x
+    return {ctx->needs_input_grad(0) ? linear_forward_op().call(s[1], gg[0], std::nullopt) : Tensor(),
+            ctx->needs_input_grad(1) ? linear_backward_input_op().call(s[0], gg[0]) : Tensor()};
   }
 };
 
@@ -67,7 +70,7 @@ struct ReluForward : Function<ReluForward> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
     if (!dy[0].defined()) return {Tensor()};
-    return {relu_backward_op().call(dy[0], saved(ctx, 0))};
+    return {relu_backward_op().call(dy[0], ctx->get_saved_variables()[0])};
   }
 };
 
@@ -78,7 +81,7 @@ struct ReluBackward : Function<ReluBackward> {
     return below(relu_backward_op(), dy, mask);
   }
   static variable_list backward(AutogradContext* ctx, variable_list gg) {
-    return {relu_backward_op().call(gg[0], saved(ctx, 0)), Tensor()};
+    return {relu_backward_op().call(gg[0], ctx->get_saved_variables()[0]), Tensor()};
   }
 };
 
@@ -100,8 +103,9 @@ struct LinearReluForward : Function<LinearReluForward> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
     if (!dy[0].defined()) return {Tensor(), Tensor(), Tensor()};
-    const Tensor x = saved(ctx, 0), w = saved(ctx, 1);
-    const Tensor dz = relu_backward_op().call(dy[0], saved(ctx, 2));
+    const auto s = ctx->get_saved_variables();
+    const Tensor &x = s[0], &w = s[1];
+    const Tensor dz = relu_backward_op().call(dy[0], s[2]);
     return {ctx->needs_input_grad(0) ? linear_backward_input_op().call(dz, w) : Tensor(),
             ctx->needs_input_grad(1) ? linear_backward_weight_op().call(dz, x) : Tensor(),
             ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2) ? sum_down(dz, w.sym_sizes().slice(0, 1))
@@ -183,7 +187,7 @@ struct MaximumForward : Function<MaximumForward> {
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
-    const Tensor mask = saved(ctx, 0);
+    const Tensor mask = ctx->get_saved_variables()[0];
     variable_list out(2);
     if (!dy[0].defined()) return out;
     if (ctx->needs_input_grad(0) && ctx->needs_input_grad(1)) {  // one pass for both
@@ -208,7 +212,7 @@ struct MaximumBackward : Function<MaximumBackward> {
     return below(maximum_backward_op(), dy, mask, which);
   }
   static variable_list backward(AutogradContext* ctx, variable_list gg) {
-    return {maximum_backward_op().call(gg[0], saved(ctx, 0), ctx->saved_data["which"].toInt()), Tensor(), Tensor()};
+    return {maximum_backward_op().call(gg[0], ctx->get_saved_variables()[0], ctx->saved_data["which"].toInt()), Tensor(), Tensor()};
   }
 };
 
@@ -221,7 +225,7 @@ struct MaximumBackwardBoth : Function<MaximumBackwardBoth> {
     return {da, db};
   }
   static variable_list backward(AutogradContext* ctx, variable_list gg) {
-    const Tensor mask = saved(ctx, 0);
+    const Tensor mask = ctx->get_saved_variables()[0];
     Tensor d;
     for (int64_t k = 0; k < 2; ++k) {
       if (!gg[k].defined()) continue;

@@ -43,8 +43,8 @@ inline at::Tensor sum_down(const at::Tensor& grad, c10::SymIntArrayRef shape) {
   return grad.sym_sizes().equals(shape) ? grad : add_backward_op().call(grad, shape);
 }
 
-// The saved variable i of a Function.
-inline at::Tensor saved(AutogradContext* ctx, size_t i) { return ctx->get_saved_variables()[i]; }
+// A backward unpacks its saved variables once (ctx->get_saved_variables() unpacks them all):
+// under saved-tensor hooks, such as torch.utils.checkpoint's, each may be unpacked only once.
 
 // ---- registration ---------------------------------------------------------------------------
 // TM_AUTOGRAD(m, "relu_forward", ReluForward, relu_forward_op) makes Function ReluForward the

@@ -28,7 +28,8 @@ void save_amax(AutogradContext* ctx, const Tensor& x, const Tensor& y, IntArrayR
 // op(g, x, y, dim, keepdim) with the saved x, y, dim, keepdim.
 template <class Op>
 Tensor call_amax(AutogradContext* ctx, const Op& op, const Tensor& g) {
-  return op.call(g, saved(ctx, 0), saved(ctx, 1), ctx->saved_data["dim"].toIntVector(),
+  const auto s = ctx->get_saved_variables();
+  return op.call(g, s[0], s[1], ctx->saved_data["dim"].toIntVector(),
                  ctx->saved_data["keepdim"].toBool());
 }
 
@@ -86,7 +87,7 @@ struct LogSoftmaxForward : Function<LogSoftmaxForward> {
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list dy) {
-    return {log_softmax_backward_op().call(dy[0], saved(ctx, 0), saved_dim(ctx)), Tensor()};
+    return {log_softmax_backward_op().call(dy[0], ctx->get_saved_variables()[0], saved_dim(ctx)), Tensor()};
   }
 };
 
@@ -98,7 +99,8 @@ struct LogSoftmaxBackward : Function<LogSoftmaxBackward> {
     return below(log_softmax_backward_op(), dy, y, dim);
   }
   static variable_list backward(AutogradContext* ctx, variable_list gg) {
-    auto [d_dy, d_y] = log_softmax_double_backward_op().call(gg[0], saved(ctx, 0), saved(ctx, 1), saved_dim(ctx));
+    const auto s = ctx->get_saved_variables();  // dy, y
+    auto [d_dy, d_y] = log_softmax_double_backward_op().call(gg[0], s[0], s[1], saved_dim(ctx));
     return {d_dy, d_y, Tensor()};
   }
 };
@@ -116,7 +118,8 @@ struct LogSoftmaxDoubleBackward : Function<LogSoftmaxDoubleBackward> {
     return {d_dy, d_y};
   }
   static variable_list backward(AutogradContext* ctx, variable_list ab) {
-    const Tensor gg = saved(ctx, 0), dy = saved(ctx, 1), y = saved(ctx, 2);
+    const auto s = ctx->get_saved_variables();
+    const Tensor &gg = s[0], &dy = s[1], &y = s[2];
     const Tensor &a = ab[0], &b = ab[1];
     const int64_t d = saved_dim(ctx);
     const Tensor p = y.exp();
