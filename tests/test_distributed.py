@@ -1,10 +1,12 @@
-"""DistributedDataParallel: a network of our modules trained with torchmodules.optim.SGD by
-2 processes (gloo on the CPU; gloo with both ranks on one GPU, so our CUDA kernels train under
-DDP on a one-GPU machine; NCCL with 2 GPUs) takes, step by step, the same gradients and
-parameters as one process on the whole (global) batch, in float64.
+"""DistributedDataParallel, and FSDP2 (fully_shard: parameters sharded as DTensors, gathered
+for each forward and backward, gradients reduce-scattered): a network of our modules trained
+with torchmodules.optim.SGD by 2 processes (gloo on the CPU; gloo with both ranks on one GPU, so
+our CUDA kernels train under DDP on a one-GPU machine; NCCL with 2 GPUs) takes, step by step,
+the same gradients and parameters as one process on the whole (global) batch, in float64.
 
 Each rank gets half of every global batch; the loss is a mean, so the average of the ranks'
-gradients (what DDP's all-reduce computes) is the gradient of the global batch."""
+gradients (what DDP's all-reduce and FSDP's reduce-scatter compute) is the gradient of the
+global batch."""
 import datetime
 import os
 import time
@@ -18,6 +20,12 @@ from multiprocessing.connection import wait
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+try:
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch without FSDP2
+    fully_shard, DTensor = None, ()
+
 import torchmodules as tm
 
 WORLD = 2
@@ -27,6 +35,8 @@ IN, HIDDEN, CLASSES = 5, 8, 4
 JOIN_TIMEOUT_S = 90  # for all ranks together; they need ~5 s (the forkserver's imports), more on a busy machine
 # DDP configurations tried in the same worker processes (one spawn for all of them)
 BUCKET_VIEWS = (False, True)
+# FSDP2 on the CPU (gloo) and with one GPU per rank (NCCL); not with both ranks on one GPU
+FSDP_CONFIGS = ("gloo", "nccl")
 
 
 class Net(nn.Module):
@@ -58,18 +68,23 @@ def _new_model(device):
     return Net().to(device=device, dtype=torch.float64)
 
 
+def _full(t):
+    """A tensor, or the whole of a sharded DTensor (an all-gather: every rank calls it)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
 def _train(model, params, xs, ts):
     """STEPS steps of SGD (with momentum) with NLLLoss; the gradients and parameters after
-    each step, on the CPU."""
+    each step, whole, on the CPU."""
     opt = tm.optim.SGD(params, lr=0.2, momentum=0.9, weight_decay=0.01)
     loss_fn = tm.NLLLoss()
     grads, weights = [], []
     for x, t in zip(xs, ts):
         opt.zero_grad()
         loss_fn(model(x), t).backward()
-        grads.append([p.grad.detach().cpu().clone() for p in params])
+        grads.append([_full(p.grad.detach()).cpu().clone() for p in params])
         opt.step()
-        weights.append([p.detach().cpu().clone() for p in params])
+        weights.append([_full(p.detach()).cpu().clone() for p in params])
     return grads, weights
 
 
@@ -101,7 +116,14 @@ def _worker(rank, config, port, out_dir):
             model = _new_model(device)
             ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                       gradient_as_bucket_view=bucket_view)
-            results[bucket_view] = _train(ddp, list(ddp.parameters()), xs, ts)
+            results[f"DDP, gradient_as_bucket_view={bucket_view}"] = _train(ddp, list(ddp.parameters()), xs, ts)
+        if config in FSDP_CONFIGS and fully_shard is not None:
+            model = _new_model(device)
+            for layer in (model.l1, model.l2, model.l3, model.l4):
+                fully_shard(layer)
+            fully_shard(model)
+            assert isinstance(model.l1.weight, DTensor)
+            results["FSDP2"] = _train(model, list(model.parameters()), xs, ts)
         dist.destroy_process_group()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     except BaseException:
@@ -173,19 +195,22 @@ def test_ddp_matches_single_process(backend, tmp_path):
     model = _new_model(device)
     ref_grads, ref_weights = _train(model, list(model.parameters()), *_data(device))
     names = [n for n, _ in model.named_parameters()]
-    for bucket_view in BUCKET_VIEWS:
+    configs = list(ranks[0])
+    assert len(configs) == len(BUCKET_VIEWS) + (backend in FSDP_CONFIGS and fully_shard is not None), configs
+    for config in configs:
         for r, res in enumerate(ranks):
-            grads, weights = res[bucket_view]
+            grads, weights = res[config]
             for step in range(STEPS):
                 for name, g, g_ref, w, w_ref in zip(names, grads[step], ref_grads[step], weights[step],
                                                     ref_weights[step]):
-                    where = f"{backend}, gradient_as_bucket_view={bucket_view}, rank {r}, step {step}, {name}"
+                    where = f"{backend}, {config}, rank {r}, step {step}, {name}"
                     assert g.dtype == torch.float64
                     torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14, msg=f"grad: {where}")
                     torch.testing.assert_close(w, w_ref, rtol=1e-12, atol=1e-14, msg=f"param: {where}")
-    # the ranks' parameters must also agree with each other, bitwise (DDP all-reduces the same buckets)
-    for bucket_view in BUCKET_VIEWS:
-        for w0, w1 in zip(ranks[0][bucket_view][1][-1], ranks[1][bucket_view][1][-1]):
-            assert torch.equal(w0, w1)
+    # the ranks' parameters must also agree with each other, bitwise (DDP all-reduces the same
+    # buckets; FSDP2's ranks gather the same shards)
+    for config in configs:
+        for w0, w1 in zip(ranks[0][config][1][-1], ranks[1][config][1][-1]):
+            assert torch.equal(w0, w1), config
     # and the training moved the parameters (the test would be vacuous otherwise)
     assert any(not torch.equal(a, b) for a, b in zip(ref_weights[0], ref_weights[-1]))

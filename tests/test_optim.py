@@ -533,3 +533,39 @@ def test_sgd_step_bad_input(fn, exc, words):
     assert type(info.value) is exc
     for w in words:
         assert w in str(info.value), f"{w!r} not in: {info.value}"
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="no torch.distributed / gloo")
+def test_dtensor_params():
+    """DTensor params (FSDP2's; a one-process mesh here, test_distributed trains 2 ranks): each
+    rank's local shards are stepped as torch.optim.SGD steps the DTensors; a grad laid out
+    otherwise (Replicate against Shard) is redistributed; a momentum buffer laid out otherwise
+    raises, naming both layouts."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        torch.manual_seed(0)
+        w0, g = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+        trained = []
+        for opt_cls in (SGD, torch.optim.SGD):
+            p = torch.nn.Parameter(distribute_tensor(w0.clone(), mesh, [Shard(0)]))
+            opt = opt_cls([p], lr=0.1, momentum=0.9, weight_decay=0.01)
+            for _ in range(3):
+                p.grad = distribute_tensor(g, mesh, [Replicate()])
+                opt.step()
+            trained.append((p.full_tensor(), opt.state[p]["momentum_buffer"]))
+        (ours, ours_buf), (ref, ref_buf) = trained
+        assert isinstance(ours_buf, type(ref_buf)) and ours_buf.placements == ref_buf.placements
+        torch.testing.assert_close(ours, ref, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(ours_buf.full_tensor(), ref_buf.full_tensor(), rtol=1e-14, atol=1e-15)
+        p = torch.nn.Parameter(distribute_tensor(w0.clone(), mesh, [Shard(0)]))
+        p.grad = distribute_tensor(g, mesh, [Shard(0)])
+        opt = SGD([p], lr=0.1, momentum=0.9)
+        opt.state[p]["momentum_buffer"] = distribute_tensor(g, mesh, [Replicate()])
+        with pytest.raises(RuntimeError, match=r"momentum buffer laid out as \(Replicate\(\),\).*its param as \(Shard"):
+            opt.step()
+    finally:
+        dist.destroy_process_group()

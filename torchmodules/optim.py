@@ -10,7 +10,29 @@ from torch.optim import Optimizer
 
 from ._ops import ops
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed
+    DTensor = ()
+
 __all__ = ["SGD"]
+
+
+def _local(t, param, what):
+    """The local shard of t, a DTensor param's grad or momentum buffer (FSDP2 shards params as
+    DTensors): the step is elementwise, so on DTensors it is the step on each rank's local shards,
+    once they are laid out alike. A grad laid out otherwise is redistributed as the param; a
+    buffer, updated in place, must be laid out as the param already."""
+    if not isinstance(param, DTensor):
+        return t
+    if not isinstance(t, DTensor):
+        raise RuntimeError(f"torchmodules.optim.SGD: the param is a DTensor but its {what} is not")
+    if (t.device_mesh, t.placements) != (param.device_mesh, param.placements):
+        if what != "grad":
+            raise RuntimeError(f"torchmodules.optim.SGD: {what} laid out as {t.placements} on {t.device_mesh}, "
+                               f"its param as {param.placements} on {param.device_mesh}")
+        t = t.redistribute(param.device_mesh, param.placements)
+    return t.to_local()
 
 
 def _scalar(v):
@@ -28,7 +50,7 @@ class SGD(Optimizer):
 
     ``foreach`` and ``fused`` are accepted for compatibility (the step is always fused);
     ``differentiable=True`` is not supported. Half-precision params are updated in float
-    and rounded once.
+    and rounded once. DTensor params (FSDP2) are stepped shard by shard, on each rank.
     """
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
@@ -92,16 +114,17 @@ class SGD(Optimizer):
                 first = momentum != 0 and buf is None
                 if first:
                     buf = torch.empty_like(p, memory_format=torch.preserve_format)
-                ps, gs, bs = batches.setdefault((p.device, p.dtype, first), ([], [], []))
-                ps.append(p)
-                gs.append(p.grad)
+                ps, gs, bs, fresh = batches.setdefault((p.device, p.dtype, first), ([], [], [], []))
+                ps.append(_local(p, p, "param"))
+                gs.append(_local(p.grad, p, "grad"))
                 if buf is not None:
-                    bs.append(buf)
-            for (_, _, first), (ps, gs, bs) in batches.items():
+                    bs.append(_local(buf, p, "momentum buffer"))
+                if first:
+                    fresh.append((p, buf))
+            for (_, _, first), (ps, gs, bs, fresh) in batches.items():
                 ops.sgd_step(ps, gs, bs, _scalar(group["lr"]), momentum, _scalar(group["dampening"]),
                              _scalar(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]),
                              first)
-                if first:
-                    for p, b in zip(ps, bs):
-                        self.state[p]["momentum_buffer"] = b
+                for p, buf in fresh:  # (kept only once the kernel has written them)
+                    self.state[p]["momentum_buffer"] = buf
         return loss
