@@ -3,6 +3,8 @@
 // fake / functionalized one under torch.compile), its backward calls the backward ops through
 // the dispatcher, so that a backward is itself differentiable (double backward) through the
 // backward op's own Autograd kernel.
+// A backward unpacks its saved variables once (ctx->get_saved_variables() unpacks them all):
+// under saved-tensor hooks, such as torch.utils.checkpoint's, each may be unpacked only once.
 // Written in C++ rather than with torch.library.register_autograd: the Python layer cost
 // ~15 us per op call and more per backward, above the kernel's time up to ~4M elements.
 #pragma once
@@ -42,9 +44,6 @@ TM_OP(add_backward_op, "add_backward", at::Tensor(const at::Tensor&, c10::SymInt
 inline at::Tensor sum_down(const at::Tensor& grad, c10::SymIntArrayRef shape) {
   return grad.sym_sizes().equals(shape) ? grad : add_backward_op().call(grad, shape);
 }
-
-// A backward unpacks its saved variables once (ctx->get_saved_variables() unpacks them all):
-// under saved-tensor hooks, such as torch.utils.checkpoint's, each may be unpacked only once.
 
 // ---- registration ---------------------------------------------------------------------------
 // TM_AUTOGRAD(m, "relu_forward", ReluForward, relu_forward_op) makes Function ReluForward the
