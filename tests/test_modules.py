@@ -85,3 +85,33 @@ def test_mlp_trains_like_its_torch_twin(device):
         assert abs(losses[0] - losses[1]) < 1e-10, losses
     for (k, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_hooks_see_what_torch_modules_see(device):
+    """Forward pre-hooks, forward hooks and full backward hooks on our modules get the inputs,
+    outputs, grad_input and grad_output that the same hooks get on the torch twins (float64)."""
+    torch.manual_seed(8)
+
+    def net(L):
+        return nn.Sequential(L.Linear(5, 7), L.ReLU(), L.Linear(7, 4), L.LogSoftmax(dim=1)).to(device).double()
+
+    ours, ref = net(tm), net(nn)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 5, dtype=torch.float64, device=device)
+    seen = {}
+    for name, model in (("ours", ours), ("torch", ref)):
+        log = seen[name] = []
+        for layer in model:
+            layer.register_forward_pre_hook(lambda m, inp, log=log: log.append(("pre", inp)))
+            layer.register_forward_hook(lambda m, inp, out, log=log: log.append(("out", out)))
+            layer.register_full_backward_hook(lambda m, gi, go, log=log: log.append(("grad", gi + go)))
+        model(x.clone().requires_grad_()).sum().backward()
+    assert [k for k, _ in seen["ours"]] == [k for k, _ in seen["torch"]]
+    for (kind, a), (_, b) in zip(seen["ours"], seen["torch"]):
+        a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+        assert len(a) == len(b), kind
+        for u, v in zip(a, b):
+            assert (u is None) == (v is None), kind
+            if u is not None:
+                torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-13, msg=kind)
