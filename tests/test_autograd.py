@@ -262,3 +262,39 @@ def test_saved_tensor_hooks(op, case, device, wrap):
     assert len(plain) == len(hooked)
     for a, b in zip(plain, hooked):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_threads_match_serial(device):
+    """Forward and backward from several Python threads at once (each op's side outputs pass
+    through thread-local storage) give, bit for bit, what the same calls give one by one."""
+    import threading
+    import torchmodules.functional as TF
+    torch.manual_seed(9)
+    w1, w2 = torch.randn(7, 5, device=device), torch.randn(4, 7, device=device)
+    protos = torch.randn(3, 4, device=device)
+
+    def work(x, t):
+        x = x.clone().requires_grad_()
+        h = TF.maximum(TF.linear_relu(x, w1), TF.relu(x @ w1.t() - 0.1))
+        z = TF.linear(h, w2)
+        _, sqdist = TF.nearest_neighbor(z, protos)
+        loss = TF.cross_entropy(z, t) + TF.nll_loss(TF.log_softmax(z, 1), t) + sqdist.mean()
+        (g,) = torch.autograd.grad(loss, x)
+        return loss.detach(), g
+
+    inputs = [(torch.randn(33, 5, device=device), torch.randint(0, 4, (33,), device=device)) for _ in range(4)]
+    serial = [[work(*inp) for _ in range(20)] for inp in inputs]
+    threaded = [None] * len(inputs)
+
+    def run(i):
+        threaded[i] = [work(*inputs[i]) for _ in range(20)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for s, t in zip(serial, threaded):
+        for (l0, g0), (l1, g1) in zip(s, t):
+            assert torch.equal(l0, l1) and torch.equal(g0, g1)
