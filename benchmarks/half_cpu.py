@@ -47,6 +47,7 @@ def cases(dt):
         return half.masked_fill(x < b, 0), half.masked_fill(x > b, 0)
     out["maximum fwd"] = (lambda: ops.maximum_forward(x, b), lambda: torch.maximum(x, b))
     out["maximum bwd"] = (lambda: ops.maximum_backward_both(dy, mmask), max_bwd_torch)
+    out["maximum fwd bias"] = (lambda: ops.maximum_forward(x2, bias), lambda: torch.maximum(x2, bias))
     out["duplicate fwd"] = (lambda: ops.duplicate_forward(x, 2), lambda: (x.clone(), x.clone()))
     out["duplicate bwd"] = (lambda: ops.duplicate_backward([dy, b]), lambda: dy + b)
     ls = ops.log_softmax_forward(x2, 1)

@@ -80,18 +80,33 @@ TM_SIMD static void add_flat(T* __restrict y, const T* __restrict a, const T* __
   for (int64_t i = s; i < e; ++i) y[i] = from_acc<T>(to_acc(a[i]) + to_acc(b[i]));
 }
 
+// y[i] = a[i sa] + b[i sb] for 0 <= i < len: one run of a broadcast (for_each_run), with loops
+// of their own for the strides that vectorise (1 and 0: a row plus a row, or plus a number).
+template <typename T>
+TM_SIMD static void add_run(T* __restrict y, const T* __restrict a, int64_t sa, const T* __restrict b, int64_t sb,
+                            int64_t len) {
+  if (sa == 1 && sb == 1) {
+    for (int64_t i = 0; i < len; ++i) y[i] = from_acc<T>(to_acc(a[i]) + to_acc(b[i]));
+  } else if (sa == 1 && sb == 0) {
+    const acc_t<T> v = to_acc(b[0]);
+    for (int64_t i = 0; i < len; ++i) y[i] = from_acc<T>(to_acc(a[i]) + v);
+  } else if (sa == 0 && sb == 1) {
+    const acc_t<T> v = to_acc(a[0]);
+    for (int64_t i = 0; i < len; ++i) y[i] = from_acc<T>(v + to_acc(b[i]));
+  } else {
+    for (int64_t i = 0; i < len; ++i) y[i] = from_acc<T>(to_acc(a[i * sa]) + to_acc(b[i * sb]));
+  }
+}
+
 // y[i] = a[i] + b[i] (in acc_t for the half types); a, b read through the broadcast offsets.
 template <typename T>
 static void add_forward_kernel(T* y, const T* a, const T* b, const Broadcast2& bc, int64_t n) {
-  using A = acc_t<T>;
   const bool flat = bc.ndim == 1 && bc.stride_a[0] == 1 && bc.stride_b[0] == 1;
   at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
     if (flat) return add_flat(y, a, b, s, e);
-    for (int64_t i = s; i < e; ++i) {
-      int64_t oa, ob;
-      bc.offsets(i, oa, ob);
-      y[i] = static_cast<T>(static_cast<A>(a[oa]) + static_cast<A>(b[ob]));
-    }
+    for_each_run(bc, s, e, [&](int64_t i, int64_t len, int64_t oa, int64_t sa, int64_t ob, int64_t sb) {
+      add_run(y + i, a + oa, sa, b + ob, sb, len);
+    });
   });
 }
 
@@ -103,7 +118,17 @@ TM_SIMD static void add_rows_into(acc_t<T>* __restrict acc, const T* __restrict 
     for (int64_t i = 0; i < len; ++i) acc[i] += to_acc(dy[r * s + i]);
 }
 
-// out[o] = sum_r dy[kept(o) + reduced(r)], in acc_t, r in order (deterministic).
+// sum_{0 <= i < len} x[i] in acc_t, vectorised: each vector lane sums every width-th term, the
+// lanes are added at the end. The order depends on len and the CPU's vector width alone.
+template <typename T>
+TM_SIMD static acc_t<T> sum_run(const T* __restrict x, int64_t len) {
+  acc_t<T> s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < len; ++i) s += to_acc(x[i]);
+  return s;
+}
+
+// out[o] = sum_r dy[kept(o) + reduced(r)], in acc_t, in a fixed order (deterministic).
 template <typename T>
 static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
   using A = acc_t<T>;
@@ -128,7 +153,7 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
       const T* base = dy + p.kept.offset(o);
       A acc = A(0);
       if (p.reduced.ndim == 1 && p.reduced.stride[0] == 1) {
-        for (int64_t r = 0; r < R; ++r) acc += static_cast<A>(base[r]);  // trailing: contiguous
+        acc = sum_run(base, R);  // trailing: contiguous
       } else {
         for (int64_t r = 0; r < R; ++r) acc += static_cast<A>(base[p.reduced.offset(r)]);
       }

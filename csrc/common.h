@@ -104,6 +104,25 @@ struct Broadcast2 {
 // a and b are expanded to `out` (any strides, stride 0 included).
 Broadcast2 make_broadcast2(const char* op, at::IntArrayRef out, const at::Tensor& a, const at::Tensor& b);
 
+#ifndef __CUDACC__
+// Walks output elements [s, e) in runs along the innermost dim: run(i, len, oa, sa, ob, sb) for
+// elements i .. i+len-1, which read a at oa, oa+sa, ... and b at ob, ob+sb, ... (sa, sb: the
+// innermost strides, 0 where broadcast). One index division per run, not per element, and the
+// run's loop can be vectorised for the common strides (1 and 0).
+template <class Run>
+void for_each_run(const Broadcast2& bc, int64_t s, int64_t e, const Run& run) {
+  const int d = bc.ndim - 1;
+  const int64_t inner = d >= 0 ? bc.size[d] : 1, sa = d >= 0 ? bc.stride_a[d] : 0, sb = d >= 0 ? bc.stride_b[d] : 0;
+  for (int64_t i = s; i < e;) {
+    int64_t oa, ob;
+    bc.offsets(i, oa, ob);
+    const int64_t len = std::min(e - i, inner - i % inner);
+    run(i, len, oa, sa, ob, sb);
+    i += len;
+  }
+}
+#endif
+
 // ---- reductions over one block of dims: [outer, reduce, inner] --------------------------
 // The tensor is contiguous; element (o, r, i) sits at (o * reduce + r) * inner + i.
 struct Rows {

@@ -92,12 +92,23 @@ TM_SIMD static void maximum_forward_words(T* __restrict y, uint32_t* __restrict 
   }
 }
 
-// y = max(a, b) and the 2-bit code of each element, 16 per word. Broadcast inputs go
-// element by element through the offsets; same-shape ones by whole vectorised words, the
-// last partial word on zero-padded copies.
+// dst[k] = src[k s] for 0 <= k < len (s: 1, 0 or any stride), vectorised for s = 1 and 0.
+template <typename T>
+TM_SIMD static void copy_run(T* __restrict dst, const T* __restrict src, int64_t s, int64_t len) {
+  if (s == 1) {
+    for (int64_t k = 0; k < len; ++k) dst[k] = src[k];
+  } else if (s == 0) {
+    for (int64_t k = 0; k < len; ++k) dst[k] = src[0];
+  } else {
+    for (int64_t k = 0; k < len; ++k) dst[k] = src[k * s];
+  }
+}
+
+// y = max(a, b) and the 2-bit code of each element, 16 per word, by whole vectorised words.
+// Same-shape inputs are read in place, the last partial word from zero-padded copies;
+// broadcast inputs are gathered block by block into contiguous copies first (for_each_run).
 template <typename T>
 static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, const Broadcast2& bc, int64_t n) {
-  using A = acc_t<T>;
   const bool flat = bc.ndim == 1 && bc.stride_a[0] == 1 && bc.stride_b[0] == 1;
   if (flat) {
     const int64_t full = n / 16, rest = n % 16;
@@ -112,17 +123,18 @@ static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, co
     return;
   }
   at::parallel_for(0, (n + 15) / 16, kGrain / 16, [&](int64_t w0, int64_t w1) {
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t i0 = w * 16, len = std::min<int64_t>(16, n - i0);
-      uint32_t codes = 0;
-      for (int64_t k = 0; k < len; ++k) {
-        int64_t oa, ob;
-        bc.offsets(i0 + k, oa, ob);
-        const A va = static_cast<A>(a[oa]), vb = static_cast<A>(b[ob]);
-        y[i0 + k] = max_takes_b(va, vb) ? b[ob] : a[oa];
-        codes |= max_code(va, vb) << (2 * k);
-      }
-      m[w] = codes;
+    constexpr int64_t kBlock = 1024;  // elements per gathered block, a multiple of 16
+    T at[kBlock], bt[kBlock], yt[kBlock];
+    for (int64_t s = w0 * 16, end = std::min(n, w1 * 16); s < end; s += kBlock) {
+      const int64_t e = std::min(end, s + kBlock), len = e - s, words = (len + 15) / 16;
+      for_each_run(bc, s, e, [&](int64_t i, int64_t run, int64_t oa, int64_t sa, int64_t ob, int64_t sb) {
+        copy_run(at + (i - s), a + oa, sa, run);
+        copy_run(bt + (i - s), b + ob, sb, run);
+      });
+      std::fill(at + len, at + words * 16, T(0));
+      std::fill(bt + len, bt + words * 16, T(0));
+      maximum_forward_words(yt, m + s / 16, at, bt, 0, words);
+      std::copy(yt, yt + len, y + s);
     }
   });
 }
