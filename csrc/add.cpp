@@ -1,6 +1,7 @@
 // Add.  Forward: y = a + b, broadcasting as torch.add.
 //       Backward: da = dy summed over the dims a was broadcast along (add_backward), db alike.
 // add_backward is also Linear's bias gradient and reduces Maximum's broadcast gradients.
+#include "loss_reduce.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -110,12 +111,10 @@ static void add_forward_kernel(T* y, const T* a, const T* b, const Broadcast2& b
   });
 }
 
-// acc[i] += sum_r dy[r * s + i] for 0 <= i < len, r in order (a block of columns of [R, O]).
+// acc[i] += row[i] for 0 <= i < len (one row of a block of columns).
 template <typename T>
-TM_SIMD static void add_rows_into(acc_t<T>* __restrict acc, const T* __restrict dy, int64_t R, int64_t s,
-                                  int64_t len) {
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t i = 0; i < len; ++i) acc[i] += to_acc(dy[r * s + i]);
+TM_SIMD static void add_row_into(acc_t<T>* __restrict acc, const T* __restrict row, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) acc[i] += to_acc(row[i]);
 }
 
 // sum_{0 <= i < len} x[i] in acc_t, vectorised: each vector lane sums every width-th term, the
@@ -128,34 +127,69 @@ TM_SIMD static acc_t<T> sum_run(const T* __restrict x, int64_t len) {
   return s;
 }
 
+// Offsets of the elements of an Indexer, in order, walked as an odometer (no division per step).
+struct Odometer {
+  const Indexer& ix;
+  int64_t idx[kMaxDims] = {}, off = 0;
+  void next(int ndim) {  // advance over dims [0, ndim)
+    for (int d = ndim - 1; d >= 0; --d) {
+      off += ix.stride[d];
+      if (++idx[d] < ix.size[d]) return;
+      off -= ix.stride[d] * ix.size[d];
+      idx[d] = 0;
+    }
+  }
+};
+
 // out[o] = sum_r dy[kept(o) + reduced(r)], in acc_t, in a fixed order (deterministic).
 template <typename T>
 static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
   using A = acc_t<T>;
-  const int64_t O = p.kept.numel, R = p.reduced.numel;
-  if (p.kept.ndim == 1 && p.kept.stride[0] == 1 && p.reduced.ndim == 1) {
-    // Leading reduction, dy seen as [R, O] with row stride s: sum rows into a block of columns.
-    const int64_t s = p.reduced.stride[0];
-    at::parallel_for(0, O, 256, [&](int64_t c0, int64_t c1) {
-      constexpr int64_t kCols = 512;
+  const Indexer &kd = p.kept, &rd = p.reduced;
+  const int64_t O = kd.numel, R = rd.numel;
+  if (kd.ndim >= 1 && kd.stride[kd.ndim - 1] == 1) {
+    // The innermost kept dim is contiguous (dy [R, C] to [C], or [A, B, C] to [A, 1, C]): for
+    // each index of the outer kept dims, add the reduced rows into a block of columns.
+    Indexer outer = kd;  // the kept dims but the innermost
+    outer.ndim -= 1;
+    const int64_t cols = kd.size[kd.ndim - 1];
+    constexpr int64_t kCols = 256;
+    const int64_t blocks = (cols + kCols - 1) / kCols;
+    at::parallel_for(0, O / cols * blocks, std::max<int64_t>(1, kGrain / std::max<int64_t>(R * kCols, 1)),
+                     [&](int64_t j0, int64_t j1) {
       A acc[kCols];
-      for (int64_t c = c0; c < c1; c += kCols) {
-        const int64_t len = std::min(kCols, c1 - c);
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t ko = j / blocks, c = j % blocks * kCols, len = std::min(kCols, cols - c);
+        const T* base = dy + outer.offset(ko) + c;
         for (int64_t i = 0; i < len; ++i) acc[i] = A(0);
-        add_rows_into(acc, dy + c, R, s, len);
-        for (int64_t i = 0; i < len; ++i) out[c + i] = static_cast<T>(acc[i]);
+        Odometer row{rd};
+        for (int64_t r = 0; r < R; ++r, row.next(rd.ndim)) add_row_into(acc, base + row.off, len);
+        for (int64_t i = 0; i < len; ++i) out[ko * cols + c + i] = static_cast<T>(acc[i]);
       }
     });
     return;
   }
+  if (O == 1 && rd.ndim == 1 && rd.stride[0] == 1) {  // everything to one number: blocks on all threads
+    out[0] = static_cast<T>(blocked_sum<1, A>(R, [&](int64_t i0, int64_t i1, std::array<A, 1>& s) {
+      s[0] += sum_run(dy + i0, i1 - i0);
+    })[0]);
+    return;
+  }
+  // Otherwise per output: the innermost reduced dim is summed as a run (vectorised when
+  // contiguous, as for a per-channel bias: [N, C, H, W] to [C, 1, 1]), the others walked.
+  const int last = rd.ndim - 1;
+  const int64_t L = last >= 0 ? rd.size[last] : 1, sL = last >= 0 ? rd.stride[last] : 0;
   at::parallel_for(0, O, std::max<int64_t>(1, kGrain / std::max<int64_t>(R, 1)), [&](int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
-      const T* base = dy + p.kept.offset(o);
+      const T* base = dy + kd.offset(o);
       A acc = A(0);
-      if (p.reduced.ndim == 1 && p.reduced.stride[0] == 1) {
-        acc = sum_run(base, R);  // trailing: contiguous
-      } else {
-        for (int64_t r = 0; r < R; ++r) acc += static_cast<A>(base[p.reduced.offset(r)]);
+      Odometer run{rd};
+      for (int64_t q = 0; q < (L ? R / L : 0); ++q, run.next(last)) {
+        if (sL == 1) {
+          acc += sum_run(base + run.off, L);
+        } else {
+          for (int64_t r = 0; r < L; ++r) acc += static_cast<A>(base[run.off + r * sL]);
+        }
       }
       out[o] = static_cast<T>(acc);
     }
