@@ -53,6 +53,19 @@ def _elementwise(n_in, n_out, state_bits, ours, twin):
     return setup
 
 
+def _broadcast_add(kind):
+    """x + b, b broadcast: "bias" adds b [1024] to x [n / 1024, 1024]; "channel" adds b [C, 1, 1]
+    to x [N, C, 32, 32] (C = 64). The backward sums dy down to b's shape (dx is dy itself)."""
+    def setup(n, dtype, device):
+        e = torch.tensor([], dtype=dtype).element_size()
+        shape, bshape = ((n // 1024, 1024), (1024,)) if kind == "bias" else ((n // 65536, 64, 32, 32), (64, 1, 1))
+        x, b = _leaf(shape, dtype, device), _leaf(bshape, dtype, device)
+        nb = b.numel()
+        return Case(f"{'x'.join(map(str, shape))} + {'x'.join(map(str, bshape))}", n, [x, b], TF.add, torch.add,
+                    _passes((2 * n + nb) * e, (n + nb) * e))
+    return setup
+
+
 def _rowwise(kind):
     """log_softmax / amax over the last dim of a (n // L, L) tensor; size = (n, L)."""
     def setup(size, dtype, device):
@@ -187,6 +200,8 @@ def _train_step(batch, dtype, device):
 SETUPS = {
     "relu": _elementwise(1, 1, 1, TF.relu, torch.relu),
     "add": _elementwise(2, 1, 0, TF.add, torch.add),
+    "add_bias": _broadcast_add("bias"),
+    "add_channel": _broadcast_add("channel"),
     "maximum": _elementwise(2, 1, 2, TF.maximum, torch.maximum),
     "duplicate": _elementwise(1, 2, 0, lambda a: TF.duplicate(a, 2), lambda a: (a.clone(), a.clone())),
     "log_softmax": _rowwise("log_softmax"),
