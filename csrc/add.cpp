@@ -81,22 +81,11 @@ TM_SIMD static void add_flat(T* __restrict y, const T* __restrict a, const T* __
   for (int64_t i = s; i < e; ++i) y[i] = from_acc<T>(to_acc(a[i]) + to_acc(b[i]));
 }
 
-// y[i] = a[i sa] + b[i sb] for 0 <= i < len: one run of a broadcast (for_each_run), with loops
-// of their own for the strides that vectorise (1 and 0: a row plus a row, or plus a number).
+// y[i] = a[i sa] + b[i sb] for 0 <= i < len: one run of a broadcast (for_each_run).
 template <typename T>
 TM_SIMD static void add_run(T* __restrict y, const T* __restrict a, int64_t sa, const T* __restrict b, int64_t sb,
                             int64_t len) {
-  if (sa == 1 && sb == 1) {
-    for (int64_t i = 0; i < len; ++i) y[i] = from_acc<T>(to_acc(a[i]) + to_acc(b[i]));
-  } else if (sa == 1 && sb == 0) {
-    const acc_t<T> v = to_acc(b[0]);
-    for (int64_t i = 0; i < len; ++i) y[i] = from_acc<T>(to_acc(a[i]) + v);
-  } else if (sa == 0 && sb == 1) {
-    const acc_t<T> v = to_acc(a[0]);
-    for (int64_t i = 0; i < len; ++i) y[i] = from_acc<T>(v + to_acc(b[i]));
-  } else {
-    for (int64_t i = 0; i < len; ++i) y[i] = from_acc<T>(to_acc(a[i * sa]) + to_acc(b[i * sb]));
-  }
+  map2_run(y, a, sa, b, sb, len, [](T u, T v) { return from_acc<T>(to_acc(u) + to_acc(v)); });
 }
 
 // y[i] = a[i] + b[i] (in acc_t for the half types); a, b read through the broadcast offsets.

@@ -85,19 +85,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mse_loss_double_backward(const at
 // ---- CPU kernels ---------------------------------------------------------------------------
 
 namespace {
-// x_i - t_i in acc_t, x and t read through the broadcast offsets (directly when both are flat).
+// d[k] = x[k sx] - t[k st] in acc_t for 0 <= k < len: one run of the broadcast.
+template <typename T>
+TM_SIMD void diff_run(acc_t<T>* __restrict d, const T* __restrict x, int64_t sx, const T* __restrict t, int64_t st,
+                      int64_t len) {
+  map2_run(d, x, sx, t, st, len, [](T u, T v) { return to_acc(u) - to_acc(v); });
+}
+
+// x_i - t_i in acc_t: x and t read in place when both are flat (same shape, contiguous), else
+// gathered block by block along the broadcast's runs (for_each_run).
 template <typename T>
 struct Diff {
   const T* x;
   const T* t;
   const Broadcast2& bc;
   bool flat;
-  acc_t<T> operator()(int64_t i) const {
-    using A = acc_t<T>;
-    if (flat) return static_cast<A>(x[i]) - static_cast<A>(t[i]);
-    int64_t ox, ot;
-    bc.offsets(i, ox, ot);
-    return static_cast<A>(x[ox]) - static_cast<A>(t[ot]);
+  static constexpr int64_t kBlock = 1024;
+  // f(b0, b1, d) for the blocks [b0, b1) of [s, e), d[k] = x_{b0+k} - t_{b0+k}.
+  template <class F>
+  void blocks(int64_t s, int64_t e, const F& f) const {
+    acc_t<T> d[kBlock];
+    for (int64_t b0 = s; b0 < e; b0 += kBlock) {
+      const int64_t b1 = std::min(e, b0 + kBlock);
+      for_each_run(bc, b0, b1, [&](int64_t i, int64_t len, int64_t ox, int64_t sx, int64_t ot, int64_t st) {
+        diff_run(d + (i - b0), x + ox, sx, t + ot, st, len);
+      });
+      f(b0, b1, d);
+    }
   }
 };
 
@@ -132,6 +146,13 @@ TM_SIMD void diff_map_flat(T* __restrict y, const T* __restrict x, const T* __re
   }
 }
 
+// The same on a gathered block d of differences: y[k] = d[k]^2 or c d[k] dy[k] (dy[0] unless kPer).
+template <typename T, bool kSquare, bool kPer>
+TM_SIMD void diff_map_block(T* __restrict y, const acc_t<T>* __restrict d, const T* __restrict dy, acc_t<T> c,
+                            int64_t len) {
+  for (int64_t k = 0; k < len; ++k) y[k] = from_acc<T>(kSquare ? d[k] * d[k] : c * d[k] * to_acc(dy[kPer ? k : 0]));
+}
+
 template <typename A>
 A mse_scale(int64_t reduction, int64_t n) {  // c = 2 / n (mean) or 2
   return reduction == kMean ? A(2) / A(n) : A(2);
@@ -145,10 +166,9 @@ static void mse_forward_kernel(T* y, const Diff<T>& diff, int64_t n, int64_t red
   if (reduction == kNone) {
     at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
       if (diff.flat) return diff_map_flat<T, true, false>(y, diff.x, diff.t, nullptr, A(0), s, e);
-      for (int64_t i = s; i < e; ++i) {
-        const A d = diff(i);
-        y[i] = static_cast<T>(d * d);
-      }
+      diff.blocks(s, e, [&](int64_t b0, int64_t b1, const A* d) {
+        diff_map_block<T, true, false>(y + b0, d, nullptr, A(0), b1 - b0);
+      });
     });
     return;
   }
@@ -157,9 +177,8 @@ static void mse_forward_kernel(T* y, const Diff<T>& diff, int64_t n, int64_t red
       acc[0] += sq_diff_sum_flat(diff.x, diff.t, i0, i1);
       return;
     }
-    lane_sum<1, A>(i0, i1, acc, [&](int64_t i, std::array<A, 1>& a) {
-      const A d = diff(i);
-      a[0] += d * d;
+    diff.blocks(i0, i1, [&](int64_t b0, int64_t b1, const A* d) {
+      lane_sum<1, A>(0, b1 - b0, acc, [&](int64_t k, std::array<A, 1>& a) { a[0] += d[k] * d[k]; });
     });
   });
   y[0] = static_cast<T>(reduction == kMean ? s[0] / A(n) : s[0]);
@@ -174,7 +193,10 @@ static void mse_backward_kernel(T* dx, const T* dy, const Diff<T>& diff, int64_t
   at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
     if (diff.flat && per) return diff_map_flat<T, false, true>(dx, diff.x, diff.t, dy, c, s, e);
     if (diff.flat) return diff_map_flat<T, false, false>(dx, diff.x, diff.t, dy, c, s, e);
-    for (int64_t i = s; i < e; ++i) dx[i] = static_cast<T>(c * diff(i) * static_cast<A>(dy[per ? i : 0]));
+    diff.blocks(s, e, [&](int64_t b0, int64_t b1, const A* d) {
+      if (per) diff_map_block<T, false, true>(dx + b0, d, dy + b0, c, b1 - b0);
+      else diff_map_block<T, false, false>(dx + b0, d, dy, c, b1 - b0);
+    });
   });
 }
 
@@ -187,17 +209,21 @@ static void mse_double_backward_kernel(T* d_dy, T* d_x, T* d_t, const T* gg, con
   const bool per = reduction == kNone;
   at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
     for (int64_t i = s; i < e; ++i) {
-      const A g = static_cast<A>(gg[i]);
-      const A v = c * static_cast<A>(dy[per ? i : 0]) * g;
+      const A v = c * static_cast<A>(dy[per ? i : 0]) * static_cast<A>(gg[i]);
       d_x[i] = static_cast<T>(v);
       d_t[i] = static_cast<T>(-v);
-      if (per) d_dy[i] = static_cast<T>(c * diff(i) * g);
     }
+    if (per)
+      diff.blocks(s, e, [&](int64_t b0, int64_t b1, const A* d) {
+        for (int64_t i = b0; i < b1; ++i) d_dy[i] = static_cast<T>(c * d[i - b0] * static_cast<A>(gg[i]));
+      });
   });
   if (per) return;
   // Each term scaled before the sum, so n = 0 gives 0 (not inf * 0).
   const auto s = blocked_sum<1, A>(n, [&](int64_t i0, int64_t i1, std::array<A, 1>& acc) {
-    lane_sum<1, A>(i0, i1, acc, [&](int64_t i, std::array<A, 1>& a) { a[0] += c * diff(i) * static_cast<A>(gg[i]); });
+    diff.blocks(i0, i1, [&](int64_t b0, int64_t b1, const A* d) {
+      lane_sum<1, A>(0, b1 - b0, acc, [&](int64_t k, std::array<A, 1>& a) { a[0] += c * d[k] * static_cast<A>(gg[b0 + k]); });
+    });
   });
   d_dy[0] = static_cast<T>(s[0]);
 }

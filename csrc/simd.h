@@ -113,6 +113,23 @@ TM_INLINE T from_acc(A v) {
   else return static_cast<T>(v);
 }
 
+// out[k] = f(a[k sa], b[k sb]) for 0 <= k < len: one run of a broadcast (for_each_run, common.h),
+// with loops of their own for the strides that vectorise (1 and 0: a row with a row, or with a
+// number). Inlined into a TM_SIMD caller, which gives the ISA.
+template <typename O, typename T, typename F>
+TM_INLINE void map2_run(O* __restrict out, const T* __restrict a, int64_t sa, const T* __restrict b, int64_t sb,
+                        int64_t len, const F& f) {
+  if (sa == 1 && sb == 1) {
+    for (int64_t k = 0; k < len; ++k) out[k] = f(a[k], b[k]);
+  } else if (sa == 1 && sb == 0) {
+    for (int64_t k = 0; k < len; ++k) out[k] = f(a[k], b[0]);
+  } else if (sa == 0 && sb == 1) {
+    for (int64_t k = 0; k < len; ++k) out[k] = f(a[0], b[k]);
+  } else {
+    for (int64_t k = 0; k < len; ++k) out[k] = f(a[k * sa], b[k * sb]);
+  }
+}
+
 // lo <= v <= hi by selects (std::fmin/fmax do not vectorise); NaN passes through.
 template <typename T>
 TM_INLINE T clamp_select(T v, T lo, T hi) {
