@@ -122,19 +122,29 @@ static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, co
     }
     return;
   }
+  // An input laid out as the output (contiguous, of the full shape: the x of x vs a bias) is read
+  // in place, and y written in place, in the blocks of whole words.
+  bool in_place[2] = {true, true};
+  int64_t step = 1;
+  for (int d = bc.ndim - 1; d >= 0; step *= bc.size[d--]) {
+    in_place[0] = in_place[0] && bc.stride_a[d] == step;
+    in_place[1] = in_place[1] && bc.stride_b[d] == step;
+  }
   at::parallel_for(0, (n + 15) / 16, kGrain / 16, [&](int64_t w0, int64_t w1) {
     constexpr int64_t kBlock = 1024;  // elements per gathered block, a multiple of 16
     T at[kBlock], bt[kBlock], yt[kBlock];
     for (int64_t s = w0 * 16, end = std::min(n, w1 * 16); s < end; s += kBlock) {
       const int64_t e = std::min(end, s + kBlock), len = e - s, words = (len + 15) / 16;
+      const bool whole = len == words * 16;  // else the last, partial word: zero-padded copies
+      const bool ia = whole && in_place[0], ib = whole && in_place[1];
       for_each_run(bc, s, e, [&](int64_t i, int64_t run, int64_t oa, int64_t sa, int64_t ob, int64_t sb) {
-        copy_run(at + (i - s), a + oa, sa, run);
-        copy_run(bt + (i - s), b + ob, sb, run);
+        if (!ia) copy_run(at + (i - s), a + oa, sa, run);
+        if (!ib) copy_run(bt + (i - s), b + ob, sb, run);
       });
       std::fill(at + len, at + words * 16, T(0));
       std::fill(bt + len, bt + words * 16, T(0));
-      maximum_forward_words(yt, m + s / 16, at, bt, 0, words);
-      std::copy(yt, yt + len, y + s);
+      maximum_forward_words(whole ? y + s : yt, m + s / 16, ia ? a + s : at, ib ? b + s : bt, 0, words);
+      if (!whole) std::copy(yt, yt + len, y + s);
     }
   });
 }
