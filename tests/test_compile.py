@@ -264,3 +264,51 @@ def test_compiled_autograd_linear_relu_nearest_neighbor(device):
         torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-6)
     for op in ("nearest_neighbor_backward_input", "nearest_neighbor_backward_weight", "relu_backward"):
         assert f"torchmodules.{op}.default" in ops, (op, sorted(ops))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("loss", ["nll", "cross_entropy"])
+def test_cuda_graph_capture_of_a_training_step(loss):
+    """A whole training step (forward, our loss, backward, our SGD with momentum) captured by hand
+    in a torch.cuda.CUDAGraph, as PyTorch's CUDA graphs notes do it, and replayed on new batches
+    copied into its static inputs: the parameters after each replay equal an eager twin's, trained on
+    the same batches (our kernels launch on the capturing stream and allocate from its pool; the
+    loss skips its bad-target check while captured)."""
+    torch.manual_seed(11)
+    make_loss = tm.NLLLoss if loss == "nll" else tm.CrossEntropyLoss
+    model, twin = NetWithLoss(make_loss()).cuda(), NetWithLoss(make_loss()).cuda()
+    twin.load_state_dict(model.state_dict())
+    opt = tm.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    twin_opt = tm.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
+    static_x, static_t = torch.randn(33, 6, device="cuda"), torch.randint(0, 3, (33,), device="cuda")
+
+    def step(m, o, x, t):
+        o.zero_grad(set_to_none=True)
+        out = m(x, t)
+        out.backward()
+        o.step()
+        return out
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (and the momentum buffers) outside the capture
+        for _ in range(3):
+            step(model, opt, static_x, static_t)
+    torch.cuda.current_stream().wait_stream(side)
+    for _ in range(3):
+        step(twin, twin_opt, static_x, static_t)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = model(static_x, static_t)
+        static_loss.backward()
+        opt.step()
+    for k in range(4):
+        x, t = torch.randn(33, 6, device="cuda"), torch.randint(0, 3, (33,), device="cuda")
+        static_x.copy_(x)
+        static_t.copy_(t)
+        graph.replay()
+        ref = step(twin, twin_opt, x, t)
+        torch.testing.assert_close(static_loss, ref.detach(), rtol=1e-5, atol=1e-6, msg=f"replay {k}")
+        for p, q in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=f"replay {k}")
