@@ -100,10 +100,11 @@ static void add_forward_kernel(T* y, const T* a, const T* b, const Broadcast2& b
   });
 }
 
-// acc[i] += row[i] for 0 <= i < len (one row of a block of columns).
+// acc[i] += sum_r x[r s + i] for 0 <= i < len, r in order: R rows, stride s, of a block of columns.
 template <typename T>
-TM_SIMD static void add_row_into(acc_t<T>* __restrict acc, const T* __restrict row, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) acc[i] += to_acc(row[i]);
+TM_SIMD static void add_rows_into(acc_t<T>* __restrict acc, const T* __restrict x, int64_t R, int64_t s, int64_t len) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t i = 0; i < len; ++i) acc[i] += to_acc(x[r * s + i]);
 }
 
 // sum_{0 <= i < len} x[i] in acc_t, vectorised: each vector lane sums every width-th term, the
@@ -151,8 +152,14 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
         const int64_t ko = j / blocks, c = j % blocks * kCols, len = std::min(kCols, cols - c);
         const T* base = dy + outer.offset(ko) + c;
         for (int64_t i = 0; i < len; ++i) acc[i] = A(0);
-        Odometer row{rd};
-        for (int64_t r = 0; r < R; ++r, row.next(rd.ndim)) add_row_into(acc, base + row.off, len);
+        if (rd.ndim <= 1) {  // the rows at one stride
+          add_rows_into(acc, base, R, rd.ndim ? rd.stride[0] : 0, len);
+        } else {  // the innermost reduced dim's rows at a time, the outer ones walked
+          const int last = rd.ndim - 1;
+          Odometer rows{rd};
+          for (int64_t q = 0; q < (R ? R / rd.size[last] : 0); ++q, rows.next(last))
+            add_rows_into(acc, base + rows.off, rd.size[last], rd.stride[last], len);
+        }
         for (int64_t i = 0; i < len; ++i) out[ko * cols + c + i] = static_cast<T>(acc[i]);
       }
     });
@@ -168,18 +175,22 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
   // contiguous, as for a per-channel bias: [N, C, H, W] to [C, 1, 1]), the others walked.
   const int last = rd.ndim - 1;
   const int64_t L = last >= 0 ? rd.size[last] : 1, sL = last >= 0 ? rd.stride[last] : 0;
+  auto run_sum = [&](const T* x) -> A {  // one run of the innermost reduced dim
+    if (sL == 1 && L >= 16) return sum_run(x, L);
+    A s = A(0);
+    for (int64_t r = 0; r < L; ++r) s += static_cast<A>(x[r * sL]);  // short or strided: inline
+    return s;
+  };
   at::parallel_for(0, O, std::max<int64_t>(1, kGrain / std::max<int64_t>(R, 1)), [&](int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
-      const T* base = dy + kd.offset(o);
+      const T* base = dy + (kd.ndim == 1 ? o * kd.stride[0] : kd.offset(o));
+      if (rd.ndim <= 1) {  // one run per output (the common [N, C] to [N, 1]): no odometer
+        out[o] = static_cast<T>(run_sum(base));
+        continue;
+      }
       A acc = A(0);
       Odometer run{rd};
-      for (int64_t q = 0; q < (L ? R / L : 0); ++q, run.next(last)) {
-        if (sL == 1) {
-          acc += sum_run(base + run.off, L);
-        } else {
-          for (int64_t r = 0; r < L; ++r) acc += static_cast<A>(base[run.off + r * sL]);
-        }
-      }
+      for (int64_t q = 0; q < (L ? R / L : 0); ++q, run.next(last)) acc += run_sum(base + run.off);
       out[o] = static_cast<T>(acc);
     }
   });
