@@ -137,6 +137,9 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
   using A = acc_t<T>;
   const Indexer &kd = p.kept, &rd = p.reduced;
   const int64_t O = kd.numel, R = rd.numel;
+  // The innermost reduced dim (its length L, stride sL) is summed as a run, the others walked.
+  const int last = rd.ndim - 1;
+  const int64_t L = last >= 0 ? rd.size[last] : 1, sL = last >= 0 ? rd.stride[last] : 0, runs = L ? R / L : 0;
   if (kd.ndim >= 1 && kd.stride[kd.ndim - 1] == 1) {
     // The innermost kept dim is contiguous (dy [R, C] to [C], or [A, B, C] to [A, 1, C]): for
     // each index of the outer kept dims, add the reduced rows into a block of columns.
@@ -152,14 +155,8 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
         const int64_t ko = j / blocks, c = j % blocks * kCols, len = std::min(kCols, cols - c);
         const T* base = dy + outer.offset(ko) + c;
         for (int64_t i = 0; i < len; ++i) acc[i] = A(0);
-        if (rd.ndim <= 1) {  // the rows at one stride
-          add_rows_into(acc, base, R, rd.ndim ? rd.stride[0] : 0, len);
-        } else {  // the innermost reduced dim's rows at a time, the outer ones walked
-          const int last = rd.ndim - 1;
-          Odometer rows{rd};
-          for (int64_t q = 0; q < (R ? R / rd.size[last] : 0); ++q, rows.next(last))
-            add_rows_into(acc, base + rows.off, rd.size[last], rd.stride[last], len);
-        }
+        Odometer rows{rd};
+        for (int64_t q = 0; q < runs; ++q, rows.next(last)) add_rows_into(acc, base + rows.off, L, sL, len);
         for (int64_t i = 0; i < len; ++i) out[ko * cols + c + i] = static_cast<T>(acc[i]);
       }
     });
@@ -171,10 +168,8 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
     })[0]);
     return;
   }
-  // Otherwise per output: the innermost reduced dim is summed as a run (vectorised when
-  // contiguous, as for a per-channel bias: [N, C, H, W] to [C, 1, 1]), the others walked.
-  const int last = rd.ndim - 1;
-  const int64_t L = last >= 0 ? rd.size[last] : 1, sL = last >= 0 ? rd.stride[last] : 0;
+  // Otherwise per output: a run vectorised when contiguous (a per-channel bias: [N, C, H, W] to
+  // [C, 1, 1]).
   auto run_sum = [&](const T* x) -> A {  // one run of the innermost reduced dim
     if (sL == 1 && L >= 16) return sum_run(x, L);
     A s = A(0);
@@ -190,7 +185,7 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
       }
       A acc = A(0);
       Odometer run{rd};
-      for (int64_t q = 0; q < (L ? R / L : 0); ++q, run.next(last)) acc += run_sum(base + run.off);
+      for (int64_t q = 0; q < runs; ++q, run.next(last)) acc += run_sum(base + run.off);
       out[o] = static_cast<T>(acc);
     }
   });
