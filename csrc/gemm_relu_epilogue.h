@@ -41,7 +41,7 @@ TM_SIMD void relu_words_vec(S* __restrict x, uint32_t* __restrict m, int64_t nw)
 // TORCHMODULES_CPU_ISA cap as the GEMM) where the CPU has one.
 template <typename S>
 void relu_words(S* x, uint32_t* m, int64_t nw) {
-#ifdef TM_RELU_X86
+#ifdef TM_X86
   if constexpr (sizeof(S) == 2) {
     uint16_t* xe = reinterpret_cast<uint16_t*>(x);
     if (relu_words16<S>(xe, xe, m, nw)) return;

@@ -72,7 +72,7 @@ TM_SIMD static void relu_backward_words(T* __restrict dx, const T* __restrict dy
 // ReLU epilogue runs them too).
 template <typename T>
 static void relu_forward_chunk(T* y, uint32_t* m, const T* x, int64_t w0, int64_t w1) {
-#ifdef TM_RELU_X86
+#ifdef TM_X86
   if constexpr (sizeof(T) == 2)
     if (relu_words16<T>(reinterpret_cast<const uint16_t*>(x) + w0 * 32, reinterpret_cast<uint16_t*>(y) + w0 * 32,
                         m + w0, w1 - w0))

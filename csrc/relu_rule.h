@@ -3,17 +3,11 @@
 #pragma once
 
 #include "common.h"
-#include "gemm_cpu.h"
 #include "simd.h"
+#include "vector_isa.h"
 
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
-#include <immintrin.h>
-#define TM_RELU_X86 1
-#endif
 
 namespace torchmodules {
 
@@ -41,8 +35,8 @@ TM_INLINE bool relu_elem(relu_elem_t<T> x, relu_elem_t<T>& y) {
   }
 }
 
-#ifdef TM_RELU_X86
-// relu_elem on whole words of a half type with AVX-512 BW (only call where relu_half_isa() == 2):
+#ifdef TM_X86
+// relu_elem on whole words of a half type with AVX-512 BW (only call where vector_isa() == 2):
 // for w < nw, y[32w .. 32w + 31] = relu(x[..]) (y may be x) and m[w] = their 32 bits, the bits
 // straight from the compare masks. (GCC builds them from relu_elem's loop by shifting lanes and
 // OR-ing them across the vector: in the AMX GEMM's bfloat16 epilogue that took a third of the
@@ -92,22 +86,11 @@ __attribute__((target("avx2"))) void relu_words16_avx2(const uint16_t* x, uint16
   }
 }
 
-// The vector form of relu_elem this CPU runs for the half types: 2 (relu_words16_avx512), 1
-// (relu_words16_avx2) or 0 (the scalar loop), by the GEMM's instruction set, so that
-// TORCHMODULES_CPU_ISA=avx2 or =base caps both (tests of the fallbacks).
-inline int relu_half_isa() {
-  static const int isa = [] {
-    const char* g = gemm_cpu_isa();
-    return std::strcmp(g, "amx") == 0 || std::strcmp(g, "avx512") == 0 ? 2 : std::strcmp(g, "avx2") == 0 ? 1 : 0;
-  }();
-  return isa;
-}
-
-// relu_elem over nw whole words of a half type in the widest vector form here (y may be x); false,
-// having done nothing, where there is none.
+// relu_elem over nw whole words of a half type in the widest vector form here (vector_isa(): y may
+// be x); false, having done nothing, where there is none (the scalar loop then).
 template <typename T>
 bool relu_words16(const uint16_t* x, uint16_t* y, uint32_t* m, int64_t nw) {
-  switch (relu_half_isa()) {
+  switch (vector_isa()) {
     case 2: relu_words16_avx512<T>(x, y, m, nw); return true;
     case 1: relu_words16_avx2<T>(x, y, m, nw); return true;
     default: return false;
