@@ -14,13 +14,17 @@
 
 namespace torchmodules {
 
-// The widest hand-written form this CPU runs: 2 (AVX-512 F/BW/VL/DQ), 1 (AVX2) or 0 (none: the
-// TM_SIMD loops), by the GEMM's instruction set, so that TORCHMODULES_CPU_ISA=avx2 or =base caps
-// these too (tests of the fallbacks).
+// The widest hand-written form this CPU runs: 2 (AVX-512 F/BW/VL/DQ, and BMI2, which every
+// AVX-512 CPU has), 1 (AVX2) or 0 (none: the TM_SIMD loops), by the GEMM's instruction set, so
+// that TORCHMODULES_CPU_ISA=avx2 or =base caps these too (tests of the fallbacks).
 inline int vector_isa() {
   static const int isa = [] {
     const char* g = gemm_cpu_isa();
-    return std::strcmp(g, "amx") == 0 || std::strcmp(g, "avx512") == 0 ? 2 : std::strcmp(g, "avx2") == 0 ? 1 : 0;
+    const bool avx512 = std::strcmp(g, "amx") == 0 || std::strcmp(g, "avx512") == 0;
+#ifdef TM_X86
+    if (avx512 && __builtin_cpu_supports("bmi2")) return 2;
+#endif
+    return avx512 || std::strcmp(g, "avx2") == 0 ? 1 : 0;
   }();
   return isa;
 }
