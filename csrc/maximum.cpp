@@ -8,6 +8,7 @@
 #include "vector_isa.h"
 
 #include <algorithm>
+#include <array>
 
 namespace torchmodules {
 
@@ -102,6 +103,19 @@ __attribute__((target("bmi2"))) static inline uint32_t interleave16(uint32_t lo,
   return _pdep_u32(lo, 0x55555555u) | _pdep_u32(hi, 0xaaaaaaaau);
 }
 
+// The same without BMI2 (AVX2 CPUs: AMD's before Zen 3 run pdep in microcode, ~100x slower), by a
+// table of the 256 bytes spread out: kSpread8[x] has bit k of x at bit 2k.
+constexpr std::array<uint16_t, 256> kSpread8 = [] {
+  std::array<uint16_t, 256> t{};
+  for (int x = 0; x < 256; ++x)
+    for (int k = 0; k < 8; ++k) t[x] |= uint16_t(((x >> k) & 1) << (2 * k));
+  return t;
+}();
+static inline uint32_t interleave16_table(uint32_t lo, uint32_t hi) {
+  const auto spread = [](uint32_t v) { return uint32_t(kSpread8[v & 0xff]) | uint32_t(kSpread8[(v >> 8) & 0xff]) << 16; };
+  return spread(lo) | spread(hi) << 1;
+}
+
 // maximum_forward_words with AVX-512 (only call where vector_isa() == 2): the same y and codes,
 // the codes straight from compare masks. GCC vectorised the loop above, but built each word's
 // codes by shifting lanes and OR-ing them across the vector (float32 0.65-0.9x torch's forward,
@@ -151,6 +165,56 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi2"))) static void m
     m[w] = interleave16(lo, hi);
   }
 }
+
+// The same with AVX2 (only call where vector_isa() >= 1): the compares give lanes of all ones, whose
+// sign bits movemask gathers into the two 16-bit masks; y by a variable blend on the takes-b lanes.
+template <typename T>
+__attribute__((target("avx2"))) static void maximum_forward_words_avx2(T* __restrict y, uint32_t* __restrict m,
+                                                                       const T* __restrict a, const T* __restrict b,
+                                                                       int64_t w0, int64_t w1) {
+  for (int64_t w = w0; w < w1; ++w) {
+    uint32_t lo = 0, hi = 0;
+    if constexpr (sizeof(T) == 2) {
+      const __m256i mag = _mm256_set1_epi16(0x7fff), inf = _mm256_set1_epi16(int16_t(kInfBits<T>));
+      const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + w * 16));
+      const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + w * 16));
+      const __m256i ma = _mm256_and_si256(va, mag), mb = _mm256_and_si256(vb, mag);
+      const __m256i sa = _mm256_srai_epi16(va, 15), sb = _mm256_srai_epi16(vb, 15);  // all ones if negative
+      const __m256i ia = _mm256_sub_epi16(_mm256_xor_si256(ma, sa), sa);                // signed magnitudes
+      const __m256i ib = _mm256_sub_epi16(_mm256_xor_si256(mb, sb), sb);
+      const __m256i nan_b = _mm256_cmpgt_epi16(mb, inf), unordered = _mm256_or_si256(_mm256_cmpgt_epi16(ma, inf), nan_b);
+      const __m256i lt = _mm256_andnot_si256(unordered, _mm256_cmpgt_epi16(ib, ia));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + w * 16), _mm256_blendv_epi8(va, vb, _mm256_or_si256(lt, nan_b)));
+      // packs interleaves the 128-bit halves: bytes lo[0..7], hi[0..7], lo[8..15], hi[8..15]
+      const uint32_t bits = uint32_t(_mm256_movemask_epi8(_mm256_packs_epi16(
+          _mm256_or_si256(lt, unordered), _mm256_or_si256(_mm256_cmpeq_epi16(ia, ib), unordered))));
+      lo = (bits & 0xff) | ((bits >> 8) & 0xff00);
+      hi = ((bits >> 8) & 0xff) | ((bits >> 16) & 0xff00);
+    } else if constexpr (std::is_same_v<T, float>) {
+      for (int h = 0; h < 2; ++h) {
+        const int64_t e = w * 16 + h * 8;
+        const __m256 va = _mm256_loadu_ps(a + e), vb = _mm256_loadu_ps(b + e);
+        const __m256 nge = _mm256_cmp_ps(va, vb, _CMP_NGE_UQ), eq = _mm256_cmp_ps(va, vb, _CMP_EQ_UQ);
+        const __m256 takes_b = _mm256_or_ps(_mm256_andnot_ps(eq, nge), _mm256_cmp_ps(vb, vb, _CMP_UNORD_Q));
+        _mm256_storeu_ps(y + e, _mm256_blendv_ps(va, vb, takes_b));
+        lo |= uint32_t(_mm256_movemask_ps(nge)) << (8 * h);
+        hi |= uint32_t(_mm256_movemask_ps(eq)) << (8 * h);
+      }
+    } else {
+      static_assert(std::is_same_v<T, double>, "float, double or a half type");
+      for (int q = 0; q < 4; ++q) {
+        const int64_t e = w * 16 + q * 4;
+        const __m256d va = _mm256_loadu_pd(a + e), vb = _mm256_loadu_pd(b + e);
+        const __m256d nge = _mm256_cmp_pd(va, vb, _CMP_NGE_UQ), eq = _mm256_cmp_pd(va, vb, _CMP_EQ_UQ);
+        const __m256d takes_b = _mm256_or_pd(_mm256_andnot_pd(eq, nge), _mm256_cmp_pd(vb, vb, _CMP_UNORD_Q));
+        _mm256_storeu_pd(y + e, _mm256_blendv_pd(va, vb, takes_b));
+        lo |= uint32_t(_mm256_movemask_pd(nge)) << (4 * q);
+        hi |= uint32_t(_mm256_movemask_pd(eq)) << (4 * q);
+      }
+    }
+    m[w] = interleave16_table(lo, hi);
+  }
+}
 #endif
 
 // The widest form of maximum_forward_words this CPU runs (vector_isa()).
@@ -158,6 +222,7 @@ template <typename T>
 static void maximum_words(T* y, uint32_t* m, const T* a, const T* b, int64_t w0, int64_t w1) {
 #ifdef TM_X86
   if (vector_isa() == 2) return maximum_forward_words_avx512(y, m, a, b, w0, w1);
+  if (vector_isa() == 1) return maximum_forward_words_avx2(y, m, a, b, w0, w1);
 #endif
   maximum_forward_words(y, m, a, b, w0, w1);
 }

@@ -1,6 +1,6 @@
-"""Maximum's CPU forward, every form of it (the AVX-512 one with intrinsics, the compiler-vectorised
-loop under TORCHMODULES_CPU_ISA=avx2 or =base): y and the 2-bit code of every element against
-torch's comparisons in float64, on every 16-bit pattern of the half types and on float32 / float64
+"""Maximum's CPU forward, every form of it (AVX-512 and AVX2 intrinsics, the latter under
+TORCHMODULES_CPU_ISA=avx2; the compiler-vectorised loop under =base): y and the 2-bit code of
+every element against torch's comparisons in float64, on every 16-bit pattern of the half types and on float32 / float64
 values with ties, signed zeros, infinities, NaN and denormals; same-shape inputs (whole words and a
 partial last word) and broadcast ones (gathered, and read in place)."""
 import os
@@ -70,7 +70,7 @@ def test_values_and_codes(dtype):
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_fallback_forms(isa):
-    """The compiler-vectorised loop (what a CPU without AVX-512 runs) passes the same test."""
+    """The AVX2 form (what a CPU without AVX-512 runs) and the compiler-vectorised loop pass the same test."""
     env = dict(os.environ, TORCHMODULES_CPU_ISA=isa)
     r = subprocess.run([sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-p", "no:cacheprovider", "-x",
                         "-k", "values_and_codes"], env=env, cwd=ROOT, capture_output=True, text=True)
