@@ -73,9 +73,19 @@ TM_SIMD static void log_softmax_forward_rows(T* __restrict y, const T* __restric
   for (int64_t o = o0; o < o1; ++o) {
     const T* xo = x + o * n;
     T* yo = y + o * n;
-    A m = -std::numeric_limits<A>::infinity();
-#pragma omp simd reduction(max : m)
-    for (int64_t r = 0; r < n; ++r) m = std::max(m, to_acc(xo[r]));
+    // The max over four quarters of the row at once: four chains of vector max, where one chain
+    // waited on each step's latency (4 cycles a vector; a fifth of the row's time, in L2).
+    const int64_t q = n / 4;
+    A m0 = -std::numeric_limits<A>::infinity(), m1 = m0, m2 = m0, m3 = m0;
+#pragma omp simd reduction(max : m0, m1, m2, m3)
+    for (int64_t r = 0; r < q; ++r) {
+      m0 = std::max(m0, to_acc(xo[r]));
+      m1 = std::max(m1, to_acc(xo[q + r]));
+      m2 = std::max(m2, to_acc(xo[2 * q + r]));
+      m3 = std::max(m3, to_acc(xo[3 * q + r]));
+    }
+    A m = std::max(std::max(m0, m1), std::max(m2, m3));
+    for (int64_t r = 4 * q; r < n; ++r) m = std::max(m, to_acc(xo[r]));
     A s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t r = 0; r < n; ++r) s += fast_exp(to_acc(xo[r]) - m);

@@ -157,8 +157,17 @@ TM_INLINE T zero_unless(bool keep, T v) {
 // v's bits (negative, beyond the threshold, not NaN: as unsigned, threshold < bits <= -inf).
 // No float select on v: with trapping math GCC if-converts none, and the AVX2 and SSE
 // clones stayed scalar (4x slower log_softmax there); the AVX-512 clone masked it.
+// (float: the clamp on t = v log2(e) as two integer mins on its bits, 2 instructions where the
+// float selects took 7: below bits(-252.f) as unsigned takes every t from -252 down to -inf, and
+// then below bits(254.f) as signed every t from 254 up to +inf. A NaN t comes out clamped, which
+// changes nothing: r, and so the result, is NaN from v. The exponent halves are n1 = ceil(n / 2),
+// an add and a shift (the signed division's rounding fixup took three more): the same n1 as the
+// truncating division for n <= 0, and for n > 0 the same product, both halves' scalings exact.)
 TM_INLINE float fast_exp(float v) {
-  const float n = std::nearbyint(clamp_select(v * 1.44269504088896341f, -252.f, 254.f));
+  uint32_t tb = bits_as<uint32_t>(v * 1.44269504088896341f);
+  tb = tb < 0xc37c0000u ? tb : 0xc37c0000u;                                           // t >= -252
+  tb = bits_as<uint32_t>(std::min(int32_t(tb), int32_t(0x437e0000u)));                 // t <= 254
+  const float n = std::nearbyint(bits_as<float>(tb));
   const float r = (v - n * 0.693145751953125f) - n * 1.42860682e-6f;
   float p = 1.f / 5040;
   p = p * r + 1.f / 720;
@@ -168,7 +177,7 @@ TM_INLINE float fast_exp(float v) {
   p = p * r + 0.5f;
   p = p * r + 1.f;
   p = p * r + 1.f;
-  const int32_t n1 = static_cast<int32_t>(n) / 2, n2 = static_cast<int32_t>(n) - n1;  // each in [-126, 127]
+  const int32_t n1 = (static_cast<int32_t>(n) + 1) >> 1, n2 = static_cast<int32_t>(n) - n1;  // each in [-126, 127]
   const float e = p * bits_as<float>((static_cast<uint32_t>(n1) + 127u) << 23) *
                   bits_as<float>((static_cast<uint32_t>(n2) + 127u) << 23);
   const uint32_t b = bits_as<uint32_t>(v);
