@@ -287,9 +287,7 @@ TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m
   A m = -INFINITY, s = 0;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t e = std::min(n, b + kBlock);
-    A mb = -INFINITY;
-#pragma omp simd reduction(max : mb)
-    for (int64_t k = b; k < e; ++k) mb = std::max(mb, to_acc(x[k]));
+    const A mb = row_max(x + b, e - b);
     const A m2 = std::max(m, mb);
     if (m2 == -INFINITY) continue;  // only -inf so far: s stays 0
     A sb = 0;
@@ -315,9 +313,7 @@ TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, 
 template <typename T, typename A = acc_t<T>>
 TM_SIMD void ce_prob_stats_contiguous(const T* __restrict x, const T* __restrict q, const T* __restrict w, int64_t n,
                                       A keep, A epsc, A* out /* m, s, up, a */) {
-  A m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t c = 0; c < n; ++c) m = std::max(m, to_acc(x[c]));
+  const A m = row_max(x, n);
   const A shift = m == -A(INFINITY) ? A(0) : m;
   A s = 0, up = 0, a = 0;
 #pragma omp simd reduction(+ : s, up, a)

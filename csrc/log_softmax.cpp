@@ -73,19 +73,7 @@ TM_SIMD static void log_softmax_forward_rows(T* __restrict y, const T* __restric
   for (int64_t o = o0; o < o1; ++o) {
     const T* xo = x + o * n;
     T* yo = y + o * n;
-    // The max over four quarters of the row at once: four chains of vector max, where one chain
-    // waited on each step's latency (4 cycles a vector; a fifth of the row's time, in L2).
-    const int64_t q = n / 4;
-    A m0 = -std::numeric_limits<A>::infinity(), m1 = m0, m2 = m0, m3 = m0;
-#pragma omp simd reduction(max : m0, m1, m2, m3)
-    for (int64_t r = 0; r < q; ++r) {
-      m0 = std::max(m0, to_acc(xo[r]));
-      m1 = std::max(m1, to_acc(xo[q + r]));
-      m2 = std::max(m2, to_acc(xo[2 * q + r]));
-      m3 = std::max(m3, to_acc(xo[3 * q + r]));
-    }
-    A m = std::max(std::max(m0, m1), std::max(m2, m3));
-    for (int64_t r = 4 * q; r < n; ++r) m = std::max(m, to_acc(xo[r]));
+    const A m = row_max(xo, n);
     A s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t r = 0; r < n; ++r) s += fast_exp(to_acc(xo[r]) - m);
@@ -123,8 +111,7 @@ TM_SIMD static void log_softmax_grad_rows(T* __restrict out0, T* __restrict out1
     const int64_t base = o * n;
     A s = 0, t = 0;
     if (!kDouble) {
-#pragma omp simd reduction(+ : s)
-      for (int64_t r = 0; r < n; ++r) s += to_acc(g0[base + r]);
+      s = row_sum(g0 + base, n);
       for (int64_t r = 0; r < n; ++r) {
         const int64_t k = base + r;
         out0[k] = from_acc<T>(to_acc(g0[k]) - fast_exp(to_acc(y[k])) * s);
