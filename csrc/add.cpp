@@ -2,6 +2,7 @@
 //       Backward: da = dy summed over the dims a was broadcast along (add_backward), db alike.
 // add_backward is also Linear's bias gradient and reduces Maximum's broadcast gradients.
 #include "loss_reduce.h"
+#include "half_convert.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -93,7 +94,9 @@ template <typename T>
 static void add_forward_kernel(T* y, const T* a, const T* b, const Broadcast2& bc, int64_t n) {
   const bool flat = bc.ndim == 1 && bc.stride_a[0] == 1 && bc.stride_b[0] == 1;
   at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
-    if (flat) return add_flat(y, a, b, s, e);
+    if (flat)  // (float16 in float blocks, its conversions on F16C: half_convert.h)
+      return in_float_blocks(y, s, e, [](auto* o, const auto* u, const auto* v, int64_t len) { add_flat(o, u, v, 0, len); },
+                             a, b);
     for_each_run(bc, s, e, [&](int64_t i, int64_t len, int64_t oa, int64_t sa, int64_t ob, int64_t sb) {
       add_run(y + i, a + oa, sa, b + ob, sb, len);
     });

@@ -19,6 +19,7 @@
 // forward's kernels count them into `bad` (on CUDA a device int64 pair) and the glue reads it
 // back (one sync on CUDA; skipped while a CUDA graph is captured, where the rows are NaN).
 // The backward kernels write NaN rows for such targets rather than reading out of bounds.
+#include "half_convert.h"
 #include "ops.h"
 #include "short_rows.h"
 #include "simd.h"
@@ -310,37 +311,74 @@ TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, 
 // A probability row, contiguous: m = max x, s = sum exp(x - m), up = sum u, a = sum u (m - x),
 // u_c = w_c (keep q_c + epsc), in two vectorised passes (the online pass's sums, Online<A>::add<true>;
 // an all -inf row keeps s = 0, a non-finite a goes to the caller's exact path as before).
-template <typename T, typename A = acc_t<T>>
-TM_SIMD void ce_prob_stats_contiguous(const T* __restrict x, const T* __restrict q, const T* __restrict w, int64_t n,
-                                      A keep, A epsc, A* out /* m, s, up, a */) {
+// With or without class weights as a template argument (kW): a `w ? w[c] : 1` in the loop became
+// a masked load from the null pointer per vector, each a microcode assist (~6 ns per element).
+template <bool kW, typename T, typename A = acc_t<T>>
+TM_SIMD void ce_prob_stats_row(const T* __restrict x, const T* __restrict q, const T* __restrict w, int64_t n,
+                               A keep, A epsc, A* out /* m, s, up, a */) {
   const A m = row_max(x, n);
   const A shift = m == -A(INFINITY) ? A(0) : m;
   A s = 0, up = 0, a = 0;
 #pragma omp simd reduction(+ : s, up, a)
   for (int64_t c = 0; c < n; ++c) {
-    const A xv = to_acc(x[c]), u = (w ? to_acc(w[c]) : A(1)) * (keep * to_acc(q[c]) + epsc);
+    const A xv = to_acc(x[c]), u = (kW ? to_acc(w[c]) : A(1)) * (keep * to_acc(q[c]) + epsc);
     s += fast_exp(xv - shift);
     up += u;
     a += u * (m - xv);
   }
   out[0] = m, out[1] = s, out[2] = up, out[3] = a;
 }
+template <typename T, typename A>
+void ce_prob_stats_contiguous(const T* x, const T* q, const T* w, int64_t n, A keep, A epsc, A* out) {
+  if (w) ce_prob_stats_row<true>(x, q, w, n, keep, epsc, out);
+  else ce_prob_stats_row<false>(x, q, w, n, keep, epsc, out);
+}
 
-// dx_c = G (U exp(x_c - l) - u_c) and, when asked, dq_c = -keep G w_c (x_c - l), on a contiguous
+// dx_c = G (U exp(x_c - l) - u_c) and, when asked (kDq), dq_c = -keep G w_c (x_c - l), on a contiguous
 // probability row (U = sum u). dx may be x itself (cross_entropy_backward_): x_c is read before dx_c is
-// written, and nothing reads it after.
-template <typename T, typename A = acc_t<T>>
-TM_SIMD void ce_prob_backward_contiguous(T* dx, T* __restrict dq, const T* x, const T* __restrict q,
-                                         const T* __restrict w, int64_t n, A G, A l, A keep, A epsc) {
+// written, and nothing reads it after. kW, kDq: as above, no masked access through a null pointer.
+template <bool kW, bool kDq, typename T, typename A = acc_t<T>>
+TM_SIMD void ce_prob_backward_row(T* dx, T* __restrict dq, const T* x, const T* __restrict q, const T* __restrict w,
+                                  int64_t n, A G, A l, A keep, A epsc) {
   A U = 0;
 #pragma omp simd reduction(+ : U)
-  for (int64_t c = 0; c < n; ++c) U += (w ? to_acc(w[c]) : A(1)) * (keep * to_acc(q[c]) + epsc);
+  for (int64_t c = 0; c < n; ++c) U += (kW ? to_acc(w[c]) : A(1)) * (keep * to_acc(q[c]) + epsc);
   for (int64_t c = 0; c < n; ++c) {
-    const A wc = w ? to_acc(w[c]) : A(1), xv = to_acc(x[c]), u = wc * (keep * to_acc(q[c]) + epsc);
-    if (dq) dq[c] = from_acc<T>(-keep * G * wc * (xv - l));
+    const A wc = kW ? to_acc(w[c]) : A(1), xv = to_acc(x[c]), u = wc * (keep * to_acc(q[c]) + epsc);
+    if constexpr (kDq) dq[c] = from_acc<T>(-keep * G * wc * (xv - l));
     dx[c] = from_acc<T>(G * (U * fast_exp(xv - l) - u));
   }
 }
+template <typename T, typename A>
+void ce_prob_backward_contiguous(T* dx, T* dq, const T* x, const T* q, const T* w, int64_t n, A G, A l, A keep,
+                                 A epsc) {
+  const auto run = [&](auto kw, auto kdq) {
+    ce_prob_backward_row<decltype(kw)::value, decltype(kdq)::value>(dx, dq, x, q, w, n, G, l, keep, epsc);
+  };
+  if (w) dq ? run(std::true_type{}, std::true_type{}) : run(std::true_type{}, std::false_type{});
+  else dq ? run(std::false_type{}, std::true_type{}) : run(std::false_type{}, std::false_type{});
+}
+
+// float16's contiguous rows in float buffers for the row kernels above (their arithmetic is in
+// float already): widened and rounded on F16C (half_convert.h), where the kernels' own
+// conversions cost more than their exps. k buffers of C floats, and the class weights widened
+// once (w). Empty for the other types.
+template <typename T>
+struct HalfRows {
+  static constexpr bool kOn = std::is_same_v<T, c10::Half>;
+  int64_t C;
+  std::vector<float> buf;
+  const float* w = nullptr;
+  HalfRows(int64_t classes, int k, const T* weight) : C(classes), buf(kOn ? (k + 1) * classes : 0) {
+    if constexpr (kOn)
+      if (weight) widen_half(buf.data() + k * C, weight, C), w = buf.data() + k * C;
+  }
+  float* row(int i) { return buf.data() + i * C; }
+  const float* widen(int i, const T* src) {
+    if constexpr (kOn) widen_half(row(i), src, C);
+    return row(i);
+  }
+};
 
 // Rows per block of the flat path for short rows (short_rows.h): contiguous rows of fewer than
 // kShortRow classes, class indices, no smoothing; 0 for every other problem.
@@ -405,6 +443,7 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
   const int64_t short_rows = ce_short_block(P), block = short_rows ? short_rows : R;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A sm[kShortBlock], ss[kShortBlock], scratch[kShortBlock];  // m and s of a block's short rows
+    HalfRows<T> hr(C, 2, w);  // float16: contiguous rows widened (x, q) for the float row kernels
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
       const int64_t b1 = std::min(r1, b0 + block);
       if (short_rows) short_rows_max_sumexp(x + b0 * C, C, b1 - b0, sm, ss, scratch);
@@ -417,7 +456,10 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
           Online<A> st;
           if (row.D == 1 && C >= kShortRow) {  // (a call per short row costs more than the online loop)
             A mspa[4];
-            ce_prob_stats_contiguous(xr, qr, w, C, keep, epsc, mspa);
+            if constexpr (HalfRows<T>::kOn)
+              ce_prob_stats_contiguous(hr.widen(0, xr), hr.widen(1, qr), hr.w, C, keep, epsc, mspa);
+            else
+              ce_prob_stats_contiguous(xr, qr, w, C, keep, epsc, mspa);
             st.m = mspa[0], st.s = mspa[1], st.up = mspa[2], st.a = mspa[3];
           } else {
             for (int64_t c = 0; c < C; ++c)
@@ -444,7 +486,8 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
             } else if (short_rows) {
               st.m = sm[r - b0], st.s = ss[r - b0];
             } else if (row.D == 1) {
-              online_lse_contiguous(xr, C, &st.m, &st.s);
+              if constexpr (HalfRows<T>::kOn) online_lse_contiguous(hr.widen(0, xr), C, &st.m, &st.s);
+              else online_lse_contiguous(xr, C, &st.m, &st.s);
             } else {
               for (int64_t c = 0; c < C; ++c) st.template add<false>(A(xr[c * row.D]), A(0));
             }
@@ -489,6 +532,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   const int64_t short_rows = ce_short_block(P), block = short_rows ? short_rows : R;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A p[kShortBlock];  // the block's p, from x before any of its dx is written (dx may be x: cross_entropy_backward_)
+    HalfRows<T> hr(C, 4, w);  // float16: x, q, dx, dq of a contiguous row in float
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
       const int64_t b1 = std::min(r1, b0 + block);
       if (short_rows) short_rows_softmax(x + b0 * C, lse + b0, C, b1 - b0, p);
@@ -498,7 +542,14 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
         T* dxr = dx + row.base;
         const A G = A(g[P.reduction == 0 ? r : 0]) * sc, l = lse[r];
         if (P.prob && row.D == 1) {
-          ce_prob_backward_contiguous(dxr, dq ? dq + row.base : nullptr, xr, q + row.base, w, C, G, l, keep, epsc);
+          if constexpr (HalfRows<T>::kOn) {
+            const float *fx = hr.widen(0, xr), *fq = hr.widen(1, q + row.base);
+            ce_prob_backward_contiguous(hr.row(2), dq ? hr.row(3) : nullptr, fx, fq, hr.w, C, G, l, keep, epsc);
+            narrow_half(dxr, hr.row(2), C);
+            if (dq) narrow_half(dq + row.base, hr.row(3), C);
+          } else {
+            ce_prob_backward_contiguous(dxr, dq ? dq + row.base : nullptr, xr, q + row.base, w, C, G, l, keep, epsc);
+          }
           continue;
         }
         if (P.prob) {
@@ -529,7 +580,12 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
         }
         if (!smooth && row.D == 1) {  // as above
           const A xt = A(xr[tr]);     // (read first: dx may be x itself, cross_entropy_backward_)
-          softmax_scaled_contiguous(dxr, xr, C, G * U, l);
+          if constexpr (HalfRows<T>::kOn) {
+            softmax_scaled_contiguous(hr.row(2), hr.widen(0, xr), C, G * U, l);
+            narrow_half(dxr, hr.row(2), C);
+          } else {
+            softmax_scaled_contiguous(dxr, xr, C, G * U, l);
+          }
           dxr[tr] = static_cast<T>(G * (U * fast_exp(xt - l) - keep * wt));
           continue;
         }

@@ -1,5 +1,6 @@
 // Duplicate.  Forward: y_1 = ... = y_n = x.   Backward: dx = dy_1 + ... + dy_n.
 // The lecture's fan-out: gradients of every copy are summed, in one n-way pass.
+#include "half_convert.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -67,10 +68,31 @@ TM_SIMD static void duplicate_backward_range(T* __restrict dx, const T* const* g
   }
 }
 
+// acc[i] += g[i] for i < n.
+TM_SIMD static void accumulate(float* __restrict acc, const float* __restrict g, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += g[i];
+}
+
 template <typename T>
 static void duplicate_backward_kernel(T* dx, const std::vector<const T*>& gs, int64_t numel) {
-  at::parallel_for(0, numel, kGrain,
-                   [&](int64_t b, int64_t e) { duplicate_backward_range(dx, gs.data(), gs.size(), b, e); });
+  at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      // float16: each gradient's block widened on F16C (half_convert.h), summed in float in the same
+      // order, rounded once.
+      float acc[kHalfBlock], g[kHalfBlock];
+      for (int64_t c = b; c < e; c += kHalfBlock) {
+        const int64_t len = std::min(kHalfBlock, e - c);
+        widen_half(acc, gs[0] + c, len);
+        for (size_t k = 1; k < gs.size(); ++k) {
+          widen_half(g, gs[k] + c, len);
+          accumulate(acc, g, len);
+        }
+        narrow_half(dx + c, acc, len);
+      }
+    } else {
+      duplicate_backward_range(dx, gs.data(), gs.size(), b, e);
+    }
+  });
 }
 
 void duplicate_forward_cpu(std::vector<at::Tensor>& ys, const at::Tensor& x) {

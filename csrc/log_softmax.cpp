@@ -4,6 +4,7 @@
 //   Backward: dx_i = dy_i - exp(y_i) sum_j dy_j.
 //   Double backward, for gg = d/d(dx):
 //             d_dy_k = gg_k - sum_i gg_i exp(y_i),   d_y_k = -gg_k exp(y_k) sum_j dy_j.
+#include "half_convert.h"
 #include "ops.h"
 #include "short_rows.h"
 #include "simd.h"
@@ -210,12 +211,6 @@ static void for_outer(Rows R, const F& f) {
   at::parallel_for(0, R.outer, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R.reduce * R.inner)), f);
 }
 
-// dst[k] = src[k] as float (exact for the half types).
-template <typename T>
-TM_SIMD static void widen_run(float* __restrict dst, const T* __restrict src, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) dst[k] = to_acc(src[k]);
-}
-
 template <typename T>
 static void log_softmax_forward_kernel(T* y, const T* x, Rows R) {
   for_outer(R, [&](int64_t o0, int64_t o1) {
@@ -224,11 +219,19 @@ static void log_softmax_forward_kernel(T* y, const T* x, Rows R) {
       // A half type's row is widened to float first: over 16-bit inputs GCC runs the exp loop on
       // 256-bit vectors, over floats on 512-bit ones (bfloat16 at 1024 columns: 1.4x torch's time,
       // where our float32 took 0.95x). The same float arithmetic: the float32 kernel, rounded once.
+      // float16 also writes a float row, rounded on F16C (half_convert.h).
       if (R.inner == 1) {
-        std::vector<float> row(R.reduce);
+        const int64_t n = R.reduce;
+        std::vector<float> rows(2 * n);
+        float *row = rows.data(), *out = row + n;
         for (int64_t o = o0; o < o1; ++o) {
-          widen_run(row.data(), x + o * R.reduce, R.reduce);
-          log_softmax_forward_rows<T, float>(y + o * R.reduce, row.data(), R.reduce, 0, 1);
+          widen_run(row, x + o * n, n);
+          if constexpr (std::is_same_v<T, c10::Half>) {
+            log_softmax_forward_rows<float>(out, row, n, 0, 1);
+            narrow_half(y + o * n, out, n);
+          } else {
+            log_softmax_forward_rows<T, float>(y + o * n, row, n, 0, 1);
+          }
         }
         return;
       }
@@ -248,13 +251,20 @@ static void log_softmax_grad_kernel(T* out0, T* out1, const T* g0, const T* g1, 
     if constexpr (sizeof(T) == 2) {
       if (R.inner == 1) {  // widened to float first, as the forward's rows
         const int64_t n = R.reduce;
-        std::vector<float> rows(3 * n);
-        float *fg0 = rows.data(), *fg1 = fg0 + n, *fy = fg1 + n;
+        std::vector<float> rows(5 * n);
+        float *fg0 = rows.data(), *fg1 = fg0 + n, *fy = fg1 + n, *f0 = fy + n, *f1 = f0 + n;
         for (int64_t o = o0; o < o1; ++o) {
           widen_run(fg0, g0 + o * n, n);
           if (kDouble) widen_run(fg1, g1 + o * n, n);
           widen_run(fy, y + o * n, n);
-          log_softmax_grad_rows<T, kDouble, float>(out0 + o * n, kDouble ? out1 + o * n : nullptr, fg0, fg1, fy, n, 0, 1);
+          if constexpr (std::is_same_v<T, c10::Half>) {
+            log_softmax_grad_rows<float, kDouble>(f0, f1, fg0, fg1, fy, n, 0, 1);
+            narrow_half(out0 + o * n, f0, n);
+            if (kDouble) narrow_half(out1 + o * n, f1, n);
+          } else {
+            log_softmax_grad_rows<T, kDouble, float>(out0 + o * n, kDouble ? out1 + o * n : nullptr, fg0, fg1, fy, n,
+                                                     0, 1);
+          }
         }
         return;
       }

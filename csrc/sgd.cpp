@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "half_convert.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -111,6 +112,26 @@ TM_SIMD void sgd_span(T* __restrict__ p, T* __restrict__ b, const T* __restrict_
   }
 }
 
+// sgd_span over [0, len); float16 in float blocks, its conversions on F16C (half_convert.h): the
+// same float arithmetic, p and b rounded once.
+template <typename T, int kMom, bool kWd, bool kNesterov>
+void sgd_run(T* p, T* b, const T* g, int64_t len, const SgdCoef<acc_t<T>>& c) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    float fp[kHalfBlock], fb[kHalfBlock], fg[kHalfBlock];
+    for (int64_t o = 0; o < len; o += kHalfBlock) {
+      const int64_t n = std::min(kHalfBlock, len - o);
+      widen_half(fp, p + o, n);
+      if constexpr (kMom == kSgdMomentum) widen_half(fb, b + o, n);
+      widen_half(fg, g + o, n);
+      sgd_span<float, kMom, kWd, kNesterov>(fp, fb, fg, n, c);
+      narrow_half(p + o, fp, n);
+      if constexpr (kMom != kSgdPlain) narrow_half(b + o, fb, n);
+    }
+  } else {
+    sgd_span<T, kMom, kWd, kNesterov>(p, b, g, len, c);
+  }
+}
+
 }  // namespace
 
 // All tensors laid end to end form one index space [0, total); at::parallel_for splits it
@@ -135,7 +156,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList bufs, at::TensorList gra
         size_t k = std::upper_bound(start.begin(), start.end(), i0) - start.begin() - 1;
         for (int64_t i = i0; i < i1; ++k) {
           const int64_t e = std::min(i1, start[k + 1]), off = i - start[k];
-          sgd_span<scalar_t, decltype(mom)::value, decltype(wd)::value, decltype(nest)::value>(
+          sgd_run<scalar_t, decltype(mom)::value, decltype(wd)::value, decltype(nest)::value>(
               pp[k] + off, pb[k] ? pb[k] + off : nullptr, pg[k] + off, e - i, c);
           i = e;
         }

@@ -6,13 +6,16 @@ conversions of csrc/simd.h (bits <-> float, computing in float):
     boundary; and simd.h's fast_exp, float and double, per ISA against torch.exp;
   - the kernels on inputs with NaN, inf and subnormals: add against torch's add, and each
     kernel that uses the conversions against our float32 kernel on the same values, rounded
-    once by torch (the half path must be the float path plus the conversions, bit for bit).
+    once by torch (the half path must be the float path plus the conversions, bit for bit);
+    float16's float blocks (csrc/half_convert.h) on each of their forms: AVX-512, AVX2 + F16C
+    (TORCHMODULES_CPU_ISA=avx2) and simd.h's integer conversions (=base), in subprocesses.
 NaN results are compared as NaN: its sign and payload from arithmetic are unspecified (x86
 hands on the first operand's NaN, whichever the compiler put first), and c10's float16
 conversion (ours too) drops the payload where torch's keeps it."""
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -295,3 +298,16 @@ def test_kernels_are_the_float32_kernel_rounded_once(dtype):
                 assert_same(o, r.to(o.dtype))
             except AssertionError as e:
                 raise AssertionError(f"{name}, output {k}: {e}") from None
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_kernels_on_each_conversion_form(isa):
+    """The kernel tests above with float16's block conversions on AVX2 + F16C (8 per instruction,
+    a scalar tail) and on the TM_SIMD integer conversions (a CPU without AVX2): what a CPU without
+    AVX-512 runs (the AVX-512 form runs in this process)."""
+    env = dict(os.environ, TORCHMODULES_CPU_ISA=isa)
+    r = subprocess.run([sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-p", "no:cacheprovider", "-x",
+                        "-k", "add_every_pattern or elementwise_against_torch or rounded_once"],
+                       env=env, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout

@@ -1,0 +1,70 @@
+// float16 <-> float runs on F16C: vcvtph2ps (exact) and vcvtps2ph with round to nearest even
+// in the instruction (not MXCSR's mode), 16 elements per instruction with AVX-512, 8 with AVX2.
+// A CPU without either takes simd.h's integer conversions (TM_SIMD loops).
+#include "half_convert.h"
+
+#include "vector_isa.h"
+
+namespace torchmodules {
+
+#ifdef TM_X86
+constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+// The tail (n % 16 elements) through masked loads and stores.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void widen_half_avx512(float* dst, const c10::Half* src,
+                                                                                  int64_t n) {
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16)
+    _mm512_storeu_ps(dst + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k))));
+  if (k < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - k)) - 1);
+    _mm512_mask_storeu_ps(dst + k, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + k)));
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void narrow_half_avx512(c10::Half* dst, const float* src,
+                                                                                   int64_t n) {
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm512_cvtps_ph(_mm512_loadu_ps(src + k), kRne));
+  if (k < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - k)) - 1);
+    _mm256_mask_storeu_epi16(dst + k, m, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, src + k), kRne));
+  }
+}
+
+// 8 at a time; the tail one at a time through the 128-bit forms (F16C has no masked ones).
+__attribute__((target("avx2,f16c"))) static void widen_half_f16c(float* dst, const c10::Half* src, int64_t n) {
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    _mm256_storeu_ps(dst + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+  for (; k < n; ++k) dst[k] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(src[k].x)));
+}
+
+__attribute__((target("avx2,f16c"))) static void narrow_half_f16c(c10::Half* dst, const float* src, int64_t n) {
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm256_cvtps_ph(_mm256_loadu_ps(src + k), kRne));
+  for (; k < n; ++k)
+    dst[k] = c10::Half(static_cast<uint16_t>(_mm_cvtsi128_si32(_mm_cvtps_ph(_mm_set_ss(src[k]), kRne))),
+                       c10::Half::from_bits());
+}
+#endif
+
+void widen_half(float* dst, const c10::Half* src, int64_t n) {
+#ifdef TM_X86
+  if (vector_isa() == 2) return widen_half_avx512(dst, src, n);
+  if (vector_isa() == 1) return widen_half_f16c(dst, src, n);
+#endif
+  widen_simd(dst, src, n);
+}
+
+void narrow_half(c10::Half* dst, const float* src, int64_t n) {
+#ifdef TM_X86
+  if (vector_isa() == 2) return narrow_half_avx512(dst, src, n);
+  if (vector_isa() == 1) return narrow_half_f16c(dst, src, n);
+#endif
+  narrow_simd(dst, src, n);
+}
+
+}  // namespace torchmodules
