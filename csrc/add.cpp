@@ -98,7 +98,18 @@ static void add_forward_kernel(T* y, const T* a, const T* b, const Broadcast2& b
       return in_float_blocks(y, s, e, [](auto* o, const auto* u, const auto* v, int64_t len) { add_flat(o, u, v, 0, len); },
                              a, b);
     for_each_run(bc, s, e, [&](int64_t i, int64_t len, int64_t oa, int64_t sa, int64_t ob, int64_t sb) {
-      add_run(y + i, a + oa, sa, b + ob, sb, len);
+      if constexpr (std::is_same_v<T, c10::Half>) {  // each run in float blocks, as above
+        float fa[kHalfBlock], fb[kHalfBlock], fy[kHalfBlock];
+        for (int64_t c = 0; c < len; c += kHalfBlock) {
+          const int64_t n = std::min(kHalfBlock, len - c);
+          const auto [pa, qa] = widen_strided(fa, a + oa + c * sa, sa, n);
+          const auto [pb, qb] = widen_strided(fb, b + ob + c * sb, sb, n);
+          add_run(fy, pa, qa, pb, qb, n);
+          narrow_half(y + i + c, fy, n);
+        }
+      } else {
+        add_run(y + i, a + oa, sa, b + ob, sb, len);
+      }
     });
   });
 }
@@ -159,7 +170,17 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
         const T* base = dy + outer.offset(ko) + c;
         for (int64_t i = 0; i < len; ++i) acc[i] = A(0);
         Odometer rows{rd};
-        for (int64_t q = 0; q < runs; ++q, rows.next(last)) add_rows_into(acc, base + rows.off, L, sL, len);
+        for (int64_t q = 0; q < runs; ++q, rows.next(last)) {
+          if constexpr (std::is_same_v<T, c10::Half>) {  // each row's block widened on F16C, same order
+            float row[kCols];
+            for (int64_t r = 0; r < L; ++r) {
+              widen_half(row, base + rows.off + r * sL, len);
+              add_rows_into(acc, row, 1, 0, len);
+            }
+          } else {
+            add_rows_into(acc, base + rows.off, L, sL, len);
+          }
+        }
         for (int64_t i = 0; i < len; ++i) out[ko * cols + c + i] = static_cast<T>(acc[i]);
       }
     });

@@ -41,6 +41,19 @@ inline void narrow_run(T* dst, const float* src, int64_t n) {
   else narrow_simd(dst, src, n);
 }
 
+// A run of len float16 elements at stride st as floats in buf (len <= its size): one element for
+// st = 0, widened on F16C for st = 1, gathered otherwise. Returns the floats and their stride.
+inline std::pair<const float*, int64_t> widen_strided(float* buf, const c10::Half* src, int64_t st, int64_t len) {
+  if (st == 0) {
+    buf[0] = to_acc(src[0]);
+    return {buf, 0};
+  }
+  if (st == 1) widen_half(buf, src, len);
+  else
+    for (int64_t k = 0; k < len; ++k) buf[k] = to_acc(src[k * st]);
+  return {buf, 1};
+}
+
 // Elements per block of the float16 paths: 4 KiB of floats per buffer, L1-resident.
 constexpr int64_t kHalfBlock = 1024;
 

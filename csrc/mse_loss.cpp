@@ -6,6 +6,7 @@
 //   Double backward, for gg = d/d(dx):
 //             d_dy = c (x - t) gg (summed for mean and sum),  d_x = c dy gg,  d_t = -c dy gg.
 // Sums are deterministic and blocked (loss_reduce.h); the half types compute in float.
+#include "half_convert.h"
 #include "loss_reduce.h"
 #include "ops.h"
 #include "simd.h"
@@ -165,7 +166,10 @@ static void mse_forward_kernel(T* y, const Diff<T>& diff, int64_t n, int64_t red
   using A = acc_t<T>;
   if (reduction == kNone) {
     at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
-      if (diff.flat) return diff_map_flat<T, true, false>(y, diff.x, diff.t, nullptr, A(0), s, e);
+      if (diff.flat)  // (float16 in float blocks, its conversions on F16C: half_convert.h)
+        return in_float_blocks(y, s, e, [](auto* o, const auto* x, const auto* t, int64_t len) {
+          diff_map_flat<std::remove_cvref_t<decltype(*x)>, true, false>(o, x, t, nullptr, A(0), 0, len);
+        }, diff.x, diff.t);
       diff.blocks(s, e, [&](int64_t b0, int64_t b1, const A* d) {
         diff_map_block<T, true, false>(y + b0, d, nullptr, A(0), b1 - b0);
       });
@@ -191,7 +195,10 @@ static void mse_backward_kernel(T* dx, const T* dy, const Diff<T>& diff, int64_t
   const A c = mse_scale<A>(reduction, n);
   const bool per = reduction == kNone;
   at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
-    if (diff.flat && per) return diff_map_flat<T, false, true>(dx, diff.x, diff.t, dy, c, s, e);
+    if (diff.flat && per)
+      return in_float_blocks(dx, s, e, [&](auto* o, const auto* x, const auto* t, const auto* g, int64_t len) {
+        diff_map_flat<std::remove_cvref_t<decltype(*x)>, false, true>(o, x, t, g, c, 0, len);
+      }, diff.x, diff.t, dy);
     if (diff.flat) return diff_map_flat<T, false, false>(dx, diff.x, diff.t, dy, c, s, e);
     diff.blocks(s, e, [&](int64_t b0, int64_t b1, const A* d) {
       if (per) diff_map_block<T, false, true>(dx + b0, d, dy + b0, c, b1 - b0);
