@@ -15,9 +15,11 @@ __device__ __forceinline__ T zero() {
 // y_i = x_i < 0 ? 0 : x_i, bit i%32 of m[i/32] = !(x_i <= 0).
 // Lane l of a warp owns elements [V(w+l), V(w+l)+V) (one 16-byte vector when V > 1); the
 // 32/V lanes that share a mask word OR their bits together by shuffles (a ballot if V == 1).
+// y may be x (Linear+ReLU's unfused path runs it in place: each element is read by the thread
+// that writes it, before the write), so neither is __restrict__.
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
-    relu_forward_kernel(T* __restrict__ y, uint32_t* __restrict__ m, const T* __restrict__ x, int64_t n) {
+    relu_forward_kernel(T* y, uint32_t* __restrict__ m, const T* x, int64_t n) {
   constexpr int kLanesPerWord = 32 / V;
   const int lane = threadIdx.x & 31;
   const int64_t nvec = (n + V - 1) / V;

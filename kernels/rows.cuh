@@ -14,6 +14,8 @@
 
 #include "launch.cuh"
 
+#include <ATen/cuda/CUDAContext.h>
+
 #include <atomic>
 #include <cstring>
 
@@ -326,9 +328,13 @@ template <class P> constexpr bool smem_row() {
   if constexpr (requires { P::kSmemRow; }) return P::kSmemRow;
   else return false;
 }
-// Does rows_stream<..., kSmem> take rows of n elements (16-byte vectors: VEC)?
-template <class P, bool VEC> bool smem_fits(int64_t n) {
-  if constexpr (smem_row<P>() && VEC) return n * int64_t(sizeof(typename P::Elem)) <= kSmemRowBytes;
+// Does rows_stream<..., kSmem> take rows of n elements (16-byte vectors: VEC) on on's device? The
+// device must give a block kSmemRowBytes of dynamic shared memory beside the static `red` (Ampere
+// and Hopper: 99-227 KB; Turing's 64 KB do not, and its rows take the paths below).
+template <class P, bool VEC> bool smem_fits(int64_t n, const at::Tensor& on) {
+  if constexpr (smem_row<P>() && VEC)
+    return n * int64_t(sizeof(typename P::Elem)) <= kSmemRowBytes &&
+           at::cuda::getDeviceProperties(on.get_device())->sharedMemPerBlockOptin >= size_t(kSmemRowBytes) + 4096;
   else return false;
 }
 
@@ -401,7 +407,7 @@ void launch_rows(const at::Tensor& on, const P& p, int64_t rows, int64_t n) {
     const int W = int(chunks <= 32 ? next_pow2(chunks) : 32);
     const int64_t k = chunks <= 32 ? 1 : next_pow2(ceil_div(chunks, 32));
     launch_warp<P, 1, VEC>(on, p, rows, n, k, W);
-  } else if (smem_fits<P, VEC>(n)) {
+  } else if (smem_fits<P, VEC>(n, on)) {
     if constexpr (smem_row<P>()) {
       const int bytes = int(n * int64_t(sizeof(typename P::Elem)));
       // The limit of dynamic shared memory is the current device's, 48 KB less the static `red` by

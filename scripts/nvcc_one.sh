@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compiles one kernels/*.cu to an object file with the flags the extension build uses,
-# to check a kernel quickly (and read ptxas's resource report with -Xptxas=-v).
+# to check a kernel quickly (and read ptxas's resource report with -Xptxas=-v). sm_90a as the
+# build has it: for plain sm_90 the Hopper GEMM (kernels/gemm_sm90.cu) compiles to an empty stub.
 # Usage: scripts/nvcc_one.sh kernels/relu.cu [extra nvcc flags...]
 set -euo pipefail
 src=$1; shift
@@ -13,4 +14,4 @@ exec "$CUDA_HOME/bin/nvcc" -c "$src" -o "/tmp/nvcc_one/$(basename "$src").o" \
   -I "$(dirname "$0")/../csrc" -I "$TORCH/include" -I "$TORCH/include/torch/csrc/api/include" -I "$PYINC" \
   -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
   -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr -DTORCHMODULES_CUDA -O3 -lineinfo -std=c++20 \
-  -Xcompiler -fPIC -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 "$@"
+  -Xcompiler -fPIC -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a "$@"
