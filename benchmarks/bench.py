@@ -258,7 +258,8 @@ def write_png(path, records):
         ax.set_xscale("log", base=2)
         ax.set_title(op)
         ax.set_xlabel({"linear": "M*N*K", "linear_relu": "M*N*K", "linear_relu_vs_unfused": "M*N*K", "log_softmax": "row length", "amax": "row length", "nll_loss": "classes",
-                       "cross_entropy": "classes", "cross_entropy_inplace": "classes", "mse_loss": "columns",
+                       "cross_entropy": "classes", "cross_entropy_inplace": "classes", "cross_entropy_probs": "classes",
+                       "mse_loss": "columns",
                        "sgd": "parameters", "train_step": "batch", "nearest_neighbor": "N*K*D"}.get(op, "elements"))
         ax.set_ylabel("speedup (torch / ours)")
         ax.legend(fontsize=6)

@@ -116,6 +116,10 @@ def _loss(kind):
             t = torch.randn(n, c, dtype=dtype, device=device)
             ours, twin = (lambda a: TF.mse_loss(a, t)), (lambda a: torch.nn.functional.mse_loss(a, t))
             fwd, bwd = 2 * n * c * e, 3 * n * c * e          # (x, t) -> loss;  (x, t) -> dx
+        elif kind == "cross_entropy_probs":  # soft targets: a probability row per sample
+            t = torch.softmax(torch.randn(n, c, device=device), 1).to(dtype)
+            ours, twin = (lambda a: TF.cross_entropy(a, t)), (lambda a: torch.nn.functional.cross_entropy(a, t))
+            fwd, bwd = 2 * n * c * e, 3 * n * c * e          # (x, t) -> loss;  (x, t) -> dx
         else:
             t = torch.randint(0, c, (n,), device=device)
             fn = "cross_entropy" if kind == "cross_entropy" else "nll_loss"
@@ -212,6 +216,7 @@ SETUPS = {
     "nll_loss": _loss("nll_loss"),
     "cross_entropy": _loss("cross_entropy"),
     "cross_entropy_inplace": _cross_entropy_inplace,
+    "cross_entropy_probs": _loss("cross_entropy_probs"),
     "mse_loss": _loss("mse_loss"),
     "nearest_neighbor": _nearest_neighbor,
     "sgd": _sgd,
@@ -231,9 +236,10 @@ def sizes(op: str, device: str, quick: bool) -> Sequence:
         if gpu:
             return [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 1024, 4096), (65536, 256, 256)]
         return [(256, 256, 256), (512, 512, 512), (4096, 64, 256), (1024, 784, 512), (64, 784, 512)]
-    if op in ("nll_loss", "cross_entropy", "cross_entropy_inplace", "mse_loss"):
+    if op in ("nll_loss", "cross_entropy", "cross_entropy_inplace", "cross_entropy_probs", "mse_loss"):
         if gpu:
-            return [(8192, 32768), (4096, 128256)] if op.startswith("cross_entropy") else [(8192, 32768)]
+            return [(8192, 32768), (4096, 128256)] if op in ("cross_entropy", "cross_entropy_inplace") else \
+                   [(8192, 32768)]
         return [(4096, 10), (1024, 1024), (128, 32768)]
     if op == "nearest_neighbor":  # (N, K, D)
         return [(65536, 1024, 64)] + ([] if quick else [(16384, 4096, 256)]) if gpu else \
