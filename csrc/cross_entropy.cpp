@@ -359,23 +359,24 @@ void ce_prob_backward_contiguous(T* dx, T* dq, const T* x, const T* q, const T* 
   else dq ? run(std::false_type{}, std::true_type{}) : run(std::false_type{}, std::false_type{});
 }
 
-// float16's contiguous rows in float buffers for the row kernels above (their arithmetic is in
-// float already): widened and rounded on F16C (half_convert.h), where the kernels' own
-// conversions cost more than their exps. k buffers of C floats, and the class weights widened
-// once (w). Empty for the other types.
+// A half type's contiguous rows in float buffers for the row kernels above (their arithmetic is
+// in float already), the results rounded once (half_convert.h): float16's conversions on F16C,
+// where the kernels' own cost more than their exps; over bfloat16 GCC ran the exp loops on
+// 256-bit vectors, over floats on 512-bit ones. k buffers of C floats, and the class weights
+// widened once (w). Empty for float and double.
 template <typename T>
 struct HalfRows {
-  static constexpr bool kOn = std::is_same_v<T, c10::Half>;
+  static constexpr bool kOn = sizeof(T) == 2;
   int64_t C;
   std::vector<float> buf;
   const float* w = nullptr;
   HalfRows(int64_t classes, int k, const T* weight) : C(classes), buf(kOn ? (k + 1) * classes : 0) {
     if constexpr (kOn)
-      if (weight) widen_half(buf.data() + k * C, weight, C), w = buf.data() + k * C;
+      if (weight) widen_run(buf.data() + k * C, weight, C), w = buf.data() + k * C;
   }
   float* row(int i) { return buf.data() + i * C; }
   const float* widen(int i, const T* src) {
-    if constexpr (kOn) widen_half(row(i), src, C);
+    if constexpr (kOn) widen_run(row(i), src, C);
     return row(i);
   }
 };
@@ -443,7 +444,7 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
   const int64_t short_rows = ce_short_block(P), block = short_rows ? short_rows : R;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A sm[kShortBlock], ss[kShortBlock], scratch[kShortBlock];  // m and s of a block's short rows
-    HalfRows<T> hr(C, 2, w);  // float16: contiguous rows widened (x, q) for the float row kernels
+    HalfRows<T> hr(C, 2, w);  // half types: contiguous rows widened (x, q) for the float row kernels
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
       const int64_t b1 = std::min(r1, b0 + block);
       if (short_rows) short_rows_max_sumexp(x + b0 * C, C, b1 - b0, sm, ss, scratch);
@@ -532,7 +533,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   const int64_t short_rows = ce_short_block(P), block = short_rows ? short_rows : R;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A p[kShortBlock];  // the block's p, from x before any of its dx is written (dx may be x: cross_entropy_backward_)
-    HalfRows<T> hr(C, 4, w);  // float16: x, q, dx, dq of a contiguous row in float
+    HalfRows<T> hr(C, 4, w);  // half types: x, q, dx, dq of a contiguous row in float
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
       const int64_t b1 = std::min(r1, b0 + block);
       if (short_rows) short_rows_softmax(x + b0 * C, lse + b0, C, b1 - b0, p);
@@ -545,8 +546,8 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           if constexpr (HalfRows<T>::kOn) {
             const float *fx = hr.widen(0, xr), *fq = hr.widen(1, q + row.base);
             ce_prob_backward_contiguous(hr.row(2), dq ? hr.row(3) : nullptr, fx, fq, hr.w, C, G, l, keep, epsc);
-            narrow_half(dxr, hr.row(2), C);
-            if (dq) narrow_half(dq + row.base, hr.row(3), C);
+            narrow_run(dxr, hr.row(2), C);
+            if (dq) narrow_run(dq + row.base, hr.row(3), C);
           } else {
             ce_prob_backward_contiguous(dxr, dq ? dq + row.base : nullptr, xr, q + row.base, w, C, G, l, keep, epsc);
           }
@@ -582,7 +583,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           const A xt = A(xr[tr]);     // (read first: dx may be x itself, cross_entropy_backward_)
           if constexpr (HalfRows<T>::kOn) {
             softmax_scaled_contiguous(hr.row(2), hr.widen(0, xr), C, G * U, l);
-            narrow_half(dxr, hr.row(2), C);
+            narrow_run(dxr, hr.row(2), C);
           } else {
             softmax_scaled_contiguous(dxr, xr, C, G * U, l);
           }
