@@ -184,22 +184,30 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
   }
   // Otherwise per output: a run vectorised when contiguous (a per-channel bias: [N, C, H, W] to
   // [C, 1, 1]).
-  auto run_sum = [&](const T* x) -> A {  // one run of the innermost reduced dim
-    if (sL == 1 && L >= 16) return sum_run(x, L);
+  // float16: a contiguous run widened on F16C first (half_convert.h), then the float sum_run.
+  constexpr bool kWiden = std::is_same_v<T, c10::Half>;
+  const bool vec = sL == 1 && L >= 16;
+  auto run_sum = [&](const T* x, float* fx) -> A {  // one run of the innermost reduced dim
+    if (vec) {
+      if constexpr (kWiden) return widen_half(fx, x, L), sum_run(fx, L);
+      else return sum_run(x, L);
+    }
     A s = A(0);
     for (int64_t r = 0; r < L; ++r) s += static_cast<A>(x[r * sL]);  // short or strided: inline
     return s;
   };
   at::parallel_for(0, O, std::max<int64_t>(1, kGrain / std::max<int64_t>(R, 1)), [&](int64_t o0, int64_t o1) {
+    std::vector<float> fbuf(kWiden && vec ? L : 0);
+    float* fx = fbuf.data();
     for (int64_t o = o0; o < o1; ++o) {
       const T* base = dy + (kd.ndim == 1 ? o * kd.stride[0] : kd.offset(o));
       if (rd.ndim <= 1) {  // one run per output (the common [N, C] to [N, 1]): no odometer
-        out[o] = static_cast<T>(run_sum(base));
+        out[o] = static_cast<T>(run_sum(base, fx));
         continue;
       }
       A acc = A(0);
       Odometer run{rd};
-      for (int64_t q = 0; q < runs; ++q, run.next(last)) acc += run_sum(base + run.off);
+      for (int64_t q = 0; q < runs; ++q, run.next(last)) acc += run_sum(base + run.off, fx);
       out[o] = static_cast<T>(acc);
     }
   });
