@@ -312,7 +312,8 @@ TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, 
 // u_c = w_c (keep q_c + epsc), in two vectorised passes (the online pass's sums, Online<A>::add<true>;
 // an all -inf row keeps s = 0, a non-finite a goes to the caller's exact path as before).
 // With or without class weights as a template argument (kW): a `w ? w[c] : 1` in the loop became
-// a masked load from the null pointer per vector, each a microcode assist (~6 ns per element).
+// a masked load from the null pointer per vector (AMD Zen 5: 25x the time of the loop without it,
+// 6.6 ms for a 1024 x 1024 float32 forward).
 template <bool kW, typename T, typename A = acc_t<T>>
 TM_SIMD void ce_prob_stats_row(const T* __restrict x, const T* __restrict q, const T* __restrict w, int64_t n,
                                A keep, A epsc, A* out /* m, s, up, a */) {
