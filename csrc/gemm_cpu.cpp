@@ -33,7 +33,8 @@
 //     number of threads.
 //   - instruction sets: the kernels are compiled for AVX-512, AVX2+FMA and the baseline
 //     (the build has no -march) and the widest one this CPU has is picked at run time.
-//     bfloat16 runs on Intel AMX tiles where the CPU and OS allow (gemm_cpu_amx.cpp), in the
+//     bfloat16 runs on Intel AMX tiles where the CPU and OS allow, else with VDPBF16PS where the
+//     CPU has AVX512-BF16 (AMD Zen 4 and 5; gemm_cpu_amx.cpp), in the
 //     same cells of C; when its k blocks cover K in one it hands each finished block of C to
 //     the same store step (store_block: rounding, and Linear + ReLU's epilogue) as the final
 //     rounding of the float copy, so no float copy of C is made.
@@ -385,7 +386,8 @@ struct Simd<double> {
 
 // ---- run-time choice of the instruction set ---------------------------------------------------
 
-enum class Isa { kBase, kAvx2, kAvx512, kAmx };  // kAmx: AVX-512, and AMX for bfloat16
+// kAvx512Bf16: AVX-512, and VDPBF16PS for bfloat16; kAmx: AVX-512, and AMX tiles for bfloat16.
+enum class Isa { kBase, kAvx2, kAvx512, kAvx512Bf16, kAmx };
 
 Isa cpu_isa() {
   static const Isa isa = [] {
@@ -402,7 +404,8 @@ Isa cpu_isa() {
     const std::string cap = env ? env : "";
     if (cap == "base") best = Isa::kBase;
     if (cap == "avx2" && best == Isa::kAvx512) best = Isa::kAvx2;
-    if (best == Isa::kAvx512 && cap != "avx512" && cap != "avx2" && amx::available()) best = Isa::kAmx;
+    if (best == Isa::kAvx512 && cap != "avx512" && cap != "avx2" && amx::dp_available()) best = Isa::kAvx512Bf16;
+    if (best == Isa::kAvx512Bf16 && cap != "avx512bf16" && amx::available()) best = Isa::kAmx;
     return best;
   }();
   return isa;
@@ -413,6 +416,7 @@ IsaGemm<T> pick_isa_gemm() {
 #ifdef TM_GEMM_X86
   switch (cpu_isa()) {
     case Isa::kAmx:
+    case Isa::kAvx512Bf16:
     case Isa::kAvx512:
       return isa_avx512::isa_gemm<T>();
     case Isa::kAvx2:
@@ -424,12 +428,12 @@ IsaGemm<T> pick_isa_gemm() {
   return isa_base::isa_gemm<T>();
 }
 
-// bfloat16 on AMX tiles (gemm_cpu_amx.cpp): for all but the smallest products, where the
+// bfloat16 on AMX tiles or with VDPBF16PS (gemm_cpu_amx.cpp): for all but the smallest products, where the
 // vector kernels (no tile set-up, dot products for a few rows) are quicker.
 template <typename T>
 bool use_amx(const GemmProblem<T>& g) {
   if constexpr (std::is_same<T, c10::BFloat16>::value)
-    return cpu_isa() == Isa::kAmx && !g.no_amx && !(g.cs_a == 1 && g.rs_b == 1 && g.M <= kDotRows);
+    return cpu_isa() >= Isa::kAvx512Bf16 && !g.no_amx && !(g.cs_a == 1 && g.rs_b == 1 && g.M <= kDotRows);
   return false;
 }
 
@@ -461,8 +465,9 @@ IsaGemm<T> amx_gemm() {
                                            store_block(*static_cast<const GemmProblem<T>*>(ctx), src, ld, r0, r1, j, n);
                                          },
                                          &g};
-              if (amx::gemm_bf16_block(g.K, g.a, g.rs_a, g.cs_a, g.b, g.rs_b, g.cs_b, g.c, g.ldc, g.bias,
-                                       g.out ? &store : nullptr, i0, i1, j0, j1) && g.amx_subnormal)
+              if (amx::gemm_bf16_block(cpu_isa() == Isa::kAmx, g.K, g.a, g.rs_a, g.cs_a, g.b, g.rs_b, g.cs_b, g.c,
+                                       g.ldc, g.bias, g.out ? &store : nullptr, i0, i1, j0, j1) &&
+                  g.amx_subnormal)
                 g.amx_subnormal->store(true, std::memory_order_relaxed);
             }};
   return {};
@@ -589,6 +594,8 @@ const char* gemm_cpu_isa() {
   switch (cpu_isa()) {
     case Isa::kAmx:
       return "amx";
+    case Isa::kAvx512Bf16:
+      return "avx512bf16";
     case Isa::kAvx512:
       return "avx512";
     case Isa::kAvx2:

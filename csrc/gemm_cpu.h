@@ -25,8 +25,9 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const T* a, int64_t rs_a, int64_t
               int64_t cs_b, T* c, int64_t ldc, const T* bias, uint32_t* relu_mask = nullptr);
 
 // The instruction set the GEMM runs with on this CPU: "amx" (AVX-512, and AMX tiles for
-// bfloat16), "avx512", "avx2" or "base". TORCHMODULES_CPU_ISA=avx512, =avx2 or =base in the
-// environment caps it (for tests of the fallbacks).
+// bfloat16), "avx512bf16" (AVX-512, and VDPBF16PS for bfloat16), "avx512", "avx2" or "base".
+// TORCHMODULES_CPU_ISA=avx512bf16, =avx512, =avx2 or =base in the environment caps it (for tests
+// of the fallbacks).
 const char* gemm_cpu_isa();
 
 // Per-thread packing space of a GEMM back end, kept between calls and grown on demand,

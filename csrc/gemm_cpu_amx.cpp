@@ -20,6 +20,12 @@
 // Linear + ReLU, applies the ReLU and writes its mask while the block is in cache. Every
 // element of C is summed in the same order (k blocks of KC in order, 32 k at a time within) for
 // any cell or thread count, so results are bitwise the same for any number of threads.
+// On a CPU with AVX512-BF16 but no AMX (AMD Zen 4 and 5, Intel Cooper Lake) the same blocks and
+// packed tiles run through dp_block instead: VDPBF16PS (Intel SDM vol. 2) on zmm registers,
+//   acc[j] += A(i, 2r) B(2r, j) + A(i, 2r + 1) B(2r + 1, j),  j = 0 .. 15 (one B tile row r),
+// with A's pair (A(i, 2r), A(i, 2r + 1)) broadcast as 32 bits: an A tile row holds it as
+// such, and a B tile row r is the 16 columns' pairs. It reads bfloat16 subnormals as 0 as
+// TDPBF16PS does (and the same fallback follows).
 // Packing (zero-padded to whole tiles in k, rows and columns) absorbs the three layouts of
 // Linear's products:
 //   A k-contiguous (forward, dX): row copies;  A column-major (dW's dy^T): bfloat16 pairs of
@@ -34,6 +40,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define TM_AMX 1
@@ -72,10 +79,20 @@ bool available() {
   return ok;
 }
 
+bool dp_available() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq");
+  }();
+  return ok;
+}
+
 namespace {
 
 #pragma GCC push_options
-#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq")
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 // GCC 12's AVX-512 shuffles pass an "undefined" register that -Wall reports.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -274,6 +291,44 @@ void tile_block(int64_t nkb, const u16* a, int64_t a_next, const u16* b, int64_t
   if (A2 && B2) _tile_stored(3, c + 16 * ldc + 16, ld);
 }
 
+// tile_block's C with VDPBF16PS on zmm registers (no AMX), from the same packed tiles: 8 rows of
+// C at a time, 16 or 32 columns (8 x 2 accumulators, two B vectors and a broadcast: 19 of the 32
+// registers), over all of k; per pair of k, 2 B loads, 8 broadcasts of A's pair and 16 VDPBF16PS.
+template <bool A2, bool B2>
+void dp_block(int64_t nkb, const u16* a, int64_t a_next, const u16* b, int64_t b_next, float* c, int64_t ldc,
+              bool load_c) {
+  constexpr int kRows = 8;
+  for (int p = 0; p < (A2 ? 2 : 1); ++p)
+    for (int g = 0; g < 16; g += kRows) {
+      const u16* ap = a + p * a_next + g * 32;
+      float* cg = c + (p * 16 + g) * ldc;
+      __m512 acc[kRows][2];
+#pragma GCC unroll 8
+      for (int i = 0; i < kRows; ++i)
+        for (int t = 0; t < (B2 ? 2 : 1); ++t)
+          acc[i][t] = load_c ? _mm512_loadu_ps(cg + i * ldc + 16 * t) : _mm512_setzero_ps();
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const u16* at = ap + kb * kTile;
+        const u16* bt = b + kb * kTile;
+        for (int r = 0; r < 16; ++r) {
+          const __m512bh b0 = (__m512bh)_mm512_load_si512(bt + r * 32);
+          const __m512bh b1 = B2 ? (__m512bh)_mm512_load_si512(bt + b_next + r * 32) : b0;
+#pragma GCC unroll 8
+          for (int i = 0; i < kRows; ++i) {
+            int32_t pair;
+            std::memcpy(&pair, at + i * 32 + 2 * r, sizeof(pair));
+            const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+            if (B2) acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+          }
+        }
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < kRows; ++i)
+        for (int t = 0; t < (B2 ? 2 : 1); ++t) _mm512_storeu_ps(cg + i * ldc + 16 * t, acc[i][t]);
+    }
+}
+
 // C[0:mr, 0:n] = (accumulate ? C + blk : blk) + bias  (blk: row stride ld).
 void add_block(const float* blk, int64_t ld, float* c, int64_t ldc, int mr, int64_t n, bool accumulate,
                const float* bias) {
@@ -293,6 +348,8 @@ void add_block(const float* blk, int64_t ld, float* c, int64_t ldc, int mr, int6
 struct AmxScratch;
 inline char* scratch(size_t bytes) { return gemm_scratch<AmxScratch>(bytes); }
 
+// kTiles: the tile kernel (AMX), else dp_block (AVX512-BF16).
+template <bool kTiles>
 bool block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, int64_t rs_b, int64_t cs_b, float* c,
            int64_t ldc, const float* bias, const StoreStep* store, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   const int64_t kp = (std::min(KC, K) + 31) / 32 * 32;  // the longest k block, in whole tiles
@@ -305,7 +362,7 @@ bool block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, in
   float* const cp = reinterpret_cast<float*>(ws + a_bytes + b_bytes);  // 32 rows x nb of C
   static const TileConfig config;
   __mmask32 sub = 0;  // a subnormal packed (see store_packed)
-  _tile_loadconfig(&config);  // per thread: this thread's tiles, released at the end
+  if (kTiles) _tile_loadconfig(&config);  // per thread: this thread's tiles, released at the end
   for (int64_t jc = j0; jc < j1; jc += nb) {
     const int64_t nc = std::min(nb, j1 - jc);
     for (int64_t pc = 0; pc < K; pc += KC) {
@@ -325,13 +382,15 @@ bool block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, in
               const int64_t n = std::min<int64_t>(kNR, nc - jr);
               const u16* bj = bp + jr / 16 * panel + kb0 * kTile;
               float* cj = cp + jr;
-              if (mr > 16) {
-                if (n > 16) tile_block<true, true>(nk, ai, panel, bj, panel, cj, nb, kb0 > 0);
-                else tile_block<true, false>(nk, ai, panel, bj, panel, cj, nb, kb0 > 0);
-              } else {
-                if (n > 16) tile_block<false, true>(nk, ai, panel, bj, panel, cj, nb, kb0 > 0);
-                else tile_block<false, false>(nk, ai, panel, bj, panel, cj, nb, kb0 > 0);
-              }
+              const auto run = [&](auto a2, auto b2) {
+                constexpr bool kA2 = decltype(a2)::value, kB2 = decltype(b2)::value;
+                if constexpr (kTiles) tile_block<kA2, kB2>(nk, ai, panel, bj, panel, cj, nb, kb0 > 0);
+                else dp_block<kA2, kB2>(nk, ai, panel, bj, panel, cj, nb, kb0 > 0);
+              };
+              using Y = std::true_type;
+              using N = std::false_type;
+              if (mr > 16) n > 16 ? run(Y{}, Y{}) : run(Y{}, N{});
+              else n > 16 ? run(N{}, Y{}) : run(N{}, N{});
             }
           }
           if (store) {  // the one k block: C = block + bias, stored by gemm_cpu's store step
@@ -344,7 +403,7 @@ bool block(int64_t K, const u16* a, int64_t rs_a, int64_t cs_a, const u16* b, in
       }
     }
   }
-  _tile_release();
+  if (kTiles) _tile_release();
   return sub != 0;
 }
 
@@ -372,19 +431,22 @@ void round_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 
-bool gemm_bf16_block(int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs_a, const c10::BFloat16* b,
-                     int64_t rs_b, int64_t cs_b, float* c, int64_t ldc, const float* bias, const StoreStep* store,
-                     int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+bool gemm_bf16_block(bool tiles, int64_t K, const c10::BFloat16* a, int64_t rs_a, int64_t cs_a,
+                     const c10::BFloat16* b, int64_t rs_b, int64_t cs_b, float* c, int64_t ldc, const float* bias,
+                     const StoreStep* store, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   static_assert(sizeof(c10::BFloat16) == sizeof(u16), "bfloat16 is its 16 bits");
-  return block(K, reinterpret_cast<const u16*>(a), rs_a, cs_a, reinterpret_cast<const u16*>(b), rs_b, cs_b, c, ldc, bias,
-        store, i0, i1, j0, j1);
+  const auto* pa = reinterpret_cast<const u16*>(a);
+  const auto* pb = reinterpret_cast<const u16*>(b);
+  return tiles ? block<true>(K, pa, rs_a, cs_a, pb, rs_b, cs_b, c, ldc, bias, store, i0, i1, j0, j1)
+               : block<false>(K, pa, rs_a, cs_a, pb, rs_b, cs_b, c, ldc, bias, store, i0, i1, j0, j1);
 }
 
 #else  // not x86-64 Linux with GCC: no AMX
 
 bool available() { return false; }
+bool dp_available() { return false; }
 
-bool gemm_bf16_block(int64_t, const c10::BFloat16*, int64_t, int64_t, const c10::BFloat16*, int64_t, int64_t, float*,
+bool gemm_bf16_block(bool, int64_t, const c10::BFloat16*, int64_t, int64_t, const c10::BFloat16*, int64_t, int64_t, float*,
                      int64_t, const float*, const StoreStep*, int64_t, int64_t, int64_t, int64_t) {
   return false;
 }

@@ -20,7 +20,8 @@ namespace torchmodules {
 inline int vector_isa() {
   static const int isa = [] {
     const char* g = gemm_cpu_isa();
-    const bool avx512 = std::strcmp(g, "amx") == 0 || std::strcmp(g, "avx512") == 0;
+    const bool avx512 =
+        std::strcmp(g, "amx") == 0 || std::strcmp(g, "avx512bf16") == 0 || std::strcmp(g, "avx512") == 0;
 #ifdef TM_X86
     if (avx512 && __builtin_cpu_supports("bmi2")) return 2;
 #endif

@@ -1,8 +1,9 @@
 """The CPU GEMM behind Linear (csrc/gemm_cpu.cpp), beyond the op table's cases: its three
 products are bitwise the same for any thread count, and the AVX-512, AVX2 and baseline
 kernels (what a CPU without AMX, AVX-512 or AVX2 runs; picked here with TORCHMODULES_CPU_ISA)
-pass the op table's Linear cases too. bfloat16 on AMX tiles (csrc/gemm_cpu_amx.cpp, where the
-CPU has AMX-BF16): edge shapes against float64, and against the AVX-512 kernels."""
+pass the op table's Linear cases too. bfloat16 on AMX tiles or with VDPBF16PS (csrc/gemm_cpu_amx.cpp,
+where the CPU has AMX-BF16 or AVX512-BF16; the latter under TORCHMODULES_CPU_ISA=avx512bf16 on an AMX
+CPU): edge shapes against float64, and against the AVX-512 kernels."""
 import os
 import subprocess
 import sys
@@ -47,10 +48,10 @@ def _isa(env):
                           check=True).stdout.strip()
 
 
-_ISAS = ["base", "avx2", "avx512", "amx"]
+_ISAS = ["base", "avx2", "avx512", "avx512bf16", "amx"]
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "base"])
+@pytest.mark.parametrize("isa", ["avx512bf16", "avx512", "avx2", "base"])
 def test_fallback_kernels_pass_the_linear_cases(isa):
     env = dict(os.environ, TORCHMODULES_CPU_ISA=isa)
     got = _isa(env)
@@ -61,10 +62,11 @@ def test_fallback_kernels_pass_the_linear_cases(isa):
     assert " passed" in r.stdout and "failed" not in r.stdout
 
 
-# ---- bfloat16 on AMX ----------------------------------------------------------------------------
+# ---- bfloat16 on AMX or with VDPBF16PS -----------------------------------------------------------
 
-_AMX = torch.ops.torchmodules_cpu.gemm_isa() == "amx"
-needs_amx = pytest.mark.skipif(not _AMX, reason="no AMX-BF16 here (CPU, OS or TORCHMODULES_CPU_ISA)")
+_BF16_BLOCK = torch.ops.torchmodules_cpu.gemm_isa() in ("amx", "avx512bf16")
+needs_bf16_block = pytest.mark.skipif(not _BF16_BLOCK, reason="no AMX-BF16 or AVX512-BF16 here (CPU, OS or "
+                                      "TORCHMODULES_CPU_ISA)")
 
 # M = 1 .. 17 (the forward of M <= 4 runs the vector dot products), tiles cut at 16 / 32 rows and
 # columns, K not a multiple of 32 (zero-padded), K < 32, K = 1, column blocks (N > 512), more
@@ -94,15 +96,15 @@ def _check_vs_float64(got, x, w, b, dy):
         assert bool((err <= bound).all()), f"{name}: worst error / bound {(err / bound.clamp_min(1e-300)).max()}"
 
 
-@needs_amx
+@needs_bf16_block
 @pytest.mark.parametrize("mkn", _AMX_SHAPES, ids=str)
-def test_amx_bf16_products_vs_float64(mkn):
+def test_bf16_block_products_vs_float64(mkn):
     x, w, b, dy = _inputs(*mkn)
     _check_vs_float64(_products(x, w, b, dy), x, w, b, dy)
 
 
-@needs_amx
-def test_amx_bf16_strided_operands():
+@needs_bf16_block
+def test_bf16_block_strided_operands():
     """Transposed and sliced inputs (the glue makes them contiguous)."""
     m, k, n = 70, 100, 90
     x, w, b, dy = _inputs(m, k, n, seed=1)
@@ -118,7 +120,7 @@ def test_amx_bf16_strided_operands():
 
 @pytest.mark.parametrize("k", [200, 2100], ids=["one_k_block", "two_k_blocks"])
 def test_bf16_subnormals(k):
-    """AMX reads bfloat16 subnormals as 0; a product with one reruns on the vector kernels, so a
+    """AMX and VDPBF16PS read bfloat16 subnormals as 0; a product with one reruns on the vector kernels, so a
     subnormal times inf is +-inf (not NaN) and times a huge value its finite product, in the
     three products and Linear + ReLU: NaN and infinities where float64 has them, the finite
     values within _check_vs_float64's bound."""
@@ -144,8 +146,8 @@ def test_bf16_subnormals(k):
         assert bool((err <= 2.0**-8 * ref.abs()[fin] + 2.0**-12 * size[fin] + 2.0**-133).all()), name
 
 
-@needs_amx
-def test_amx_bf16_empty_inner_dim():
+@needs_bf16_block
+def test_bf16_block_empty_inner_dim():
     """K = 0: y = b; M = 0: dW = 0."""
     x, w, b, dy = _inputs(20, 0, 40)
     assert torch.equal(ops.linear_forward(x, w, b), b.expand(20, 40))
@@ -153,9 +155,9 @@ def test_amx_bf16_empty_inner_dim():
     assert torch.equal(ops.linear_backward_weight(dy, x), torch.zeros(40, 30, dtype=torch.bfloat16))
 
 
-@needs_amx
-def test_amx_bf16_close_to_avx512_kernels(tmp_path):
-    """The AMX results and the AVX-512 kernels' (TORCHMODULES_CPU_ISA=avx512, in a subprocess):
+@needs_bf16_block
+def test_bf16_block_close_to_avx512_kernels(tmp_path):
+    """The AMX / VDPBF16PS results and the AVX-512 kernels' (TORCHMODULES_CPU_ISA=avx512, in a subprocess):
     both within the float64 bound, so within twice it of each other."""
     shapes = [(17, 70, 33), (1025, 33, 517), (40, 2100, 70)]
     out = tmp_path / "avx512.pt"
