@@ -405,7 +405,8 @@ Isa cpu_isa() {
     if (cap == "base") best = Isa::kBase;
     if (cap == "avx2" && best == Isa::kAvx512) best = Isa::kAvx2;
     if (best == Isa::kAvx512 && cap != "avx512" && cap != "avx2" && amx::dp_available()) best = Isa::kAvx512Bf16;
-    if (best == Isa::kAvx512Bf16 && cap != "avx512bf16" && amx::available()) best = Isa::kAmx;
+    if (best >= Isa::kAvx512 && cap != "avx512" && cap != "avx2" && cap != "avx512bf16" && amx::available())
+      best = Isa::kAmx;
     return best;
   }();
   return isa;
