@@ -1,8 +1,8 @@
 // Add.  Forward: y = a + b, broadcasting as torch.add.
 //       Backward: da = dy summed over the dims a was broadcast along (add_backward), db alike.
 // add_backward is also Linear's bias gradient and reduces Maximum's broadcast gradients.
-#include "loss_reduce.h"
 #include "half_convert.h"
+#include "loss_reduce.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -95,8 +95,8 @@ static void add_forward_kernel(T* y, const T* a, const T* b, const Broadcast2& b
   const bool flat = bc.ndim == 1 && bc.stride_a[0] == 1 && bc.stride_b[0] == 1;
   at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
     if (flat)  // (float16 in float blocks, its conversions on F16C: half_convert.h)
-      return in_float_blocks(y, s, e, [](auto* o, const auto* u, const auto* v, int64_t len) { add_flat(o, u, v, 0, len); },
-                             a, b);
+      return in_float_blocks(
+          y, s, e, [](auto* o, const auto* u, const auto* v, int64_t len) { add_flat(o, u, v, 0, len); }, a, b);
     for_each_run(bc, s, e, [&](int64_t i, int64_t len, int64_t oa, int64_t sa, int64_t ob, int64_t sb) {
       if constexpr (std::is_same_v<T, c10::Half>) {  // each run in float blocks, as above
         float fa[kHalfBlock], fb[kHalfBlock], fy[kHalfBlock];

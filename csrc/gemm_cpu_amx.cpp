@@ -446,8 +446,8 @@ bool gemm_bf16_block(bool tiles, int64_t K, const c10::BFloat16* a, int64_t rs_a
 bool available() { return false; }
 bool dp_available() { return false; }
 
-bool gemm_bf16_block(bool, int64_t, const c10::BFloat16*, int64_t, int64_t, const c10::BFloat16*, int64_t, int64_t, float*,
-                     int64_t, const float*, const StoreStep*, int64_t, int64_t, int64_t, int64_t) {
+bool gemm_bf16_block(bool, int64_t, const c10::BFloat16*, int64_t, int64_t, const c10::BFloat16*, int64_t, int64_t,
+                     float*, int64_t, const float*, const StoreStep*, int64_t, int64_t, int64_t, int64_t) {
   return false;
 }
 
