@@ -7,7 +7,6 @@
 #include "simd.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 namespace torchmodules {
@@ -20,7 +19,7 @@ namespace {  // (one copy per file that includes it: TM_SIMD functions are multi
 // flat index f = i * N + j. Threads own disjoint blocks of C, but a 32-bit word of the mask can
 // straddle two blocks (a block edge in j, or a row end when N % 32 != 0). So the mask is zeroed
 // before the GEMM; a word wholly inside a row segment [f0, f1) belongs to that segment alone and
-// is stored plainly; a word it covers only in part is OR-ed in (std::atomic_ref fetch_or,
+// is stored plainly; a word it covers only in part is OR-ed in (an atomic fetch_or,
 // relaxed: the final join orders it before any read), and so is it by every other segment
 // covering the rest of it. OR commutes: the same bits whatever the order or the thread count.
 
@@ -57,7 +56,8 @@ void relu_part_word(S* x, uint32_t* mask, int64_t f0, int64_t f1) {
   E* xe = reinterpret_cast<E*>(x);
   uint32_t bits = 0;
   for (int64_t f = f0; f < f1; ++f) bits |= uint32_t(relu_elem<S>(xe[f - f0], xe[f - f0])) << (f % 32);
-  if (bits) std::atomic_ref<uint32_t>(mask[f0 / 32]).fetch_or(bits, std::memory_order_relaxed);
+  // GCC's builtin: std::atomic_ref is C++20, and torch 2.11 builds extensions as C++17.
+  if (bits) __atomic_fetch_or(&mask[f0 / 32], bits, __ATOMIC_RELAXED);
 }
 
 // Flat indices [f0, f1), element f at base[f]: whole words plainly, the partial ones at the ends OR-ed.

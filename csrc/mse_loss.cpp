@@ -168,7 +168,7 @@ static void mse_forward_kernel(T* y, const Diff<T>& diff, int64_t n, int64_t red
     at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
       if (diff.flat)  // (float16 in float blocks, its conversions on F16C: half_convert.h)
         return in_float_blocks(y, s, e, [](auto* o, const auto* x, const auto* t, int64_t len) {
-          diff_map_flat<std::remove_cvref_t<decltype(*x)>, true, false>(o, x, t, nullptr, A(0), 0, len);
+          diff_map_flat<std::decay_t<decltype(*x)>, true, false>(o, x, t, nullptr, A(0), 0, len);
         }, diff.x, diff.t);
       diff.blocks(s, e, [&](int64_t b0, int64_t b1, const A* d) {
         diff_map_block<T, true, false>(y + b0, d, nullptr, A(0), b1 - b0);
@@ -197,7 +197,7 @@ static void mse_backward_kernel(T* dx, const T* dy, const Diff<T>& diff, int64_t
   at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
     if (diff.flat && per)
       return in_float_blocks(dx, s, e, [&](auto* o, const auto* x, const auto* t, const auto* g, int64_t len) {
-        diff_map_flat<std::remove_cvref_t<decltype(*x)>, false, true>(o, x, t, g, c, 0, len);
+        diff_map_flat<std::decay_t<decltype(*x)>, false, true>(o, x, t, g, c, 0, len);
       }, diff.x, diff.t, dy);
     if (diff.flat) return diff_map_flat<T, false, false>(dx, diff.x, diff.t, dy, c, s, e);
     diff.blocks(s, e, [&](int64_t b0, int64_t b1, const A* d) {

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <type_traits>
 
 namespace torchmodules {
 namespace {
@@ -324,10 +325,10 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks) rows_stream(const P p, int
   }
 }
 
-template <class P> constexpr bool smem_row() {
-  if constexpr (requires { P::kSmemRow; }) return P::kSmemRow;
-  else return false;
-}
+// P::kSmemRow where P declares it, else false (C++17 detection: torch 2.11 builds as C++17).
+template <class P, class = void> struct SmemRow : std::false_type {};
+template <class P> struct SmemRow<P, std::void_t<decltype(P::kSmemRow)>> : std::bool_constant<P::kSmemRow> {};
+template <class P> constexpr bool smem_row() { return SmemRow<P>::value; }
 // Does rows_stream<..., kSmem> take rows of n elements (16-byte vectors: VEC) on on's device? The
 // device must give a block kSmemRowBytes of dynamic shared memory beside the static `red` (Ampere
 // and Hopper: 99-227 KB; Turing's 64 KB do not, and its rows take the paths below).
