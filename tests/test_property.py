@@ -322,6 +322,8 @@ def check(what, ours_fn, ref_fn, args, device, gseed, scale=1.0, gscale=None, si
                                                                         for gg in gouts])
     r_gs = _torch_grads(ref_fn, args, True, device, ref_outs, ref_leaves, [None if gg is None else gg.double()
                                                                            for gg in gouts])
+    if t_gs is None:  # torch's backward raised: the float64 reference stands in for it
+        t_gs = [r.to(o.dtype) for o, r in zip(gs, r_gs)]
     for k, (o, r, t) in enumerate(zip(gs, r_gs, t_gs)):
         # (a leaf's gradient is computed in the op's dtype, then cast: the coarser tolerance)
         assert_like(f"{what} grad {k}", o, r, t, scale if gscale is None else gscale,
@@ -334,6 +336,8 @@ def _torch_grads(ref_fn, args, ref, device, outs, leaves, gouts):
     try:
         return _grads(outs, leaves, gouts)
     except RuntimeError as e:
+        if "Found dtype" in str(e) and not ref:  # torch 2.11's mse_loss backward on mixed dtypes (fixed by 2.14)
+            return None
         if "contiguous" not in str(e):
             raise
     leaves, ins = _realize(args, ref, device)
@@ -943,9 +947,13 @@ def test_mse_loss_mixed_dtypes(device, da, db):
             # where the exact one is -0.4248046875; bfloat16 precision somewhere on its way)
             _same(ours, ref, ref64.to(ref.dtype))
             grads = [v for v in leaves if v.requires_grad]
-            for go, gr, g64 in zip(torch.autograd.grad(ours.sum(), grads),
-                                   torch.autograd.grad(ref.sum(), [v for v in t_leaves if v.requires_grad]),
-                                   torch.autograd.grad(ref64.sum(), [v for v in leaves64 if v.requires_grad])):
+            g64s = torch.autograd.grad(ref64.sum(), [v for v in leaves64 if v.requires_grad])
+            try:
+                t_gs = torch.autograd.grad(ref.sum(), [v for v in t_leaves if v.requires_grad])
+            except RuntimeError as e:  # torch 2.11's backward on mixed dtypes raised (fixed by 2.14)
+                assert "Found dtype" in str(e), e
+                t_gs = [g.to(v.dtype) for g, v in zip(g64s, grads)]
+            for go, gr, g64 in zip(torch.autograd.grad(ours.sum(), grads), t_gs, g64s):
                 _same(go, gr, g64.to(gr.dtype))
 
 
