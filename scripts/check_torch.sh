@@ -21,6 +21,7 @@ mkdir -p "$SRC"
 find "$SRC" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 git ls-files -z | xargs -0 cp -p --parents -t "$SRC"
 cd "$SRC"
+mkdir -p build
 echo "+ build against torch $VERSION in $SRC"
 if ! TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
     "$VENV/bin/python" setup.py -q build_ext --inplace --build-temp build/temp > build/log.txt 2>&1; then
