@@ -36,15 +36,13 @@ TM_SIMD void relu_words_vec(S* __restrict x, uint32_t* __restrict m, int64_t nw)
   }
 }
 
-// The half types take relu_rule.h's vector forms of the rule (AVX-512 BW or AVX2, under the same
-// TORCHMODULES_CPU_ISA cap as the GEMM) where the CPU has one.
+// relu_rule.h's vector forms where the CPU has one (AVX-512 or AVX2, under the same
+// TORCHMODULES_CPU_ISA cap as the GEMM).
 template <typename S>
 void relu_words(S* x, uint32_t* m, int64_t nw) {
 #ifdef TM_X86
-  if constexpr (sizeof(S) == 2) {
-    uint16_t* xe = reinterpret_cast<uint16_t*>(x);
-    if (relu_words16<S>(xe, xe, m, nw)) return;
-  }
+  auto* xe = reinterpret_cast<relu_elem_t<S>*>(x);
+  if (relu_words_x86<S>(xe, xe, m, nw)) return;
 #endif
   relu_words_vec(x, m, nw);
 }

@@ -68,15 +68,14 @@ TM_SIMD static void relu_backward_words(T* __restrict dx, const T* __restrict dy
   }
 }
 
-// The half types on an AVX-512 BW or AVX2 CPU: relu_rule.h's vector forms of the rule (the GEMM's
-// ReLU epilogue runs them too).
+// On an AVX-512 or AVX2 CPU, relu_rule.h's vector forms of the rule (the GEMM's ReLU epilogue runs
+// them too); elsewhere the loop above.
 template <typename T>
 static void relu_forward_chunk(T* y, uint32_t* m, const T* x, int64_t w0, int64_t w1) {
 #ifdef TM_X86
-  if constexpr (sizeof(T) == 2)
-    if (relu_words16<T>(reinterpret_cast<const uint16_t*>(x) + w0 * 32, reinterpret_cast<uint16_t*>(y) + w0 * 32,
-                        m + w0, w1 - w0))
-      return;
+  using E = relu_elem_t<T>;
+  if (relu_words_x86<T>(reinterpret_cast<const E*>(x) + w0 * 32, reinterpret_cast<E*>(y) + w0 * 32, m + w0, w1 - w0))
+    return;
 #endif
   relu_forward_words(y, m, x, w0, w1);
 }
@@ -93,10 +92,68 @@ static void relu_forward_kernel(T* y, uint32_t* m, const T* x, int64_t n) {
   }
 }
 
+#ifdef TM_X86
+// The backward with AVX-512 (BW for the half types): a vector's bits are its load mask, a zeroing
+// masked load of dy (GCC's loop spread the bits to lanes by shifts and compares).
+template <typename T>
+__attribute__((target("avx512f,avx512bw"))) static void relu_backward_words_avx512(T* dx, const T* dy,
+                                                                                  const uint32_t* m, int64_t w0,
+                                                                                  int64_t w1) {
+  constexpr int L = 64 / sizeof(T);  // lanes a vector
+  for (int64_t w = w0; w < w1; ++w) {
+    const uint32_t bits = m[w];
+    for (int h = 0; h < 32 / L; ++h) {
+      const int64_t i = w * 32 + h * L;
+      if constexpr (sizeof(T) == 2) _mm512_storeu_si512(dx + i, _mm512_maskz_loadu_epi16(bits, dy + i));
+      else if constexpr (sizeof(T) == 4)
+        _mm512_storeu_ps(dx + i, _mm512_maskz_loadu_ps(__mmask16(bits >> (h * L)), dy + i));
+      else _mm512_storeu_pd(dx + i, _mm512_maskz_loadu_pd(__mmask8(bits >> (h * L)), dy + i));
+    }
+  }
+}
+
+// With AVX2: each lane's bit spread to the whole lane (the word broadcast, AND-ed with the lane's own
+// bit, compared equal to it), then AND-ed with dy.
+template <typename T>
+__attribute__((target("avx2"))) static void relu_backward_words_avx2(T* dx, const T* dy, const uint32_t* m,
+                                                                    int64_t w0, int64_t w1) {
+  constexpr int L = 32 / sizeof(T);
+  const __m256i lane = sizeof(T) == 2   ? _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
+                                                            8192, 16384, int16_t(0x8000))
+                       : sizeof(T) == 4 ? _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)
+                                        : _mm256_setr_epi64x(1, 2, 4, 8);
+  for (int64_t w = w0; w < w1; ++w) {
+    const uint32_t bits = m[w];
+    for (int h = 0; h < 32 / L; ++h) {
+      const int64_t i = w * 32 + h * L;
+      const uint32_t b = bits >> (h * L);
+      __m256i sel;
+      if constexpr (sizeof(T) == 2) sel = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16(int16_t(b)), lane), lane);
+      else if constexpr (sizeof(T) == 4) sel = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(b)), lane), lane);
+      else sel = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x(b), lane), lane);
+      const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dy + i));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dx + i), _mm256_and_si256(sel, g));
+    }
+  }
+}
+#endif
+
+template <typename T>
+static void relu_backward_chunk(T* dx, const T* dy, const uint32_t* m, int64_t w0, int64_t w1) {
+#ifdef TM_X86
+  switch (vector_isa()) {
+    case 2: return relu_backward_words_avx512(dx, dy, m, w0, w1);
+    case 1: return relu_backward_words_avx2(dx, dy, m, w0, w1);
+    default: break;
+  }
+#endif
+  relu_backward_words(dx, dy, m, w0, w1);
+}
+
 template <typename T>
 static void relu_backward_kernel(T* dx, const T* dy, const uint32_t* m, int64_t n) {
   const int64_t full = n / 32, rest = n % 32;
-  at::parallel_for(0, full, kGrain / 32, [&](int64_t w0, int64_t w1) { relu_backward_words(dx, dy, m, w0, w1); });
+  at::parallel_for(0, full, kGrain / 32, [&](int64_t w0, int64_t w1) { relu_backward_chunk(dx, dy, m, w0, w1); });
   if (rest) {
     T gt[32] = {}, dt[32];
     std::copy(dy + full * 32, dy + n, gt);

@@ -86,13 +86,76 @@ __attribute__((target("avx2"))) void relu_words16_avx2(const uint16_t* x, uint16
   }
 }
 
-// relu_elem over nw whole words of a half type in the widest vector form here (vector_isa(): y may
-// be x); false, having done nothing, where there is none (the scalar loop then).
+// float and double with AVX-512 F: the bits straight from a compare mask, as above (GCC's loop
+// over relu_elem OR-ed the lanes' bits across the vector: 15 instructions more a word).
+//   y = max(0, x): x86's MAXPS returns its second operand when either is NaN or both are zero,
+//                  so NaN and -0.0 pass through, as relu_elem's x < 0 ? 0 : x;
+//   bit:           !(x <= 0)   (the unordered not-less-or-equal: NaN passes).
 template <typename T>
-bool relu_words16(const uint16_t* x, uint16_t* y, uint32_t* m, int64_t nw) {
+__attribute__((target("avx512f"))) void relu_words_fp_avx512(const T* x, T* y, uint32_t* m, int64_t nw) {
+  static_assert(std::is_floating_point<T>::value, "float and double");
+  constexpr int L = 64 / sizeof(T);  // lanes a vector: 16 floats, 8 doubles
+  for (int64_t w = 0; w < nw; ++w) {
+    uint32_t bits = 0;
+    for (int h = 0; h < 32 / L; ++h) {
+      const T* xv = x + w * 32 + h * L;
+      T* yv = y + w * 32 + h * L;
+      uint32_t b;
+      if constexpr (sizeof(T) == 4) {
+        const __m512 v = _mm512_loadu_ps(xv), zero = _mm512_setzero_ps();
+        _mm512_storeu_ps(yv, _mm512_max_ps(zero, v));
+        b = _mm512_cmp_ps_mask(v, zero, _CMP_NLE_UQ);
+      } else {
+        const __m512d v = _mm512_loadu_pd(xv), zero = _mm512_setzero_pd();
+        _mm512_storeu_pd(yv, _mm512_max_pd(zero, v));
+        b = _mm512_cmp_pd_mask(v, zero, _CMP_NLE_UQ);
+      }
+      bits |= b << (h * L);
+    }
+    m[w] = bits;
+  }
+}
+
+// The same on AVX2, the bits gathered by movemask from the compare's all-ones lanes.
+template <typename T>
+__attribute__((target("avx2"))) void relu_words_fp_avx2(const T* x, T* y, uint32_t* m, int64_t nw) {
+  static_assert(std::is_floating_point<T>::value, "float and double");
+  constexpr int L = 32 / sizeof(T);  // 8 floats, 4 doubles
+  for (int64_t w = 0; w < nw; ++w) {
+    uint32_t bits = 0;
+    for (int h = 0; h < 32 / L; ++h) {
+      const T* xv = x + w * 32 + h * L;
+      T* yv = y + w * 32 + h * L;
+      uint32_t b;
+      if constexpr (sizeof(T) == 4) {
+        const __m256 v = _mm256_loadu_ps(xv), zero = _mm256_setzero_ps();
+        _mm256_storeu_ps(yv, _mm256_max_ps(zero, v));
+        b = uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NLE_UQ)));
+      } else {
+        const __m256d v = _mm256_loadu_pd(xv), zero = _mm256_setzero_pd();
+        _mm256_storeu_pd(yv, _mm256_max_pd(zero, v));
+        b = uint32_t(_mm256_movemask_pd(_mm256_cmp_pd(v, zero, _CMP_NLE_UQ)));
+      }
+      bits |= b << (h * L);
+    }
+    m[w] = bits;
+  }
+}
+
+// relu_elem over nw whole words in the widest vector form here (vector_isa(); y may be x), on the
+// elements as relu_elem reads them (relu_elem_t<T>: the half types as their bits); false, having
+// done nothing, where there is none (the scalar loop then).
+template <typename T>
+bool relu_words_x86(const relu_elem_t<T>* x, relu_elem_t<T>* y, uint32_t* m, int64_t nw) {
   switch (vector_isa()) {
-    case 2: relu_words16_avx512<T>(x, y, m, nw); return true;
-    case 1: relu_words16_avx2<T>(x, y, m, nw); return true;
+    case 2:
+      if constexpr (sizeof(T) == 2) relu_words16_avx512<T>(x, y, m, nw);
+      else relu_words_fp_avx512(x, y, m, nw);
+      return true;
+    case 1:
+      if constexpr (sizeof(T) == 2) relu_words16_avx2<T>(x, y, m, nw);
+      else relu_words_fp_avx2(x, y, m, nw);
+      return true;
     default: return false;
   }
 }
