@@ -3,7 +3,8 @@
 # GPU machine's torch: ../shared/GPU.md), so that a GPU check does not find out there. torch 2.11
 # builds extensions as C++17 where 2.14 needs C++20: std::atomic_ref, requires-expressions and
 # std::remove_cvref_t compiled here and failed there.
-# Usage: scripts/check_torch.sh [VERSION] [PYTEST ARGS...]   (default: all tests, -x)
+# Usage: scripts/check_torch.sh [VERSION] [PYTEST ARGS...]   (default: all tests, -x). Exit 3: that torch
+# cannot be installed here.
 # The venv is .venv-torch<VERSION>, the copy of the tree and its build build/torch-<VERSION>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +14,12 @@ VENV=$PWD/.venv-torch$VERSION
 SRC=$PWD/build/torch-$VERSION
 PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install -q "torch==$VERSION" ninja pybind11 pytest hypothesis numpy 2>&1 | grep -v "is ignored" || true
-"$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$VERSION'), torch.__version__"
+if ! "$VENV/bin/pip" install -q "torch==$VERSION" ninja pybind11 pytest hypothesis numpy > "$VENV/pip.log" 2>&1 ||
+   ! "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$VERSION'), torch.__version__"; then
+  grep -v "is ignored" "$VENV/pip.log" | tail -5
+  echo "check_torch: torch $VERSION cannot be installed here"
+  exit 3
+fi
 # The tracked files as they are in the working tree (edits included; mtimes kept, so ninja rebuilds
 # only what changed), beside the last build's objects (build/).
 mkdir -p "$SRC"
