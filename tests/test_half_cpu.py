@@ -15,12 +15,12 @@ conversion (ours too) drops the payload where torch's keeps it."""
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 
 import torchmodules  # noqa: F401  (loads the ops)
+from helpers import pytest_under_isa
 
 ops = torch.ops.torchmodules
 HALF = [torch.float16, torch.bfloat16]
@@ -305,9 +305,4 @@ def test_kernels_on_each_conversion_form(isa):
     """The kernel tests above with float16's block conversions on AVX2 + F16C (8 per instruction,
     a scalar tail) and on the TM_SIMD integer conversions (a CPU without AVX2): what a CPU without
     AVX-512 runs (the AVX-512 form runs in this process)."""
-    env = dict(os.environ, TORCHMODULES_CPU_ISA=isa)
-    r = subprocess.run([sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-p", "no:cacheprovider", "-x",
-                        "-k", "add_every_pattern or elementwise_against_torch or rounded_once"],
-                       env=env, cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout
+    pytest_under_isa(isa, "tests/test_half_cpu.py", "add_every_pattern or elementwise_against_torch or rounded_once")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import torchmodules  # noqa: F401  (registers the ops)
+from helpers import pytest_under_isa
 
 ops = torch.ops.torchmodules
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,10 +57,7 @@ def test_fallback_kernels_pass_the_linear_cases(isa):
     env = dict(os.environ, TORCHMODULES_CPU_ISA=isa)
     got = _isa(env)
     assert got == isa or _ISAS.index(got) < _ISAS.index(isa), got  # a CPU without it runs a narrower set
-    r = subprocess.run([sys.executable, "-m", "pytest", "tests/test_ops.py", "-q", "-p", "no:cacheprovider", "-x",
-                        "-k", "linear and cpu"], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout
+    pytest_under_isa(isa, "tests/test_ops.py", "linear and cpu")
 
 
 # ---- bfloat16 on AMX or with VDPBF16PS -----------------------------------------------------------

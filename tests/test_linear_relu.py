@@ -4,9 +4,6 @@ same GEMM, the same mask layout), for any thread count and on the fallback kerne
 NaN as torch's relu; the backward keeps x, W and the mask, not y; LinearReLU's state_dict is
 nn.Linear's; replace_modules(fuse=True) and back."""
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,10 +11,9 @@ from torch import nn
 
 import torchmodules as tm
 import torchmodules.functional as TF
-from helpers import DEVICES
+from helpers import DEVICES, pytest_under_isa
 
 ops = torch.ops.torchmodules
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 # (M, K, N): 1..17 and 127, 1025 rows (the dot-product path, B read in place, packed blocks, row
@@ -82,13 +78,8 @@ def test_fallback_kernels(isa):
     """The AVX-512 (bfloat16 without AMX), AVX2 and baseline GEMMs (TORCHMODULES_CPU_ISA) give the
     same bits as their unfused ops; ReLU's half-type rule in its AVX2 and scalar forms (relu_rule.h,
     under the same cap) on every 16-bit pattern."""
-    env = dict(os.environ, TORCHMODULES_CPU_ISA=isa)
-    r = subprocess.run([sys.executable, "-m", "pytest", "tests/test_linear_relu.py", "-q", "-p", "no:cacheprovider",
-                        "-x", "-k", "(same_bits and cpu and (float32 or bfloat16)) or every_half_pattern"], env=env,
-                       cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout
+    pytest_under_isa(isa, "tests/test_linear_relu.py",
+                     "(same_bits and cpu and (float32 or bfloat16)) or every_half_pattern")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -3,17 +3,14 @@ TORCHMODULES_CPU_ISA=avx2; the compiler-vectorised loop under =base): y and the 
 every element against torch's comparisons in float64, on every 16-bit pattern of the half types and on float32 / float64
 values with ties, signed zeros, infinities, NaN and denormals; same-shape inputs (whole words and a
 partial last word) and broadcast ones (gathered, and read in place)."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import torchmodules  # noqa: F401  (registers the ops)
+from helpers import pytest_under_isa
 
 ops = torch.ops.torchmodules
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
@@ -71,8 +68,4 @@ def test_values_and_codes(dtype):
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_fallback_forms(isa):
     """The AVX2 form (what a CPU without AVX-512 runs) and the compiler-vectorised loop pass the same test."""
-    env = dict(os.environ, TORCHMODULES_CPU_ISA=isa)
-    r = subprocess.run([sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-p", "no:cacheprovider", "-x",
-                        "-k", "values_and_codes"], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout
+    pytest_under_isa(isa, "tests/test_maximum_cpu.py", "values_and_codes")
