@@ -49,7 +49,53 @@ __attribute__((target("avx2,f16c"))) static void narrow_half_f16c(c10::Half* dst
     dst[k] = c10::Half(static_cast<uint16_t>(_mm_cvtsi128_si32(_mm_cvtps_ph(_mm_set_ss(src[k]), kRne))),
                        c10::Half::from_bits());
 }
+
+// acc[k] += float(x[r s + k]): the conversion inside the add's loop (widening a row first, then
+// adding, is a second pass over it: slower).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void add_half_rows_avx512(float* acc, const c10::Half* x,
+                                                                                     int64_t R, int64_t s, int64_t n) {
+  for (int64_t r = 0; r < R; ++r) {
+    const c10::Half* row = x + r * s;
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+      const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k)));
+      _mm512_storeu_ps(acc + k, _mm512_add_ps(_mm512_loadu_ps(acc + k), v));
+    }
+    if (k < n) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - k)) - 1);
+      const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + k));
+      _mm512_mask_storeu_ps(acc + k, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, acc + k), v));
+    }
+  }
+}
+
+__attribute__((target("avx2,f16c"))) static void add_half_rows_f16c(float* acc, const c10::Half* x, int64_t R,
+                                                                   int64_t s, int64_t n) {
+  for (int64_t r = 0; r < R; ++r) {
+    const c10::Half* row = x + r * s;
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+      const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k)));
+      _mm256_storeu_ps(acc + k, _mm256_add_ps(_mm256_loadu_ps(acc + k), v));
+    }
+    for (; k < n; ++k) acc[k] += _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(row[k].x)));
+  }
+}
 #endif
+
+template <typename T>
+TM_SIMD static void add_rows_simd(float* __restrict acc, const T* __restrict x, int64_t R, int64_t s, int64_t n) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t k = 0; k < n; ++k) acc[k] += to_acc(x[r * s + k]);
+}
+
+void add_half_rows(float* acc, const c10::Half* x, int64_t R, int64_t s, int64_t n) {
+#ifdef TM_X86
+  if (vector_isa() == 2) return add_half_rows_avx512(acc, x, R, s, n);
+  if (vector_isa() == 1) return add_half_rows_f16c(acc, x, R, s, n);
+#endif
+  add_rows_simd(acc, x, R, s, n);
+}
 
 void widen_half(float* dst, const c10::Half* src, int64_t n) {
 #ifdef TM_X86
