@@ -171,8 +171,9 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
         for (int64_t i = 0; i < len; ++i) acc[i] = A(0);
         Odometer rows{rd};
         for (int64_t q = 0; q < runs; ++q, rows.next(last)) {
-          if constexpr (std::is_same_v<T, c10::Half>) add_half_rows(acc, base + rows.off, L, sL, len);  // F16C
-          else add_rows_into(acc, base + rows.off, L, sL, len);
+          if constexpr (std::is_same_v<T, c10::Half>)
+            if (add_half_rows(acc, base + rows.off, L, sL, len)) continue;  // F16C in the add's loop
+          add_rows_into(acc, base + rows.off, L, sL, len);
         }
         for (int64_t i = 0; i < len; ++i) out[ko * cols + c + i] = static_cast<T>(acc[i]);
       }

@@ -83,18 +83,12 @@ __attribute__((target("avx2,f16c"))) static void add_half_rows_f16c(float* acc, 
 }
 #endif
 
-template <typename T>
-TM_SIMD static void add_rows_simd(float* __restrict acc, const T* __restrict x, int64_t R, int64_t s, int64_t n) {
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t k = 0; k < n; ++k) acc[k] += to_acc(x[r * s + k]);
-}
-
-void add_half_rows(float* acc, const c10::Half* x, int64_t R, int64_t s, int64_t n) {
+bool add_half_rows(float* acc, const c10::Half* x, int64_t R, int64_t s, int64_t n) {
 #ifdef TM_X86
-  if (vector_isa() == 2) return add_half_rows_avx512(acc, x, R, s, n);
-  if (vector_isa() == 1) return add_half_rows_f16c(acc, x, R, s, n);
+  if (vector_isa() == 2) return add_half_rows_avx512(acc, x, R, s, n), true;
+  if (vector_isa() == 1) return add_half_rows_f16c(acc, x, R, s, n), true;
 #endif
-  add_rows_simd(acc, x, R, s, n);
+  return false;
 }
 
 void widen_half(float* dst, const c10::Half* src, int64_t n) {

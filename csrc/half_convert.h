@@ -18,8 +18,9 @@ namespace torchmodules {
 void widen_half(float* dst, const c10::Half* src, int64_t n);
 // dst[k] = src[k] rounded to float16, to nearest even (a NaN stays a NaN, quiet).
 void narrow_half(c10::Half* dst, const float* src, int64_t n);
-// acc[k] += float(x[r s + k]) for k < n, over the rows r < R in order (float16 rows summed in float).
-void add_half_rows(float* acc, const c10::Half* x, int64_t R, int64_t s, int64_t n);
+// acc[k] += float(x[r s + k]) for k < n, over the rows r < R in order (float16 rows summed in float),
+// on F16C; false, having done nothing, on a CPU without it (the caller's own loop then).
+bool add_half_rows(float* acc, const c10::Half* x, int64_t R, int64_t s, int64_t n);
 
 template <typename T>
 TM_SIMD void widen_simd(float* __restrict dst, const T* __restrict src, int64_t n) {

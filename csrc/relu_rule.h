@@ -87,7 +87,7 @@ __attribute__((target("avx2"))) void relu_words16_avx2(const uint16_t* x, uint16
 }
 
 // float and double with AVX-512 F: the bits straight from a compare mask, as above (GCC's loop
-// over relu_elem OR-ed the lanes' bits across the vector: 15 instructions more a word).
+// over relu_elem OR-ed the lanes' bits across the vector: 30 instructions a word, this about 15).
 //   y = max(0, x): x86's MAXPS returns its second operand when either is NaN or both are zero,
 //                  so NaN and -0.0 pass through, as relu_elem's x < 0 ? 0 : x;
 //   bit:           !(x <= 0)   (the unordered not-less-or-equal: NaN passes).
