@@ -59,7 +59,18 @@ CALLS = {  # each public function against torch's, on the same inputs
     "log_softmax": (lambda x: TF.log_softmax(x, 1), lambda x: torch.log_softmax(x, 1)),
     "linear": (lambda x: TF.linear(x, x[:3], x[0, :3]), lambda x: torch.nn.functional.linear(x, x[:3], x[0, :3])),
     "amax": (lambda x: TF.amax(x, [1]), lambda x: torch.amax(x, [1])),
+    # ops whose Python API takes the first output alone (_C.<op>_first)
+    "linear_relu": (lambda x: TF.linear_relu(x, x[:3], x[0, :3]),
+                    lambda x: torch.relu(torch.nn.functional.linear(x, x[:3], x[0, :3]))),
+    "maximum": (lambda x: TF.maximum(x, x.flip(-1)), lambda x: torch.maximum(x, x.flip(-1))),
+    "cross_entropy": (lambda x: TF.cross_entropy(x, _targets(x)),
+                      lambda x: torch.nn.functional.cross_entropy(x, _targets(x))),
+    "nll_loss": (lambda x: TF.nll_loss(x, _targets(x)), lambda x: torch.nn.functional.nll_loss(x, _targets(x))),
 }
+
+
+def _targets(x):
+    return torch.arange(x.shape[0], device=x.device) % x.shape[1]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -22,15 +22,22 @@ class _Direct:
     """ops.<name> for the Python API (functional.py): _C.<name>, the op's typed C++ entry (csrc/python.cpp:
     the same dispatcher call, ~1 us less than torch.ops' boxed one), except where a Python layer must see
     the call as torch.ops.torchmodules.<name>: while torch.compile traces, and for arguments with a
-    __torch_function__ override or under a TorchFunctionMode. Ops without a typed entry are torch.ops'."""
+    __torch_function__ override or under a TorchFunctionMode. ops.<name>_first: the op's first output
+    alone (_C.<name>_first, or torch.ops' [0]). Ops without a typed entry are torch.ops'."""
 
     def __init__(self):
         from . import _C
         is_compiling, has_torch_function = torch.compiler.is_compiling, torch._C._has_torch_function
-        for name in ("linear_forward", "linear_relu_forward", "relu_forward", "duplicate_forward", "add_forward",
-                     "maximum_forward", "amax_forward", "log_softmax_forward", "cross_entropy_forward",
-                     "nll_loss_forward", "mse_loss_forward", "nearest_neighbor_forward"):
-            boxed, typed = getattr(ops, name), getattr(_C, name)
+        for name in ("linear_forward", "duplicate_forward", "add_forward", "amax_forward", "log_softmax_forward",
+                     "cross_entropy_forward", "mse_loss_forward", "nearest_neighbor_forward",
+                     "linear_relu_forward_first", "relu_forward_first", "maximum_forward_first",
+                     "cross_entropy_forward_first", "nll_loss_forward_first"):
+            typed = getattr(_C, name)
+            if name.endswith("_first"):
+                def boxed(*args, op=getattr(ops, name[:-len("_first")])):
+                    return op(*args)[0]
+            else:
+                boxed = getattr(ops, name)
 
             def call(*args, boxed=boxed, typed=typed):
                 return boxed(*args) if is_compiling() or has_torch_function(args) else typed(*args)

@@ -55,15 +55,15 @@ def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     its bit mask, and the backward keeps input, weight and that mask (1 bit per output), not the
     output. Shapes as linear's; a 1-d weight or a broadcast bias takes linear, then relu."""
     if weight.dim() == 2 and (bias is None or bias.shape == weight.shape[:1]):
-        return ops.linear_relu_forward(input, weight, bias)[0]
-    return ops.relu_forward(_linear_other(input, weight, bias))[0]
+        return ops.linear_relu_forward_first(input, weight, bias)
+    return ops.relu_forward_first(_linear_other(input, weight, bias))
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """max(input, 0), as torch.nn.functional.relu (relu(-0.0) is -0.0 and NaN stays NaN, as
     torch's). The backward keeps 1 bit per element.
     inplace=True writes the result back into input (a copy), as torch's in-place variant."""
-    y = ops.relu_forward(input)[0]
+    y = ops.relu_forward_first(input)
     return input.copy_(y) if inplace else y
 
 
@@ -123,7 +123,7 @@ def maximum(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     err = _not_tensor("maximum", input, other, False)
     if err is not None:
         raise err
-    return ops.maximum_forward(*_promoted(input, other))[0]
+    return ops.maximum_forward_first(*_promoted(input, other))
 
 
 def amax(input: torch.Tensor, dim: Union[int, Sequence[int]] = (), keepdim: bool = False) -> torch.Tensor:
@@ -187,7 +187,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
             input, target, weight = input.to(dt), target.to(dt), None if weight is None else weight.to(dt)
     if inplace_backward and _ce_inplace_applies(input, target):
         return _CrossEntropyInplaceBackward.apply(input, target, weight, red, ignore_index, float(label_smoothing))
-    return ops.cross_entropy_forward(input, target, weight, red, ignore_index, float(label_smoothing))[0]
+    return ops.cross_entropy_forward_first(input, target, weight, red, ignore_index, float(label_smoothing))
 
 
 def _ce_inplace_applies(input, target):
@@ -243,7 +243,7 @@ def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.T
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("torchmodules.nll_loss: not differentiable with respect to argument 'weight' "
                            "(as torch's nll_loss); this input cannot have requires_grad True.")
-    return ops.nll_loss_forward(input, target, weight, red, ignore_index)[0]
+    return ops.nll_loss_forward_first(input, target, weight, red, ignore_index)
 
 
 def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: Optional[bool] = None,
