@@ -241,6 +241,9 @@ void nearest_neighbor_backward_weight_cuda(at::Tensor& dw, const at::Tensor& gra
     dw.zero_();
     return;
   }
+  TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "torchmodules.nearest_neighbor: the weight gradient on CUDA "
+              "takes at most 2^31 - 1 rows (torch's sort orders them by prototype), got ", N, " rows of input ",
+              x.sizes());
   // The rows in a stable order by prototype (the same permutation on every run), each prototype's run
   // [starts[k], starts[k + 1]) found by binary search: no atomics. Indices outside [0, K) fall before
   // starts[0] or after starts[K] and are left out.

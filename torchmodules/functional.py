@@ -73,10 +73,8 @@ def duplicate(input: torch.Tensor, n: int = 2) -> Tuple[torch.Tensor, ...]:
 
 
 def _promoted(input: torch.Tensor, other: torch.Tensor):
-    """Both cast to torch's result type when their dtypes differ (as torch.add / torch.maximum
+    """Both cast to torch's result type, for dtypes that differ (as torch.add / torch.maximum
     promote: a bfloat16 Linear output under autocast plus a float32 residual gives float32)."""
-    if input.dtype == other.dtype:
-        return input, other
     dt = torch.result_type(input, other)
     return input.to(dt), other.to(dt)
 
@@ -112,7 +110,9 @@ def add(input: torch.Tensor, other: Union[torch.Tensor, float]) -> torch.Tensor:
     """input + other with broadcasting and type promotion, as torch.add (either may be a
     Python number)."""
     if isinstance(input, torch.Tensor) and isinstance(other, torch.Tensor):
-        return ops.add_forward(*_promoted(input, other))
+        if input.dtype != other.dtype:
+            input, other = _promoted(input, other)
+        return ops.add_forward(input, other)
     return _add_number(input, other)
 
 
@@ -120,10 +120,11 @@ def maximum(input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Elementwise max with broadcasting, as torch.maximum: NaN propagates; at ties the
     gradient is split in half. The backward keeps 2 bits per element. Mixed dtypes are promoted
     as torch.maximum does."""
-    err = _not_tensor("maximum", input, other, False)
-    if err is not None:
-        raise err
-    return ops.maximum_forward_first(*_promoted(input, other))
+    if not (isinstance(input, torch.Tensor) and isinstance(other, torch.Tensor)):
+        raise _not_tensor("maximum", input, other, False)
+    if input.dtype != other.dtype:
+        input, other = _promoted(input, other)
+    return ops.maximum_forward_first(input, other)
 
 
 def amax(input: torch.Tensor, dim: Union[int, Sequence[int]] = (), keepdim: bool = False) -> torch.Tensor:
