@@ -16,8 +16,9 @@
 // and gradient, without reading their logits: where their logits are not finite (all -inf, NaN) torch's
 // gradient is NaN there instead (its log_softmax backward multiplies 0 by exp(NaN)).
 // A class index outside [0, C) that is not ignore_index raises an IndexError naming it: the
-// forward's kernels count them into `bad` (on CUDA a device int64 pair) and the glue reads it
-// back (one sync on CUDA; skipped while a CUDA graph is captured, where the rows are NaN).
+// forward's kernels count them into `bad` (on CUDA a check kernel queued before the loss, the host
+// waiting on its event only: kernels/target_check.cuh; skipped while a CUDA graph is captured,
+// where the rows are NaN).
 // The backward kernels write NaN rows for such targets rather than reading out of bounds.
 #include "half_convert.h"
 #include "ops.h"
@@ -280,7 +281,7 @@ struct Online {
 
 // The same for a contiguous row, vectorised (simd.h): online a block at a time, with the
 // block's max m_b and m' = max(m, m_b):  s = s exp(m - m') + sum_block exp(x - m').
-// -inf logits add 0; NaN makes s NaN.
+// -inf logits add 0; a NaN makes s NaN (and then the loss, as torch's).
 template <typename T>
 TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m_out, acc_t<T>* s_out) {
   using A = acc_t<T>;
@@ -290,7 +291,10 @@ TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m
     const int64_t e = std::min(n, b + kBlock);
     const A mb = row_max(x + b, e - b);
     const A m2 = std::max(m, mb);
-    if (m2 == -INFINITY) continue;  // only -inf so far: s stays 0
+    if (m2 == -INFINITY) {  // only -inf and NaN so far (the max skips NaN): exp(x) adds 0, or NaN (kept)
+      for (int64_t k = b; k < e; ++k) s += fast_exp(to_acc(x[k]));
+      continue;
+    }
     A sb = 0;
 #pragma omp simd reduction(+ : sb)
     for (int64_t k = b; k < e; ++k) sb += fast_exp(to_acc(x[k]) - m2);

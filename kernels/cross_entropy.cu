@@ -145,11 +145,11 @@ struct CeForward {
     }
     // exp(x - m) <= 1 by the fast exp (one multiply and one MUFU ex2 in float; ~2 ulp near the
     // max, and the terms far below it, where its error grows, add little to s). While m is -inf
-    // the whole chunk is -inf and adds 0 (x - m would be NaN).
-    if (st.m != ninf<A>()) {
+    // (the max skips NaN) the chunk holds -inf and NaN only: exp(x - 0) adds 0, or NaN, which the
+    // loss must keep, as torch's (x - m would make NaN of a -inf).
+    const A shift = st.m == ninf<A>() ? A(0) : st.m;
 #pragma unroll
-      for (int j = 0; j < W; ++j) st.s += fast_exp(c.x[j] - st.m);
-    }
+    for (int j = 0; j < W; ++j) st.s += fast_exp(c.x[j] - shift);
     if constexpr (kTrack) {
 #pragma unroll
       for (int j = 0; j < W; ++j)

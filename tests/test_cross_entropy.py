@@ -284,3 +284,34 @@ def test_opcheck_inplace_backward_op(prob, device):
     assert torch.equal(y, dx)
     with pytest.raises(RuntimeError, match="cross_entropy_backward_.*not contiguous"):
         ops.cross_entropy_backward_(x.t().contiguous().t(), g, t, w, lse, tw, 1, -100, 0.1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("C, nan", [(8, 4), (40, 1), (64, 8), (3000, 2048), (5000, 4096)], ids=str)
+@pytest.mark.parametrize("kind", ["class", "smooth", "prob"])
+def test_leading_nan_logits_make_the_row_nan(kind, C, nan, dtype, device):
+    """Rows whose first logits are NaN, or NaN and -inf (a whole share of a GPU thread, a whole
+    2048-element block of the CPU's online pass, where the running max is still -inf), the rest
+    finite: their loss and gradient are NaN and the other rows' are torch's (float64)."""
+    g = torch.Generator().manual_seed(C + nan)
+    x = torch.randn(3, C, dtype=F64, generator=g)
+    x[0, :nan] = float("nan")
+    x[2, :nan + 1] = float("nan")
+    x[2, 0] = -float("inf")
+    if kind == "prob":
+        t = torch.softmax(torch.randn(3, C, dtype=F64, generator=g), 1)
+    else:
+        t = torch.tensor([C - 1, C - 2, C // 2])
+    kw = dict(reduction="none", label_smoothing=0.1 if kind != "class" else 0.0)
+    xq = x.to(dtype)
+    ours = xq.to(device).requires_grad_()
+    loss = TF.cross_entropy(ours, t.to(device, dtype) if kind == "prob" else t.to(device), **kw)
+    (dx,) = torch.autograd.grad(loss.sum(), ours)
+    ref = xq.to(F64).requires_grad_()
+    loss_t = F.cross_entropy(ref, t.to(dtype).to(F64) if kind == "prob" else t, **kw)
+    (dx_t,) = torch.autograd.grad(loss_t.sum(), ref)
+    assert loss_t[[0, 2]].isnan().all() and dx_t[[0, 2]].isnan().all()  # (torch's rule, checked)
+    tol = {F64: {}, torch.float32: dict(atol=1e-5, rtol=1.3e-6), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}[dtype]
+    torch.testing.assert_close(loss.cpu().to(F64), loss_t.detach(), equal_nan=True, **tol)
+    torch.testing.assert_close(dx.cpu().to(F64), dx_t, equal_nan=True, **tol)
