@@ -42,6 +42,7 @@ class TargetCheck {
     const c10::cuda::CUDAGuard guard(on.device());
     active_ = n > 0 && c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None;
     if (!active_) return;
+    device_ = on.device();
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const at::Tensor dev = at::empty({3}, on.options().dtype(at::kLong));
     auto* st = reinterpret_cast<unsigned long long*>(dev.data_ptr());
@@ -49,14 +50,26 @@ class TargetCheck {
     tm_launch(on, dim3(unsigned(tm_blocks(n, 256, 1024))), dim3(256), 0, target_check_kernel<I>, st, tgt, n, C,
               ignore_index);
     host_ = at::empty({3}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-    C10_CUDA_CHECK(cudaMemcpyAsync(host_.data_ptr(), st, 3 * sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
-    C10_CUDA_CHECK(cudaEventRecord(done_, stream));
+    // From here the destructor must run (it waits for the copy before host_ goes back to the pinned
+    // cache), and a throwing constructor has none: an error syncs the stream itself.
+    try {
+      C10_CUDA_CHECK(cudaMemcpyAsync(host_.data_ptr(), st, 3 * sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
+      C10_CUDA_CHECK(cudaEventRecord(done_, stream));
+    } catch (...) {
+      C10_CUDA_IGNORE_ERROR(cudaStreamSynchronize(stream));
+      C10_CUDA_IGNORE_ERROR(cudaEventDestroy(done_));
+      throw;
+    }
   }
   ~TargetCheck() {  // (after an exception before wait(): the copy must land before host_ is reused)
     if (!done_) return;
-    if (!waited_) C10_CUDA_IGNORE_ERROR(cudaEventSynchronize(done_));
-    C10_CUDA_IGNORE_ERROR(cudaEventDestroy(done_));
+    try {  // (as c10's CUDAEvent: a destructor must not throw)
+      const c10::cuda::CUDAGuard guard(device_);
+      if (!waited_) C10_CUDA_IGNORE_ERROR(cudaEventSynchronize(done_));
+      C10_CUDA_IGNORE_ERROR(cudaEventDestroy(done_));
+    } catch (...) {
+    }
   }
   TargetCheck(const TargetCheck&) = delete;
   TargetCheck& operator=(const TargetCheck&) = delete;
@@ -64,6 +77,7 @@ class TargetCheck {
   TargetStatus wait() {
     TargetStatus s;
     if (!active_) return s;
+    const c10::cuda::CUDAGuard guard(device_);
     C10_CUDA_CHECK(cudaEventSynchronize(done_));
     waited_ = true;
     const auto* h = reinterpret_cast<const unsigned long long*>(host_.data_ptr());
@@ -74,6 +88,7 @@ class TargetCheck {
 
  private:
   bool active_ = false, waited_ = false;
+  c10::Device device_{c10::DeviceType::CUDA, 0};
   at::Tensor host_;
   cudaEvent_t done_ = nullptr;
 };
