@@ -5,13 +5,15 @@
 # std::remove_cvref_t compiled here and failed there.
 # Usage: scripts/check_torch.sh [VERSION] [PYTEST ARGS...]   (default: all tests, -x). Exit 3: that torch
 # cannot be installed here.
-# The venv is .venv-torch<VERSION>, the copy of the tree and its build build/torch-<VERSION>/.
+# The venv is .venv-torch<VERSION>, the copy of the tree and its build build/torch-<VERSION>/ (VENV and
+# SRC override them; PYTHON is the interpreter the venv is made from; TM_BUILD_ONLY=1 stops after
+# the build: scripts/prebuild_gpu.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=${1:-2.11.0}
 shift || true
-VENV=$PWD/.venv-torch$VERSION
-SRC=$PWD/build/torch-$VERSION
+VENV=${VENV:-$PWD/.venv-torch$VERSION}
+SRC=${SRC:-$PWD/build/torch-$VERSION}
 PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 if ! "$VENV/bin/pip" install -q "torch==$VERSION" ninja pybind11 pytest hypothesis numpy > "$VENV/pip.log" 2>&1 ||
@@ -34,5 +36,6 @@ if ! TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(np
   echo "check_torch: the build against torch $VERSION failed (log: $SRC/build/log.txt)"
   exit 1
 fi
+[ "${TM_BUILD_ONLY:-0}" = 1 ] && exit 0
 echo "+ tests against torch $VERSION"
 PYTHONPATH=$SRC "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider -rfE "${@:--x}"

@@ -6,6 +6,8 @@
 # benchmark, the Linear A/B (sm_90 GEMM, mma.sync, torch) and the host overhead of small ops
 # (benchmarks/host_overhead.py) appended to summary.md; last, Nsight Compute's reading of the
 # targets' kernels (benchmarks/ncu_targets.py: throughput, occupancy, registers per kernel).
+# The build is skipped where a build of this tree made on the development machine is carried
+# and loads (scripts/prebuild_gpu.sh: run(carry=["build/gpu-prebuilt"], ...)).
 # Usage: scripts/gpu_check.sh OUTDIR   (TM_COMMIT=<sha>; TM_STAGES picks stages,
 # default "build sm90 tests sanitizer train bench ncu"). OUTDIR gets at most 8 files: summary.md,
 # log.txt (build, train, bench output), tests.log, sanitizer.log, bench.{md,json,png},
@@ -41,12 +43,30 @@ STAGES=" ${TM_STAGES:-build sm90 tests sanitizer train bench ncu} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 T0=$SECONDS
 
-if want build; then
-step "1. build (sm_90)"
+# A build made on the development machine (scripts/prebuild_gpu.sh, carried as build/gpu-prebuilt)
+# is taken where it was built from this tree and loads here; else the extension is built here.
+PRE=build/gpu-prebuilt
+prebuilt() {
+  [ -f "$PRE/sources.sha" ] && ls "$PRE"/_C.cpython-*.so.gz > /dev/null 2>&1 || { echo "none carried"; return 1; }
+  [ "$(cat "$PRE/sources.sha")" = "$(scripts/source_hash.sh)" ] || { echo "built from other sources"; return 1; }
+  local gz so
+  gz=$(ls "$PRE"/_C.cpython-*.so.gz | head -1)
+  so=torchmodules/$(basename "$gz" .gz)
+  gunzip -c "$gz" > "$so"
+  if ! $PY -c 'import torchmodules' > "$TMP/prebuilt.log" 2>&1; then
+    rm -f "$so"; echo "does not load here: $(tail -1 "$TMP/prebuilt.log")"; return 1
+  fi
+  echo "loaded ($(basename "$so"), commit $(cat "$PRE/commit" 2>/dev/null))"
+}
+if want build && WHY=$(prebuilt); then
+  step "1. build: the prebuilt extension"
+  echo "- build: prebuilt on the development machine, $WHY" >> "$SUM"
+elif want build; then
+step "1. build (sm_90; prebuilt: ${WHY:-not asked})"
 if ! TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 $PY setup.py build_ext --inplace --build-temp build/gpu > "$TMP/build.log" 2>&1; then
   echo "- build: FAILED (see log.txt)" >> "$SUM"; cat "$TMP/build.log" >> "$LOG"; tail -30 "$TMP/build.log"; exit 1
 fi
-echo "- build: ok ($((SECONDS - T0)) s); $(grep -m1 '^torchmodules: TORCH_CUDA_ARCH_LIST' "$TMP/build.log")" >> "$SUM"
+echo "- build: ok ($((SECONDS - T0)) s; prebuilt: ${WHY:-}); $(grep -m1 '^torchmodules: TORCH_CUDA_ARCH_LIST' "$TMP/build.log")" >> "$SUM"
 tail -5 "$TMP/build.log" >> "$LOG"
 fi
 
