@@ -516,7 +516,9 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
     return tr == P.ignore_index || tr < 0 || tr >= C ? A(0) : w ? A(w[tr]) : A(1);
   });
   tw[0] = den;
-  tw[1] = w ? fixed_sum<A>(C, [&](int64_t c) { return A(w[c]); }) : A(C);
+  // The mean class weight (each divided first: finite weights whose sum overflows keep a finite U = keep w_t +
+  // eps mean w in the backward, as torch's sum of the (eps / C) w_c).
+  tw[1] = w ? fixed_sum<A>(C, [&](int64_t c) { return A(w[c]) / A(C); }) : A(1);
   if (!rows_out) {
     const A s = fixed_sum<A>(R, [&](int64_t r) { return buf[r]; });
     loss[0] = static_cast<T>(P.reduction != 1 ? s : ce_smooth_zero_den(P, den) ? nan_v<A>() : s / den);
@@ -531,7 +533,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   const int64_t C = P.classes, R = P.rows();
   const A eps = A(P.smoothing), keep = A(1) - eps, epsc = eps / A(C);
   const bool smooth = P.smoothing > 0;
-  const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
+  const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wmean = tw[1];
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
   // Short contiguous rows of class indices: p = exp(x - lse) of a block of rows at once (short_rows.h).
@@ -577,7 +579,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           continue;
         }
         const A wt = w ? A(w[tr]) : A(1);
-        const A U = keep * wt + (smooth ? epsc * wsum : A(0));
+        const A U = keep * wt + (smooth ? eps * wmean : A(0));
         if (short_rows) {  // u is keep * wt at the target, 0 elsewhere
           const A* pr = p + (r - b0) * C;
           for (int64_t c = 0; c < C; ++c) dxr[c] = static_cast<T>(G * U * pr[c]);
@@ -614,7 +616,7 @@ void ce_double_backward_kernel(T* d_g, T* d_x, T* d_q, const T* gg, const T* hh,
   const int64_t C = P.classes, R = P.rows();
   const A eps = A(P.smoothing), keep = A(1) - eps, epsc = eps / A(C);
   const bool smooth = P.smoothing > 0, rows_out = P.reduction == 0;
-  const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wsum = tw[1];
+  const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wmean = tw[1];
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
   std::vector<A> buf(rows_out ? 0 : R);
@@ -653,7 +655,7 @@ void ce_double_backward_kernel(T* d_g, T* d_x, T* d_q, const T* gg, const T* hh,
           dg = fill;
         } else {
           const A wt = w ? A(w[tr]) : A(1);
-          const A U = keep * wt + (smooth ? epsc * wsum : A(0));
+          const A U = keep * wt + (smooth ? eps * wmean : A(0));
           A S = 0, Sgw = 0;
           for (int64_t c = 0; c < C; ++c) {
             S += ggv(c) * tm_exp(A(xr[c * row.D]) - l);

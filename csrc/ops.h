@@ -130,7 +130,7 @@ TM_DECLARE_LAUNCHER(log_softmax_double_backward, at::Tensor& d_dy, at::Tensor& d
 // CrossEntropy over rows [outer, classes, inner] of x (contiguous); r = o * inner + i indexes the
 // rows, element c of row r at (o * classes + c) * inner + i. target: int64 [rows] class indices, or
 // probabilities laid out as x (prob). weight: [classes] or undefined. lse: acc type [rows];
-// total_weight: acc type [2] = [den, sum_c w_c]. Undefined optional tensors: absent (gg, hh: zeros).
+// total_weight: acc type [2] = [den, mean_c w_c]. Undefined optional tensors: absent (gg, hh: zeros).
 struct CeParams {
   int64_t outer, classes, inner;
   int64_t reduction;     // 0 none, 1 mean, 2 sum (torch's at::Reduction)

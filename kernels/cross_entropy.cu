@@ -53,7 +53,7 @@ struct CeArgs {
   const T* q;        // probabilities (or nullptr)
   const T* w;        // weight (or nullptr)
   int64_t C, inner, ignore_index;
-  A keep, epsc;      // 1 - eps, eps / C
+  A keep, epsc, eps;  // 1 - eps, eps / C, eps
   bool rows_out;     // reduction none: g and the loss have one entry per row
   bool mean;
 
@@ -215,7 +215,7 @@ struct CeRed {
 };
 
 // out[0] = sum_r buf_r (/ den when divide; NaN for den = 0 with nan_zero_den: label smoothing, as
-// the CPU's ce_smooth_zero_den); tw = [den, sum_c w_c], den = sum of w_t over kept rows (t given) or
+// the CPU's ce_smooth_zero_den); tw = [den, mean_c w_c] (each w_c / C summed: no overflow), den = sum of w_t over kept rows (t given) or
 // the row count. Thread k sums rows k, k + 1024, ... in order, then a fixed tree.
 template <class T>
 __global__ void __launch_bounds__(kRedThreads) ce_reduce(T* out, dacc<T>* tw, const dacc<T>* buf, CeArgs<T> g,
@@ -232,11 +232,11 @@ __global__ void __launch_bounds__(kRedThreads) ce_reduce(T* out, dacc<T>* tw, co
     }
   }
   if (tw)
-    for (int64_t c = threadIdx.x; c < g.C; c += blockDim.x) st.ws += g.weight(c);
+    for (int64_t c = threadIdx.x; c < g.C; c += blockDim.x) st.ws += g.w ? g.weight(c) / A(g.C) : A(0);
   st = block_allreduce<R>(st, red);
   if (threadIdx.x == 0) {
     const A den = g.t ? st.d : A(rows);
-    if (tw) tw[0] = den, tw[1] = st.ws;
+    if (tw) tw[0] = den, tw[1] = g.w ? st.ws : A(1);
     if (out) out[0] = from_acc<T>(!divide ? st.l : nan_zero_den && den == A(0) ? ce_nan<A>() : st.l / den);
   }
 }
@@ -269,7 +269,7 @@ struct CeBackwardClass {
     // (smoothed mean over kept targets of total weight 0: NaN, as the CPU's ce_smooth_zero_den)
     const A sc = !g.mean ? A(1) : kSmoothM && tw[0] == A(0) ? ce_nan<A>() : A(1) / tw[0];
     o.G = to_float(grad[g.rows_out ? r : 0]) * sc;
-    o.U = g.keep * wt + (kSmoothM ? g.epsc * tw[1] : A(0));
+    o.U = g.keep * wt + (kSmoothM ? g.eps * tw[1] : A(0));
     o.kw = g.keep * wt;
     o.l = lse[r];
     return o;
@@ -491,7 +491,7 @@ struct CeDoubleClass {
     const A sc = !g.mean ? A(1) : kSmoothM && tw[0] == A(0) ? ce_nan<A>() : A(1) / tw[0], wt = g.weight(tr);
     const A ggt = gg ? to_float(gg[ce_elem(r, tr, g.C, g.inner)]) : A(0);
     st.G = to_float(grad[g.rows_out ? r : 0]) * sc;
-    st.U = g.keep * wt + (kSmoothM ? g.epsc * tw[1] : A(0));
+    st.U = g.keep * wt + (kSmoothM ? g.eps * tw[1] : A(0));
     st.dg = sc * (st.U * st.S - (g.keep * wt * ggt + (kSmoothM ? g.epsc * st.Sgw : A(0))));
   }
   template <int W, class Sg> __device__ void store(const State& st, const Cache<W>& c, const Sg& s, int64_t k) const {
@@ -599,7 +599,7 @@ CeArgs<T> ce_args(const at::Tensor& x, const at::Tensor& target, const at::Tenso
   g.q = P.prob ? reinterpret_cast<const T*>(target.data_ptr()) : nullptr;
   g.w = weight.defined() ? reinterpret_cast<const T*>(weight.data_ptr()) : nullptr;
   g.C = P.classes, g.inner = P.inner, g.ignore_index = P.ignore_index;
-  g.keep = A(1.0 - P.smoothing), g.epsc = A(P.smoothing / double(P.classes));
+  g.keep = A(1.0 - P.smoothing), g.epsc = A(P.smoothing / double(P.classes)), g.eps = A(P.smoothing);
   g.rows_out = P.reduction == 0, g.mean = P.reduction == 1;
   return g;
 }

@@ -375,9 +375,9 @@ def test_cross_entropy_tied_large_logits(shape, dtype):
     check(f"cross_entropy tied logits {shape} C={C}", ours, ref, [x, t], dtype, scale=1, gscale=1)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, open: the backward's U = keep w_t + eps/C sum_c w_c sums the "
-                   "weights unscaled (inf where torch scales each by eps / C first)")
-@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
+@pytest.mark.parametrize("dtype", [F32, pytest.param(F64, marks=pytest.mark.xfail(
+    strict=True, reason="known difference, open: float64 weights near its max overflow the forward's smoothing "
+    "sums, a = sum u (m - x) and up, and inf - inf gives a NaN loss where torch's is inf")), BF16], ids=str)
 @pytest.mark.parametrize("C", [4, 40])
 @pytest.mark.parametrize("reduction", ["none", "sum"])
 def test_cross_entropy_smoothing_large_weights(C, reduction, dtype):

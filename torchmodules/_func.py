@@ -874,9 +874,9 @@ def _row_grad(g_, rows, reduction, den):
 
 
 def _ce_tw(w, C, dtype, device):
-    """total_weight for a reduction-none call: [1, sum_c w_c] (den is not read then)."""
-    wsum = torch.tensor(float(C), dtype=dtype, device=device) if w is None else w.to(dtype).sum()
-    return torch.stack([torch.ones_like(wsum), wsum])
+    """total_weight for a reduction-none call: [1, mean_c w_c] (den is not read then)."""
+    wmean = torch.tensor(1.0, dtype=dtype, device=device) if w is None else (w.to(dtype) / C).sum()
+    return torch.stack([torch.ones_like(wmean), wmean])
 
 
 def _classes(x_, N):

@@ -212,7 +212,7 @@ def _(gg, grad_y, y, dim):
 
 
 # ---- CrossEntropy, fused with its log-softmax ---------------------------------------------------
-# The forward saves lse per row (and total_weight = [den, sum_c w_c]), marked non-differentiable:
+# The forward saves lse per row (and total_weight = [den, mean_c w_c]), marked non-differentiable:
 # the backward op reads lse as a cached function of the input, so its derivative in `input`
 # (the double backward op) is the total one, through lse too. Weight is not differentiable.
 
