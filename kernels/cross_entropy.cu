@@ -215,8 +215,9 @@ struct CeRed {
 };
 
 // out[0] = sum_r buf_r (/ den when divide; NaN for den = 0 with nan_zero_den: label smoothing, as
-// the CPU's ce_smooth_zero_den); tw = [den, mean_c w_c] (each w_c / C summed: no overflow), den = sum of w_t over kept rows (t given) or
-// the row count. Thread k sums rows k, k + 1024, ... in order, then a fixed tree.
+// the CPU's ce_smooth_zero_den); tw = [den, mean_c w_c] (each w_c / C summed: no overflow), den = sum
+// of w_t over kept rows (t given) or the row count. Thread k sums rows k, k + 1024, ... in order, then
+// a fixed tree.
 template <class T>
 __global__ void __launch_bounds__(kRedThreads) ce_reduce(T* out, dacc<T>* tw, const dacc<T>* buf, CeArgs<T> g,
                                                          int64_t rows, bool divide, bool nan_zero_den) {
