@@ -4,12 +4,12 @@
 //   Forward:  one online pass over x keeps m = max x_c, s = sum exp(x_c - m) (rescaled by
 //             exp(m - m') when m grows to m'), and, where u has more than one nonzero entry,
 //             a = sum u_c (m - x_c) (grown by (m' - m) sum u) and up = sum u_c. Then
-//             lse = m + log s,  loss_r = w_t ((m - x_t) + log s)            (class index, eps = 0)
+//             lse = (m, log s) saved,  loss_r = w_t ((m - x_t) + log s)   (class index, eps = 0)
 //                                      = (1-eps) w_t ((m - x_t) + log s) + (eps/C) (a + up log s)
 //                                      = a + up log s                         (probabilities).
 //             Rows are reduced in a fixed order (fixed chunks, then the chunks in order).
-//   Backward: dx_c = G (U p_c - u_c), p_c = exp(x_c - lse), G = g_r / den (mean) or g_r;
-//             dq_c = -(1-eps) G w_c (x_c - lse).
+//   Backward: dx_c = G (U p_c - u_c), p_c = exp(lp_c), G = g_r / den (mean) or g_r;
+//             dq_c = -(1-eps) G w_c lp_c, with the log-probability lp_c = (x_c - m) - log s (CeLse, ops.h).
 //   Double backward: see csrc/ops.cpp.
 // Edge values follow torch: -inf logits add 0 to s and +inf to a, so 0 * inf gives NaN where
 // torch's log_softmax * target does; an all -inf row gives NaN. Ignored rows give exactly 0, loss
@@ -105,7 +105,9 @@ void ce_check_saved(const char* op, const at::Tensor& input, const at::Tensor& g
               " and ", total_weight.scalar_type());
   check_same_device(op, "input", input, "lse", lse);
   check_same_device(op, "input", input, "total_weight", total_weight);
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef(rows) && total_weight.numel() == 2, "torchmodules.", op,
+  std::vector<int64_t> lse_shape = rows;
+  lse_shape.push_back(2);
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(lse_shape) && total_weight.numel() == 2, "torchmodules.", op,
               ": lse of shape ", lse.sizes(), " and total_weight of shape ", total_weight.sizes(),
               " are not those of input ", input.sizes());
 }
@@ -139,7 +141,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_no_classes(const at::Tensor& i
   const auto acc = input.options().dtype(ce_acc_dtype(input));
   at::Tensor loss = p.reduction == 0 ? at::full(rows, row, input.options())
                                      : at::full({}, p.reduction == 1 ? nan : row, input.options());
-  return {loss, at::full(rows, -std::numeric_limits<double>::infinity(), acc), at::zeros({2}, acc)};
+  std::vector<int64_t> lse_shape = rows;
+  lse_shape.push_back(2);  // m = -inf, log s = log 0
+  return {loss, at::full(lse_shape, -std::numeric_limits<double>::infinity(), acc), at::zeros({2}, acc)};
 }
 
 at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
@@ -155,9 +159,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(const at::T
   const CeParams p = ce_params(kOp, input, target, w, reduction, ignore_index, label_smoothing);
   if (p.classes == 0) return ce_no_classes(input, target, p);
   const at::Tensor xc = input.contiguous(), tc = target.contiguous(), wc = contig(w);
-  const std::vector<int64_t> rows = ce_row_shape(input);
+  std::vector<int64_t> rows = ce_row_shape(input);
   const auto acc = input.options().dtype(ce_acc_dtype(input));
   at::Tensor loss = new_output(reduction == 0 ? at::IntArrayRef(rows) : at::IntArrayRef(), input.options());
+  rows.push_back(2);  // lse: (m, log s) per row
   at::Tensor lse = new_output(rows, acc), total_weight = new_output({2}, acc);
   at::Tensor bad = p.prob ? at::Tensor() : at::zeros({2}, at::kLong);  // on the host, for every device
   TM_LAUNCH(cross_entropy_forward, input, loss, lse, total_weight, bad, xc, tc, wc, p);
@@ -305,11 +310,12 @@ TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m
   *s_out = s;
 }
 
-// dx_c = G U exp(x_c - lse) on a contiguous row (the class-index backward, less u at the target).
+// dx_c = G U p_c = GUs exp(x_c - m), GUs = G U / s, on a contiguous row (the class-index backward,
+// less u at the target).
 template <typename T>
-TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, int64_t n, acc_t<T> GU,
-                                       acc_t<T> lse) {
-  for (int64_t c = 0; c < n; ++c) dx[c] = from_acc<T>(GU * fast_exp(to_acc(x[c]) - lse));
+TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, int64_t n, acc_t<T> GUs,
+                                       acc_t<T> m) {
+  for (int64_t c = 0; c < n; ++c) dx[c] = from_acc<T>(GUs * fast_exp(to_acc(x[c]) - m));
 }
 
 // A probability row, contiguous: m = max x, s = sum exp(x - m), up = sum u, a = sum u (m - x),
@@ -339,24 +345,25 @@ void ce_prob_stats_contiguous(const T* x, const T* q, const T* w, int64_t n, A k
   else ce_prob_stats_row<false>(x, q, w, n, keep, epsc, out);
 }
 
-// dx_c = G (U exp(x_c - l) - u_c) and, when asked (kDq), dq_c = -keep G w_c (x_c - l), on a contiguous
+// dx_c = G (U p_c - u_c) and, when asked (kDq), dq_c = -keep G w_c lp_c, on a contiguous
 // probability row (U = sum u). dx may be x itself (cross_entropy_backward_): x_c is read before dx_c is
 // written, and nothing reads it after. kW, kDq: as above, no masked access through a null pointer.
 template <bool kW, bool kDq, typename T, typename A = acc_t<T>>
 TM_SIMD void ce_prob_backward_row(T* dx, T* __restrict dq, const T* x, const T* __restrict q, const T* __restrict w,
-                                  int64_t n, A G, A l, A keep, A epsc) {
+                                  int64_t n, A G, CeLse<A> l, A keep, A epsc) {
   A U = 0;
 #pragma omp simd reduction(+ : U)
   for (int64_t c = 0; c < n; ++c) U += (kW ? to_acc(w[c]) : A(1)) * (keep * to_acc(q[c]) + epsc);
   for (int64_t c = 0; c < n; ++c) {
     const A wc = kW ? to_acc(w[c]) : A(1), xv = to_acc(x[c]), u = wc * (keep * to_acc(q[c]) + epsc);
-    if constexpr (kDq) dq[c] = from_acc<T>(-keep * G * wc * (xv - l));
-    dx[c] = from_acc<T>(G * (U * fast_exp(xv - l) - u));
+    const A lp = l.log_p(xv);
+    if constexpr (kDq) dq[c] = from_acc<T>(-keep * G * wc * lp);
+    dx[c] = from_acc<T>(G * (U * fast_exp(lp) - u));
   }
 }
 template <typename T, typename A>
-void ce_prob_backward_contiguous(T* dx, T* dq, const T* x, const T* q, const T* w, int64_t n, A G, A l, A keep,
-                                 A epsc) {
+void ce_prob_backward_contiguous(T* dx, T* dq, const T* x, const T* q, const T* w, int64_t n, A G, CeLse<A> l,
+                                 A keep, A epsc) {
   const auto run = [&](auto kw, auto kdq) {
     ce_prob_backward_row<decltype(kw)::value, decltype(kdq)::value>(dx, dq, x, q, w, n, G, l, keep, epsc);
   };
@@ -456,7 +463,8 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
       for (int64_t r = b0; r < b1; ++r) {
         const CeRow row = ce_row(P, r);
         const T* xr = x + row.base;
-        A L, l;
+        A L;
+        CeLse<A> l;
         if (P.prob) {
           const T* qr = q + row.base;
           Online<A> st;
@@ -473,18 +481,18 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
           }
           const A ls = tm_log(st.s);
           L = st.a + st.up * ls;
-          l = st.m + ls;
+          l = {st.m, ls};
           if (!std::isfinite(L))
             L = A(ce_prob_row_exact(xr, qr, row.D, C, w, 1.0 - P.smoothing, P.smoothing / double(C)));
         } else {
           const int64_t tr = t[r];
           if (tr == P.ignore_index) {
-            L = 0, l = 0;
+            L = 0, l = {0, 0};
           } else if (tr < 0 || tr >= C) {
             bad_n.fetch_add(1);
             for (int64_t cur = bad_last.load(); cur < r + 1 && !bad_last.compare_exchange_weak(cur, r + 1);) {
             }
-            L = nan_v<A>(), l = nan_v<A>();
+            L = nan_v<A>(), l = {nan_v<A>(), nan_v<A>()};
           } else {
             Online<A> st;
             if (smooth) {
@@ -500,10 +508,10 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
             const A ls = tm_log(st.s);
             const A nll = (w ? A(w[tr]) : A(1)) * ((st.m - A(xr[tr * row.D])) + ls);
             L = smooth ? keep * nll + epsc * (st.a + st.up * ls) : nll;
-            l = st.m + ls;
+            l = {st.m, ls};
           }
         }
-        lse[r] = l;
+        l.store(lse, r);
         if (rows_out) loss[r] = static_cast<T>(L);
         else buf[r] = L;
       }
@@ -525,7 +533,7 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
   }
 }
 
-// dx = G (U p - u), dq = -(1-eps) G w (x - lse).
+// dx = G (U p - u), dq = -(1-eps) G w lp.
 template <typename T>
 void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, const T* w, const acc_t<T>* lse,
                         const acc_t<T>* tw, const CeParams& P) {
@@ -536,19 +544,20 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wmean = tw[1];
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
-  // Short contiguous rows of class indices: p = exp(x - lse) of a block of rows at once (short_rows.h).
+  // Short contiguous rows of class indices: p = exp(lp) of a block of rows at once (short_rows.h).
   const int64_t short_rows = ce_short_block(P), block = short_rows ? short_rows : R;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A p[kShortBlock];  // the block's p, from x before any of its dx is written (dx may be x: cross_entropy_backward_)
     HalfRows<T> hr(C, 4, w);  // half types: x, q, dx, dq of a contiguous row in float
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
       const int64_t b1 = std::min(r1, b0 + block);
-      if (short_rows) short_rows_softmax(x + b0 * C, lse + b0, C, b1 - b0, p);
+      if (short_rows) short_rows_softmax(x + b0 * C, lse + 2 * b0, C, b1 - b0, p);
       for (int64_t r = b0; r < b1; ++r) {
         const CeRow row = ce_row(P, r);
         const T* xr = x + row.base;
         T* dxr = dx + row.base;
-        const A G = A(g[P.reduction == 0 ? r : 0]) * sc, l = lse[r];
+        const A G = A(g[P.reduction == 0 ? r : 0]) * sc;
+        const CeLse<A> l = CeLse<A>::load(lse, r);
         if (P.prob && row.D == 1) {
           if constexpr (HalfRows<T>::kOn) {
             const float *fx = hr.widen(0, xr), *fq = hr.widen(1, q + row.base);
@@ -565,10 +574,10 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           A U = 0;
           for (int64_t c = 0; c < C; ++c) U += (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc);
           for (int64_t c = 0; c < C; ++c) {
-            const A wc = w ? A(w[c]) : A(1), xv = A(xr[c * row.D]);
+            const A wc = w ? A(w[c]) : A(1), lp = l.log_p(A(xr[c * row.D]));
             const A u = wc * (keep * A(qr[c * row.D]) + epsc);
-            dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(xv - l) - u));
-            if (dq) dq[row.base + c * row.D] = static_cast<T>(-keep * G * wc * (xv - l));
+            dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(lp) - u));
+            if (dq) dq[row.base + c * row.D] = static_cast<T>(-keep * G * wc * lp);
           }
           continue;
         }
@@ -588,25 +597,26 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
         }
         if (!smooth && row.D == 1) {  // as above
           const A xt = A(xr[tr]);     // (read first: dx may be x itself, cross_entropy_backward_)
+          const A GUs = G * U * tm_exp(-l.ls);
           if constexpr (HalfRows<T>::kOn) {
-            softmax_scaled_contiguous(hr.row(2), hr.widen(0, xr), C, G * U, l);
+            softmax_scaled_contiguous(hr.row(2), hr.widen(0, xr), C, GUs, l.m);
             narrow_run(dxr, hr.row(2), C);
           } else {
-            softmax_scaled_contiguous(dxr, xr, C, G * U, l);
+            softmax_scaled_contiguous(dxr, xr, C, GUs, l.m);
           }
-          dxr[tr] = static_cast<T>(G * (U * fast_exp(xt - l) - keep * wt));
+          dxr[tr] = static_cast<T>(G * (U * fast_exp(l.log_p(xt)) - keep * wt));
           continue;
         }
         for (int64_t c = 0; c < C; ++c) {
           const A u = (c == tr ? keep * wt : A(0)) + (smooth ? epsc * (w ? A(w[c]) : A(1)) : A(0));
-          dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(A(xr[c * row.D]) - l) - u));
+          dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(l.log_p(A(xr[c * row.D]))) - u));
         }
       }
     }
   });
 }
 
-// With S = sum gg p, per row: d_g = sc (U S - sum gg u - (1-eps) sum hh w (x - lse)),
+// With S = sum gg p, per row: d_g = sc (U S - sum gg u - (1-eps) sum hh w lp),
 // d_x = G U p (gg - S) - (1-eps) G (hh w - p sum hh w),  d_q = (1-eps) G w (S - gg).
 template <typename T>
 void ce_double_backward_kernel(T* d_g, T* d_x, T* d_q, const T* gg, const T* hh, const T* g, const T* x,
@@ -625,24 +635,25 @@ void ce_double_backward_kernel(T* d_g, T* d_x, T* d_q, const T* gg, const T* hh,
       const CeRow row = ce_row(P, r);
       const T* xr = x + row.base;
       T* dxr = d_x + row.base;
-      const A G = A(g[rows_out ? r : 0]) * sc, l = lse[r];
+      const A G = A(g[rows_out ? r : 0]) * sc;
+      const CeLse<A> l = CeLse<A>::load(lse, r);
       auto ggv = [&](int64_t c) { return gg ? A(gg[row.base + c * row.D]) : A(0); };
       A dg;
       if (P.prob) {
         const T* qr = q + row.base;
         A S = 0, Sgu = 0, U = 0, Hw = 0, Hl = 0;
         for (int64_t c = 0; c < C; ++c) {
-          const A wc = w ? A(w[c]) : A(1), xv = A(xr[c * row.D]), u = wc * (keep * A(qr[c * row.D]) + epsc);
+          const A wc = w ? A(w[c]) : A(1), lp = l.log_p(A(xr[c * row.D])), u = wc * (keep * A(qr[c * row.D]) + epsc);
           const A h = hh ? A(hh[row.base + c * row.D]) : A(0);
-          S += ggv(c) * tm_exp(xv - l);
+          S += ggv(c) * tm_exp(lp);
           Sgu += ggv(c) * u;
           U += u;
           Hw += h * wc;
-          Hl += h * wc * (xv - l);
+          Hl += h * wc * lp;
         }
         dg = sc * (U * S - Sgu - keep * Hl);
         for (int64_t c = 0; c < C; ++c) {
-          const A wc = w ? A(w[c]) : A(1), p = tm_exp(A(xr[c * row.D]) - l);
+          const A wc = w ? A(w[c]) : A(1), p = tm_exp(l.log_p(A(xr[c * row.D])));
           const A h = hh ? A(hh[row.base + c * row.D]) : A(0);
           dxr[c * row.D] = static_cast<T>(G * U * p * (ggv(c) - S) - keep * G * (h * wc - p * Hw));
           d_q[row.base + c * row.D] = static_cast<T>(keep * G * wc * (S - ggv(c)));
@@ -658,12 +669,12 @@ void ce_double_backward_kernel(T* d_g, T* d_x, T* d_q, const T* gg, const T* hh,
           const A U = keep * wt + (smooth ? eps * wmean : A(0));
           A S = 0, Sgw = 0;
           for (int64_t c = 0; c < C; ++c) {
-            S += ggv(c) * tm_exp(A(xr[c * row.D]) - l);
+            S += ggv(c) * tm_exp(l.log_p(A(xr[c * row.D])));
             if (smooth) Sgw += ggv(c) * (w ? A(w[c]) : A(1));
           }
           dg = sc * (U * S - (keep * wt * ggv(tr) + epsc * Sgw));
           for (int64_t c = 0; c < C; ++c)
-            dxr[c * row.D] = static_cast<T>(G * U * tm_exp(A(xr[c * row.D]) - l) * (ggv(c) - S));
+            dxr[c * row.D] = static_cast<T>(G * U * tm_exp(l.log_p(A(xr[c * row.D]))) * (ggv(c) - S));
         }
       }
       if (rows_out) d_g[r] = static_cast<T>(dg);

@@ -52,7 +52,8 @@ TORCH_LIBRARY(torchmodules, m) {
   //        t == ignore_index; probabilities q: w_c ((1-eps) q_c + eps/C);   U = sum_c u_c;
   //   loss_r = sum_c u_c (lse - x_c);  reduction none: loss_r;  sum: sum_r loss_r;  mean: that sum
   //   / den, den = sum of w_t over the rows kept (class indices) or the number of rows (probabilities).
-  // Saves lse per row (float32 for the half types) and total_weight = [den, mean_c w_c]; no (N, C) tensor.
+  // Saves lse per row as its two terms (m, log s) (shape [rows, 2], float32 for the half types: x - lse is
+  // taken as (x - m) - log s, CeLse in ops.h) and total_weight = [den, mean_c w_c]; no (N, C) tensor.
   //   Backward, with p = exp(x - lse), sc = 1/den for mean (else 1), G = sc g_r:
   //     dx_c = G (U p_c - u_c),     dq_c = -(1-eps) G w_c (x_c - lse)   (probabilities, target_grad).
   //   Double backward, for gg = d/d(dx), hh = d/d(dq), S = sum_c gg_c p_c, lse taken as a function of x:

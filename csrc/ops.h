@@ -129,7 +129,7 @@ TM_DECLARE_LAUNCHER(log_softmax_double_backward, at::Tensor& d_dy, at::Tensor& d
 
 // CrossEntropy over rows [outer, classes, inner] of x (contiguous); r = o * inner + i indexes the
 // rows, element c of row r at (o * classes + c) * inner + i. target: int64 [rows] class indices, or
-// probabilities laid out as x (prob). weight: [classes] or undefined. lse: acc type [rows];
+// probabilities laid out as x (prob). weight: [classes] or undefined. lse: acc type [rows, 2] (CeLse);
 // total_weight: acc type [2] = [den, mean_c w_c]. Undefined optional tensors: absent (gg, hh: zeros).
 struct CeParams {
   int64_t outer, classes, inner;
@@ -138,6 +138,16 @@ struct CeParams {
   double smoothing;      // label smoothing eps in [0, 1]; 0 where torch does not smooth (eps <= 0)
   bool prob;             // class-probability targets
   TM_HD int64_t rows() const { return outer * inner; }
+};
+// A row's saved log-sum-exp, lse = m + log s, kept as its two terms (m = max_c x_c, s = sum_c exp(x_c - m))
+// so that the log-probability x_c - lse is taken as torch takes it, (x_c - m) - log s: the one number
+// m + log s loses log s's low bits to m's rounding (float32 logits at 1e4: 3e-4 of p; [1e8, 1e8, 1e8]: all).
+template <class A>
+struct CeLse {
+  A m, ls;
+  TM_HD static CeLse load(const A* lse, int64_t r) { return {lse[2 * r], lse[2 * r + 1]}; }
+  TM_HD void store(A* lse, int64_t r) const { lse[2 * r] = m, lse[2 * r + 1] = ls; }
+  TM_HD A log_p(A x) const { return (x - m) - ls; }
 };
 // Forward: loss = per-row losses (none, x's dtype [rows]) or the 0-d reduction; lse, total_weight as
 // above. bad (int64 [2] on the host, zeros, class indices only) gets [count, 1 + the largest row] of

@@ -43,12 +43,14 @@ static void short_rows_max_sumexp(const T* x, int64_t n, int64_t rows, A* m, A* 
   }
 }
 
-// p = exp(x - l[b]) for the `rows` rows of n elements at x (l: each row's log-sum-exp, so p is
+// p = exp((x - m) - log s) for the `rows` rows of n elements at x (lse: each row's (m, log s), so p is
 // the row's softmax), rows * n <= kShortBlock.
 template <typename T, typename A = acc_t<T>>
-static void short_rows_softmax(const T* x, const A* l, int64_t n, int64_t rows, A* p) {
-  for (int64_t b = 0; b < rows; ++b)
-    for (int64_t r = 0; r < n; ++r) p[b * n + r] = static_cast<A>(x[b * n + r]) - l[b];
+static void short_rows_softmax(const T* x, const A* lse, int64_t n, int64_t rows, A* p) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const A m = lse[2 * b], ls = lse[2 * b + 1];
+    for (int64_t r = 0; r < n; ++r) p[b * n + r] = (static_cast<A>(x[b * n + r]) - m) - ls;
+  }
   exp_in_place(p, rows * n);
 }
 

@@ -1,10 +1,11 @@
 // CrossEntropy on CUDA, fused with its log-softmax (formulas with the schemas in csrc/ops.cpp and
 // in csrc/cross_entropy.cpp, which these kernels mirror). Rows [outer, C, inner] of x; per row r,
-// u the weighted target, U = sum_c u_c, p = exp(x - lse), G = g_r / den (mean) or g_r:
+// u the weighted target, U = sum_c u_c, p = exp(x - lse) taken as exp((x - m) - log s) (CeLse, ops.h),
+// G = g_r / den (mean) or g_r:
 //   Forward:  a policy of the generic row kernels (rows.cuh), one online pass per row:
 //             (m, s) = (max, sum exp(x - m)), s rescaled when m grows, and where the target has
 //             more than one nonzero entry a = sum u (m - x), up = sum u (a grown by (m' - m) up);
-//             one thread per row then writes lse = m + log s and loss_r (see the CPU file), or
+//             one thread per row then writes lse = (m, log s) and loss_r (see the CPU file), or
 //             the row's loss into a buffer that ce_reduce sums in a fixed order (one block).
 //   Backward: dx = G (U p - u). Class indices: no reduction, a map over each row (ce_map_rows,
 //             16-byte vectors); probabilities: a row policy (U first), with dq = -(1-eps) G w (x - lse).
@@ -26,7 +27,7 @@ namespace {
 __device__ __forceinline__ float fast_exp(float v) { return __expf(v); }
 __device__ __forceinline__ double fast_exp(double v) { return exp(v); }
 
-// exp for the class-index backward's p = exp(x - lse): __expf for the half types (a few ulp of
+// exp for the class-index backward's exp(x - m) (p = that / s): __expf for the half types (a few ulp of
 // float, far below their rounding; their bytes per element are half of float's for the same
 // arithmetic), the accurate exp for float and double outputs.
 template <class T> __device__ __forceinline__ dacc<T> out_exp(dacc<T> v) {
@@ -176,11 +177,12 @@ struct CeForward {
     return r;
   }
   __device__ void finish(State&, int64_t) const {}
-  // lse = m + log s; loss = a + up log s (probabilities), w_t ((m - x_t) + log s) (class index),
+  // lse = (m, log s); loss = a + up log s (probabilities), w_t ((m - x_t) + log s) (class index),
   // (1-eps) w_t ((m - x_t) + log s) + (eps/C) (a + up log s) (smoothed); ignored rows 0.
   __device__ void store_row(const State& st, int64_t r) const {
     const A ls = dlog(st.s);
-    A L, l = st.m + ls;
+    A L;
+    CeLse<A> l{st.m, ls};
     if constexpr (M == kProb) {
       L = st.a + st.up * ls;
       if (!isfinite(L)) L = A(ce_prob_row_exact(g, r));
@@ -188,15 +190,15 @@ struct CeForward {
       const int64_t tr = g.t[r];
       const int mode = g.row_mode(tr);
       if (mode == 1) {
-        L = A(0), l = A(0);
+        L = A(0), l = {A(0), A(0)};
       } else if (mode == 2) {  // counted by the target check
-        L = ce_nan<A>(), l = ce_nan<A>();
+        L = ce_nan<A>(), l = {ce_nan<A>(), ce_nan<A>()};
       } else {
         const A nll = g.weight(tr) * ((st.m - to_float(g.x[ce_elem(r, tr, g.C, g.inner)])) + ls);
         L = M == kSmooth ? g.keep * nll + g.epsc * (st.a + st.up * ls) : nll;
       }
     }
-    lse[r] = l;
+    l.store(lse, r);
     if (loss) loss[r] = from_acc<T>(L);
     else buf[r] = L;
   }
@@ -244,14 +246,15 @@ __global__ void __launch_bounds__(kRedThreads) ce_reduce(T* out, dacc<T>* tw, co
 
 // ---- backward, class indices: a map over each row --------------------------------------------
 
-// dx_c = G (U p_c - u_c), u_c = (1-eps) w_t [c == t] + (eps/C) w_c, U = (1-eps) w_t + (eps/C) sum w.
+// dx_c = G (U p_c - u_c), u_c = (1-eps) w_t [c == t] + (eps/C) w_c, U = (1-eps) w_t + (eps/C) sum w,
+// with p_c = exp(x_c - m) / s: dx_c = GUs exp(x_c - m) - G u_c, GUs = G U exp(-log s) once per row.
 template <class T, bool kSmoothM>
 struct CeBackwardClass {
   using Elem = T;
   using A = dacc<T>;
   static constexpr bool kNeedW = kSmoothM;
   struct Row {
-    A G, U, kw, l;
+    A G, GUs, kw, m;
     int64_t t;
     int mode;
   };
@@ -270,14 +273,15 @@ struct CeBackwardClass {
     // (smoothed mean over kept targets of total weight 0: NaN, as the CPU's ce_smooth_zero_den)
     const A sc = !g.mean ? A(1) : kSmoothM && tw[0] == A(0) ? ce_nan<A>() : A(1) / tw[0];
     o.G = to_float(grad[g.rows_out ? r : 0]) * sc;
-    o.U = g.keep * wt + (kSmoothM ? g.eps * tw[1] : A(0));
+    const CeLse<A> l = CeLse<A>::load(lse, r);
+    o.GUs = o.G * (g.keep * wt + (kSmoothM ? g.eps * tw[1] : A(0))) * dexp(-l.ls);
     o.kw = g.keep * wt;
-    o.l = lse[r];
+    o.m = l.m;
     return o;
   }
   __device__ A at(const Row& r, int64_t c, A xv, A wc) const {
     const A u = (c == r.t ? r.kw : A(0)) + (kSmoothM ? g.epsc * wc : A(0));
-    return r.G * (r.U * out_exp<T>(xv - r.l) - u);
+    return r.GUs * out_exp<T>(xv - r.m) - r.G * u;
   }
 };
 
@@ -372,7 +376,8 @@ struct CeBackwardProb {
   static constexpr int kU = V >= 8 ? 1 : 2;
   static constexpr bool kRowOut = false;
   struct State {
-    A U, G, l;  // U summed; G and l the row's (kept through combine)
+    A U, G;  // U summed; G and l the row's (kept through combine)
+    CeLse<A> l;
   };
   template <int W> struct Cache {
     A x[W], u[W], w[W];
@@ -385,7 +390,7 @@ struct CeBackwardProb {
   const A* tw;
 
   __device__ State init(int64_t r) const {
-    return {A(0), to_float(grad[g.rows_out ? r : 0]) * (g.mean ? A(1) / tw[0] : A(1)), lse[r]};
+    return {A(0), to_float(grad[g.rows_out ? r : 0]) * (g.mean ? A(1) / tw[0] : A(1)), CeLse<A>::load(lse, r)};
   }
   template <int W, class Sg> __device__ void load(Cache<W>& c, const State&, const Sg& s, int64_t k) const {
     const int n = load_chunk<W>(c.x, g.x, s, k, A(0));
@@ -406,15 +411,15 @@ struct CeBackwardProb {
   }
   __device__ static State combine(const State& a, const State& b) { return {a.U + b.U, a.G, a.l}; }
   __device__ void finish(State&, int64_t) const {}
-  // dx = G (U p - u),  dq = -(1-eps) G w (x - lse)
+  // dx = G (U p - u),  dq = -(1-eps) G w lp,  lp = (x - m) - log s
   template <int W, class Sg> __device__ void store(const State& st, const Cache<W>& c, const Sg& s, int64_t k) const {
     A o[W];
 #pragma unroll
-    for (int j = 0; j < W; ++j) o[j] = st.G * (st.U * dexp(c.x[j] - st.l) - c.u[j]);
+    for (int j = 0; j < W; ++j) o[j] = st.G * (st.U * dexp(st.l.log_p(c.x[j])) - c.u[j]);
     store_chunk<W>(dx, s, k, o);
     if (dq) {
 #pragma unroll
-      for (int j = 0; j < W; ++j) o[j] = -g.keep * st.G * c.w[j] * (c.x[j] - st.l);
+      for (int j = 0; j < W; ++j) o[j] = -g.keep * st.G * c.w[j] * st.l.log_p(c.x[j]);
       store_chunk<W>(dq, s, k, o);
     }
   }
@@ -433,7 +438,8 @@ struct CeDoubleClass {
   static constexpr int kU = 1;
   static constexpr bool kRowOut = false;
   struct State {
-    A l, S, Sgw, G, U, dg;
+    CeLse<A> l;
+    A S, Sgw, G, U, dg;
     int64_t r;
     int mode;
   };
@@ -449,11 +455,11 @@ struct CeDoubleClass {
   const A* lse;
   const A* tw;
 
-  __device__ State init(int64_t r) const { return {lse[r], A(0), A(0), A(0), A(0), A(0), r, 0}; }
+  __device__ State init(int64_t r) const { return {CeLse<A>::load(lse, r), A(0), A(0), A(0), A(0), A(0), r, 0}; }
   template <int W, class Sg> __device__ void load(Cache<W>& c, const State& st, const Sg& s, int64_t k) const {
     load_chunk<W>(c.p, g.x, s, k, ninf<A>());
 #pragma unroll
-    for (int j = 0; j < W; ++j) c.p[j] = dexp(c.p[j] - st.l);
+    for (int j = 0; j < W; ++j) c.p[j] = dexp(st.l.log_p(c.p[j]));
     if (gg) {
       load_chunk<W>(c.gg, gg, s, k, A(0));
     } else {
@@ -507,7 +513,7 @@ struct CeDoubleClass {
   }
 };
 
-// Probabilities: S = sum gg p, Sgu = sum gg u, U = sum u, Hw = sum hh w, Hl = sum hh w (x - lse);
+// Probabilities: S = sum gg p, Sgu = sum gg u, U = sum u, Hw = sum hh w, Hl = sum hh w lp;
 // d_g = sc (U S - Sgu - (1-eps) Hl),  d_x = G U p (gg - S) - (1-eps) G (hh w - p Hw),  d_q = (1-eps) G w (S - gg).
 template <class T>
 struct CeDoubleProb {
@@ -518,7 +524,8 @@ struct CeDoubleProb {
   static constexpr int kU = 1;
   static constexpr bool kRowOut = false;
   struct State {
-    A l, S, Sgu, U, Hw, Hl, G, dg;
+    CeLse<A> l;
+    A S, Sgu, U, Hw, Hl, G, dg;
     int64_t r;
   };
   template <int W> struct Cache {
@@ -535,7 +542,9 @@ struct CeDoubleProb {
   const A* lse;
   const A* tw;
 
-  __device__ State init(int64_t r) const { return {lse[r], A(0), A(0), A(0), A(0), A(0), A(0), A(0), r}; }
+  __device__ State init(int64_t r) const {
+    return {CeLse<A>::load(lse, r), A(0), A(0), A(0), A(0), A(0), A(0), A(0), r};
+  }
   template <int W, class Sg> __device__ void load(Cache<W>& c, const State& st, const Sg& s, int64_t k) const {
     A q[W];
     const int n = load_chunk<W>(c.lp, g.x, s, k, A(0));
@@ -549,7 +558,7 @@ struct CeDoubleProb {
       if (!gg) c.gg[j] = A(0);
       if (!hh) c.h[j] = A(0);
       if (!g.w) c.w[j] = A(1);
-      c.lp[j] = in ? c.lp[j] - st.l : A(0);
+      c.lp[j] = in ? st.l.log_p(c.lp[j]) : A(0);
       c.p[j] = in ? dexp(c.lp[j]) : A(0);
       c.w[j] = in ? c.w[j] : A(0);
       c.u[j] = c.w[j] * (g.keep * q[j] + g.epsc);

@@ -51,7 +51,8 @@ def test_forward_saves_no_class_sized_tensor(prob):
         TF.cross_entropy(x, t, label_smoothing=0.1)
     big = [v for v in saved if v.numel() >= n * c and v.data_ptr() not in (x.data_ptr(), t.data_ptr())]
     assert not big, f"saved (N, C) tensors: {[tuple(v.shape) for v in big]}"
-    assert sum(v.numel() for v in saved if v.data_ptr() not in (x.data_ptr(), t.data_ptr())) <= n + 2
+    # per row (m, log s), and total_weight's 2
+    assert sum(v.numel() for v in saved if v.data_ptr() not in (x.data_ptr(), t.data_ptr())) <= 2 * n + 2
 
 
 @pytest.mark.parametrize("kw", [dict(reduction="mean"), dict(reduction="none", label_smoothing=0.3),
@@ -315,3 +316,50 @@ def test_leading_nan_logits_make_the_row_nan(kind, C, nan, dtype, device):
     tol = {F64: {}, torch.float32: dict(atol=1e-5, rtol=1.3e-6), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}[dtype]
     torch.testing.assert_close(loss.cpu().to(F64), loss_t.detach(), equal_nan=True, **tol)
     torch.testing.assert_close(dx.cpu().to(F64), dx_t, equal_nan=True, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("C", [5, 40, 2049])
+@pytest.mark.parametrize("kind", ["class", "smooth", "spatial", "prob"])
+def test_large_tied_logits_keep_their_gradient(kind, C, dtype, device):
+    """Tied maxima of large magnitude (float32 at 1e4 and 1e8, bfloat16 at 1e8, float64 at 1e300),
+    where m + log s rounded to one number loses log s: softmax there is 1/k on the k tied classes
+    whatever the offset. The saved (m, log s) keeps it: the gradient, the in-place backward and the
+    second derivative against torch's (float64, on the same rounded logits)."""
+    g = torch.Generator().manual_seed(C)
+    rows = []
+    for v in {F64: [1e300], torch.float32: [1e4, 1e8], torch.bfloat16: [1e8]}[dtype]:
+        for k in (2, 3):
+            x = v - 1 - 3 * torch.rand(C, dtype=F64, generator=g) if dtype != torch.bfloat16 else \
+                torch.full((C,), v - 4e6, dtype=F64)
+            x[:k] = v
+            rows.append(x)
+    xq = torch.stack(rows).to(dtype)
+    if kind == "spatial":
+        xq = xq.unsqueeze(-1).expand(-1, -1, 3).contiguous()
+    if kind == "prob":
+        t = torch.softmax(torch.randn(xq.shape, dtype=F64, generator=g), 1).to(dtype)
+    else:
+        t = torch.randint(0, C, xq.shape[:1] + xq.shape[2:], generator=g)
+    kw = dict(reduction="sum", label_smoothing=0.1 if kind == "smooth" else 0.0)
+    v = torch.randn(xq.shape, dtype=F64, generator=g)
+
+    def grads(fn, x, t, dt):
+        x = x.to(device, dt, copy=True).requires_grad_()
+        (dx,) = torch.autograd.grad(fn(x, t.to(device, dt) if t.is_floating_point() else t.to(device), **kw), x,
+                                    create_graph=True)
+        (ddx,) = torch.autograd.grad((dx * v.to(device, dt)).sum(), x)
+        return dx.detach().cpu().to(F64), ddx.cpu().to(F64)
+
+    dx, ddx = grads(TF.cross_entropy, xq, t, dtype)
+    dx_t, ddx_t = grads(F.cross_entropy, xq, t, F64)
+    tol = {F64: {}, torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}[dtype]
+    torch.testing.assert_close(dx, dx_t, **tol)
+    torch.testing.assert_close(ddx, ddx_t, **tol)
+    if kind != "prob":
+        h = xq.to(device, copy=True).requires_grad_()
+        x = h * 1  # not a leaf: the in-place backward runs, dx in x's storage, then h.grad
+        TF.cross_entropy(x, t.to(device), inplace_backward=True, **kw).backward()
+        assert torch.equal(x.detach(), h.grad)
+        torch.testing.assert_close(h.grad.cpu().to(F64), dx_t, **tol)

@@ -346,14 +346,13 @@ def test_cross_entropy_short_rows(n, variant, dtype):
     check(f"cross_entropy {variant} short C={n}", ours, ref, [x, t], dtype, scale=8)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, open: the backward's p = exp(x - lse) from the saved "
-                   "lse = m + log s, which loses log s in m's rounding (torch: (x - m) - log s)")
 @pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
 @pytest.mark.parametrize("shape", ["short", "long", "spatial", "smooth", "prob"])
 def test_cross_entropy_tied_large_logits(shape, dtype):
     """Tied maxima of large magnitude (float32 already at 1e4): torch's softmax there is exact,
-    1/k for k tied classes; its gradient must not depend on the logits' offset. (The backward
-    computing p = exp(x - lse) from a saved lse = m + log s loses log s in m's rounding.)"""
+    1/k for k tied classes; its gradient must not depend on the logits' offset. (A backward
+    computing p = exp(x - lse) from one saved number lse = m + log s loses log s in m's rounding:
+    the forward saves (m, log s), and p = exp((x - m) - log s).)"""
     big = {F32: 1e4, BF16: 1e8, F64: 1e300}[dtype]
     mags = [big] if dtype == F64 else [big, 3e7, 1e8]
     C = {"short": 5, "long": 2049, "spatial": 7, "smooth": 40, "prob": 40}[shape]

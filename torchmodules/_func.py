@@ -913,7 +913,7 @@ class _CrossEntropy(Function):
         tt = tt if ctx.prob else None
         if tx is None and tt is None:
             return None, None, None
-        g = x.new_ones(lse.shape if ctx.args[0] == 0 else ())
+        g = x.new_ones(lse.shape[:-1] if ctx.args[0] == 0 else ())
         return ops.cross_entropy_double_backward(tx, tt, g, x, t, w, lse, tw, *ctx.args)[0], None, None
 
     @staticmethod
@@ -931,7 +931,7 @@ class _CrossEntropy(Function):
         loss, lse, _ = ops.cross_entropy_forward(xf, tf, wf, 0, ignore_index, smoothing)
         loss, lse = _unfold(loss, B, N), _unfold(lse, B, N)
         if t.is_floating_point():  # den: the rows of a sample
-            den = torch.full((B,), float(math.prod(lse.shape[1:])), dtype=acc, device=x.device)
+            den = torch.full((B,), float(math.prod(lse.shape[1:-1])), dtype=acc, device=x.device)
         else:  # den: the summed weight of the kept targets
             den = _target_weight_sum(t_, w, ignore_index, acc)
         tw = torch.stack([den, _ce_tw(w, _classes(x_, N), acc, x.device)[1].expand(B)], 1)
@@ -988,7 +988,7 @@ class _CrossEntropyBackward(Function):
         g_, x_, t_ = (_front(v, d, B) for v, d in zip((g, x, t), in_dims[:3]))
         lse_, tw_ = _front(lse, in_dims[4], B), _front(tw, in_dims[5], B)
         N = _rows_of(x_)
-        G = _row_grad(g_, lse_.shape, reduction, tw_[:, 0])
+        G = _row_grad(g_, lse_.shape[:-1], reduction, tw_[:, 0])
         dx, dq = ops.cross_entropy_backward(_fold(G, N), _fold(x_, N), _fold(t_, N), w, _fold(lse_, N),
                                             _ce_tw(w, _classes(x_, N), tw.dtype, tw.device), 0,
                                             ignore_index, smoothing, target_grad)
@@ -1106,7 +1106,7 @@ class _CrossEntropyDoubleBackward(Function):
         gg_, hh_, g_, x_, t_ = (_front(v, d, B) for v, d in zip(args[:5], in_dims[:5]))
         lse_, tw_ = _front(lse, in_dims[6], B), _front(tw, in_dims[7], B)
         N, prob, den = _rows_of(x_), t.is_floating_point(), tw_[:, 0]
-        G = _row_grad(g_, lse_.shape, reduction, den)
+        G = _row_grad(g_, lse_.shape[:-1], reduction, den)
         d_g, d_x, d_q = ops.cross_entropy_double_backward(
             _fold(gg_, N), _fold(hh_, N), _fold(G, N), _fold(x_, N), _fold(t_, N), w, _fold(lse_, N),
             _ce_tw(w, _classes(x_, N), tw.dtype, tw.device), 0, ignore_index, smoothing)

@@ -212,7 +212,8 @@ def _(gg, grad_y, y, dim):
 
 
 # ---- CrossEntropy, fused with its log-softmax ---------------------------------------------------
-# The forward saves lse per row (and total_weight = [den, mean_c w_c]), marked non-differentiable:
+# The forward saves lse per row as its two terms (m, log s), shape [rows, 2] (x - lse taken as
+# (x - m) - log s, as torch), and total_weight = [den, mean_c w_c], marked non-differentiable:
 # the backward op reads lse as a cached function of the input, so its derivative in `input`
 # (the double backward op) is the total one, through lse too. Weight is not differentiable.
 
@@ -228,7 +229,7 @@ def _ce_acc(x):
 @_fake("cross_entropy_forward")
 def _(input, target, weight, reduction, ignore_index, label_smoothing):
     rows = _ce_rows(input)
-    return (input.new_empty(rows if reduction == 0 else ()), input.new_empty(rows, dtype=_ce_acc(input)),
+    return (input.new_empty(rows if reduction == 0 else ()), input.new_empty(rows + [2], dtype=_ce_acc(input)),
             input.new_empty((2,), dtype=_ce_acc(input)))
 
 
