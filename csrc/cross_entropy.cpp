@@ -427,18 +427,28 @@ A fixed_sum(int64_t n, const F& f) {
   return s;
 }
 
-// A probability row's loss as torch computes it, sum_c u_c ((m - x_c) + log s) (its -sum u
-// log_softmax(x)), in double, for the rare rows where the one-pass a + up log s is not finite: an
-// infinite u_c makes inf - inf or 0 * inf there where torch's sum is +-inf (or NaN where torch's is).
+// A row's loss term by term in torch's order, with nlp_c = (m - x_c) + log s (-log_softmax): probabilities
+// qr: sum_c w_c (keep q_c + epsc) nlp_c; class tr with label smoothing (qr null): keep w_t nlp_t + epsc
+// sum_c w_c nlp_c. In double, for the rare rows where the one-pass a + up log s is not finite: an infinite
+// weight makes inf - inf or 0 * inf there where torch's sum is +-inf (or NaN where torch's is), and a sum
+// of weights that overflows is inf in both.
 template <typename T>
-double ce_prob_row_exact(const T* xr, const T* qr, int64_t D, int64_t C, const T* w, double keep, double epsc) {
-  double m = -INFINITY, s = 0, L = 0;
+double ce_row_exact(const T* xr, const T* qr, int64_t tr, int64_t D, int64_t C, const T* w, double keep,
+                    double epsc) {
+  double m = -INFINITY, s = 0, L = 0, S = 0;
   for (int64_t c = 0; c < C; ++c) m = std::max(m, double(xr[c * D]));  // (NaN reaches s below)
   for (int64_t c = 0; c < C; ++c) s += std::exp(double(xr[c * D]) - m);
   const double ls = std::log(s);
-  for (int64_t c = 0; c < C; ++c)
-    L += (w ? double(w[c]) : 1.0) * (keep * double(qr[c * D]) + epsc) * ((m - double(xr[c * D])) + ls);
-  return L;
+  for (int64_t c = 0; c < C; ++c) {
+    const double wc = w ? double(w[c]) : 1.0, nlp = (m - double(xr[c * D])) + ls;
+    if (qr) {
+      L += wc * (keep * double(qr[c * D]) + epsc) * nlp;
+    } else {
+      S += wc * nlp;
+      if (c == tr) L = keep * (wc * nlp);
+    }
+  }
+  return qr ? L : L + epsc * S;
 }
 
 template <typename T>
@@ -483,7 +493,7 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
           L = st.a + st.up * ls;
           l = {st.m, ls};
           if (!std::isfinite(L))
-            L = A(ce_prob_row_exact(xr, qr, row.D, C, w, 1.0 - P.smoothing, P.smoothing / double(C)));
+            L = A(ce_row_exact(xr, qr, -1, row.D, C, w, 1.0 - P.smoothing, P.smoothing / double(C)));
         } else {
           const int64_t tr = t[r];
           if (tr == P.ignore_index) {
@@ -508,6 +518,9 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
             const A ls = tm_log(st.s);
             const A nll = (w ? A(w[tr]) : A(1)) * ((st.m - A(xr[tr * row.D])) + ls);
             L = smooth ? keep * nll + epsc * (st.a + st.up * ls) : nll;
+            if (smooth && !std::isfinite(L))
+              L = A(ce_row_exact(xr, static_cast<const T*>(nullptr), tr, row.D, C, w, 1.0 - P.smoothing,
+                                 P.smoothing / double(C)));
             l = {st.m, ls};
           }
         }

@@ -65,23 +65,28 @@ struct CeArgs {
 
 // ---- forward ---------------------------------------------------------------------------------
 
-// A probability row's loss as torch computes it, sum_c u_c ((m - x_c) + log s) (its -sum u
-// log_softmax(x)), in double by the one thread that writes the row, for the rare rows where the
-// one-pass a + up log s is not finite (an infinite u_c makes inf - inf or 0 * inf there where torch's
-// sum is +-inf): as the CPU's ce_prob_row_exact.
+// A row's loss term by term in torch's order (probabilities: sum_c w_c (keep q_c + epsc) nlp_c; class tr
+// with label smoothing, g.q null: keep w_t nlp_t + epsc sum_c w_c nlp_c; nlp_c = (m - x_c) + log s), in
+// double by the one thread that writes the row, for the rare rows where the one-pass a + up log s is
+// not finite (an infinite weight makes inf - inf or 0 * inf there where torch's sum is +-inf): as the
+// CPU's ce_row_exact.
 template <class T>
-__device__ __noinline__ double ce_prob_row_exact(const CeArgs<T>& g, int64_t r) {
-  double m = -INFINITY, s = 0, L = 0;
+__device__ __noinline__ double ce_row_exact(const CeArgs<T>& g, int64_t r, int64_t tr) {
+  double m = -INFINITY, s = 0, L = 0, S = 0;
   for (int64_t c = 0; c < g.C; ++c) m = fmax(m, double(to_float(g.x[ce_elem(r, c, g.C, g.inner)])));  // (NaN: s)
   for (int64_t c = 0; c < g.C; ++c) s += exp(double(to_float(g.x[ce_elem(r, c, g.C, g.inner)])) - m);
   const double ls = log(s);
   for (int64_t c = 0; c < g.C; ++c) {
     const int64_t e = ce_elem(r, c, g.C, g.inner);
-    const double wc = g.w ? double(to_float(g.w[c])) : 1.0;
-    const double u = wc * (double(g.keep) * double(to_float(g.q[e])) + double(g.epsc));
-    L += u * ((m - double(to_float(g.x[e]))) + ls);
+    const double wc = g.w ? double(to_float(g.w[c])) : 1.0, nlp = (m - double(to_float(g.x[e]))) + ls;
+    if (g.q) {
+      L += wc * (double(g.keep) * double(to_float(g.q[e])) + double(g.epsc)) * nlp;
+    } else {
+      S += wc * nlp;
+      if (c == tr) L = double(g.keep) * (wc * nlp);
+    }
   }
-  return L;
+  return g.q ? L : L + double(g.epsc) * S;
 }
 
 template <class T, int M>
@@ -185,7 +190,7 @@ struct CeForward {
     CeLse<A> l{st.m, ls};
     if constexpr (M == kProb) {
       L = st.a + st.up * ls;
-      if (!isfinite(L)) L = A(ce_prob_row_exact(g, r));
+      if (!isfinite(L)) L = A(ce_row_exact(g, r, -1));
     } else {
       const int64_t tr = g.t[r];
       const int mode = g.row_mode(tr);
@@ -196,6 +201,7 @@ struct CeForward {
       } else {
         const A nll = g.weight(tr) * ((st.m - to_float(g.x[ce_elem(r, tr, g.C, g.inner)])) + ls);
         L = M == kSmooth ? g.keep * nll + g.epsc * (st.a + st.up * ls) : nll;
+        if (M == kSmooth && !isfinite(L)) L = A(ce_row_exact(g, r, tr));
       }
     }
     l.store(lse, r);

@@ -363,3 +363,38 @@ def test_large_tied_logits_keep_their_gradient(kind, C, dtype, device):
         TF.cross_entropy(x, t.to(device), inplace_backward=True, **kw).backward()
         assert torch.equal(x.detach(), h.grad)
         torch.testing.assert_close(h.grad.cpu().to(F64), dx_t, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=str)
+@pytest.mark.parametrize("kind", ["smooth", "prob"])
+@pytest.mark.parametrize("weights", ["inf", "sum_overflows"])
+def test_extreme_weights_sum_as_torch(weights, kind, dtype, device):
+    """Class weights with an inf, or finite ones whose sum overflows: where the one-pass sums meet
+    inf * 0 or overflow, the row is summed again in torch's order (ce_row_exact): the loss is
+    torch's (inf, NaN where torch's is), and so is the gradient."""
+    g = torch.Generator().manual_seed(7)
+    C = 40
+    w = torch.rand(C, dtype=F64, generator=g) + 0.5
+    if weights == "inf":
+        w[C // 2] = float("inf")
+    else:
+        w = torch.full((C,), torch.finfo(dtype).max / C * 1.5, dtype=F64)
+    x = torch.randn(6, C, dtype=F64, generator=g).to(dtype)
+    t = torch.softmax(torch.randn(6, C, dtype=F64, generator=g), 1).to(dtype) if kind == "prob" else \
+        torch.randint(0, C, (6,), generator=g)
+    for red in ("none", "sum"):
+        def run(fn, dt):
+            xx = x.to(device, dt, copy=True).requires_grad_()
+            loss = fn(xx, t.to(device, dt) if kind == "prob" else t.to(device), weight=w.to(device, dt),
+                      label_smoothing=0.1, reduction=red)
+            (dx,) = torch.autograd.grad(loss.sum(), xx)
+            return loss.detach().cpu().to(F64), dx.cpu().to(F64)
+
+        (lo, dx), (lt, dxt) = run(TF.cross_entropy, dtype), run(F.cross_entropy, dtype)
+        if dtype == F64:  # float32: torch's float32 sums overflow where ours (in double) may not
+            torch.testing.assert_close(lo, lt, equal_nan=True)
+            torch.testing.assert_close(dx, dxt, equal_nan=True)
+        else:
+            torch.testing.assert_close(lo, run(F.cross_entropy, F64)[0].to(dtype).to(F64), equal_nan=True,
+                                       rtol=2e-6, atol=0)

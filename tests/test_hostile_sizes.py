@@ -374,16 +374,14 @@ def test_cross_entropy_tied_large_logits(shape, dtype):
     check(f"cross_entropy tied logits {shape} C={C}", ours, ref, [x, t], dtype, scale=1, gscale=1)
 
 
-@pytest.mark.parametrize("dtype", [F32, pytest.param(F64, marks=pytest.mark.xfail(
-    strict=True, reason="known difference, open: float64 weights near its max overflow the forward's smoothing "
-    "sums, a = sum u (m - x) and up, and inf - inf gives a NaN loss where torch's is inf")), BF16], ids=str)
+@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
 @pytest.mark.parametrize("C", [4, 40])
 @pytest.mark.parametrize("reduction", ["none", "sum"])
 def test_cross_entropy_smoothing_large_weights(C, reduction, dtype):
     """Label smoothing with class weights whose sum exceeds the dtype's range, each weight finite
     (their sum 1.5 times the max): torch's gradient is finite (each weight is scaled by eps / C before
     the terms are summed). The backward must not form the unscaled sum of the weights first."""
-    w = torch.full((C,), 1.5 * torch.finfo(dtype).max / C, dtype=F64)
+    w = torch.full((C,), torch.finfo(dtype).max / C * 1.5, dtype=F64)  # (1.5 * max first is inf in float64)
     x = randn(5, C)
     t = torch.randint(0, C, (5,))
 
@@ -391,6 +389,27 @@ def test_cross_entropy_smoothing_large_weights(C, reduction, dtype):
         return lambda v, tt: f(v, tt, weight=w.to(v.dtype), label_smoothing=0.1, reduction=reduction)
     check(f"cross_entropy smoothing, weights near max, C={C} {reduction}", fn(TF.cross_entropy),
           fn(F.cross_entropy), [x, t], dtype)
+
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
+@pytest.mark.parametrize("C", [4, 40])
+@pytest.mark.parametrize("variant", ["smooth_none", "smooth_sum", "prob_none"])
+def test_cross_entropy_infinite_weight(variant, C, dtype):
+    """An infinite class weight: torch's loss is +inf (the weight times a negative log-probability).
+    The one-pass sum a = sum u (m - x) meets inf * 0 at the row's max (NaN): such rows are summed
+    again term by term, as torch sums them."""
+    w = torch.rand(C, dtype=F64) + 0.5
+    w[C // 2] = float("inf")
+    x = randn(5, C)
+    prob = variant.startswith("prob")
+    t = torch.softmax(randn(5, C), 1) if prob else torch.randint(0, C, (5,))
+    kw = dict(label_smoothing=0.1, reduction=variant.split("_")[1])
+
+    def fn(f):
+        return lambda v, tt: f(v, tt, weight=w.to(v.dtype), **kw)
+    check(f"cross_entropy {variant}, an infinite weight, C={C}", fn(TF.cross_entropy), fn(F.cross_entropy),
+          [x, t], dtype)
 
 
 # ---- nll_loss -----------------------------------------------------------------------------
