@@ -133,10 +133,12 @@ def assert_like_torch(what, ours, ref64, torch_dt, dtype, scale=1.0, labels=None
         assert torch.equal(o[zero].signbit(), r[zero].signbit()), f"{what}: sign of 0.0 differs from torch's"
 
 
-def _leaf(m, dtype):
-    if not isinstance(m, torch.Tensor) or not m.is_floating_point():
+def _leaf(m, dtype, device="cpu"):
+    if not isinstance(m, torch.Tensor):
         return m
-    return m.detach().to(dtype).clone().requires_grad_()
+    if not m.is_floating_point():
+        return m.to(device)
+    return m.detach().to(device, dtype, copy=True).requires_grad_()
 
 
 def _outs(fn, ins):
@@ -148,7 +150,7 @@ def _grads(outs, ins, gouts):
     """The gradients of the floating inputs (leaves) of `ins` for output gradients gouts."""
     leaves = [v for v in ins if isinstance(v, torch.Tensor) and v.requires_grad]
     pairs = [(o, g) for o, g in zip(outs, gouts) if g is not None and o.requires_grad]
-    gs = torch.autograd.grad([o for o, _ in pairs], leaves, [g.to(o.dtype) for o, g in pairs], allow_unused=True)
+    gs = torch.autograd.grad([o for o, _ in pairs], leaves, [g.to(o) for o, g in pairs], allow_unused=True)
     return [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, gs)]
 
 
@@ -169,14 +171,16 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-def check(what, ours, ref, master, dtype, scale=1.0, gscale=None, labels=None, gouts=None, sign=False):
-    """ours(*inputs) against ref(*inputs) (torch's op) in float64 on the same values rounded to
-    dtype: the outputs and the gradients of every floating input, for output gradients `gouts`
-    (float64, rounded to dtype; default: randn). Integer outputs (indices) must be equal."""
+def check(what, ours, ref, master, dtype, scale=1.0, gscale=None, labels=None, gouts=None, sign=False,
+          device="cpu"):
+    """ours(*inputs) on `device` against ref(*inputs) (torch's op, on the CPU) in float64 on the same
+    values rounded to dtype: the outputs and the gradients of every floating input, for output
+    gradients `gouts` (float64, rounded to dtype; default: randn). Integer outputs (indices) must be
+    equal. Tensors the functions capture go to their inputs' device (x.device)."""
     master = [m.to(dtype).double() if isinstance(m, torch.Tensor) and m.is_floating_point() else m for m in master]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        o_in = [_leaf(m, dtype) for m in master]
+        o_in = [_leaf(m, dtype, device) for m in master]
         o_out = _outs(ours, o_in)
         if gouts is None:
             gouts = [randn(*o.shape) if o.is_floating_point() else None for o in o_out]
@@ -192,6 +196,7 @@ def check(what, ours, ref, master, dtype, scale=1.0, gscale=None, labels=None, g
 def _compare(what, dtype, scale, gscale, labels, sign, o_out, o_g, t_out, t_g, r_out, r_g):
     for k, (o, t, r) in enumerate(zip(o_out, t_out, r_out)):
         if not o.is_floating_point():
+            o = o.cpu()
             assert torch.equal(o, r), f"{what} output {k}: {_describe(o != r, labels, o, r, t)}"
             continue
         assert_like_torch(f"{what} [{dtype}] output {k}", o, r, t, dtype, scale, labels, sign)
@@ -275,7 +280,7 @@ def _ce_fns(opts, C):
         w8[1] = 0
 
     def w(x):
-        return None if w8 is None else (w8.to(x.dtype) / 8)
+        return None if w8 is None else (w8.to(x.device, x.dtype) / 8)
     return (lambda x, t: TF.cross_entropy(x, t, weight=w(x), **kw),
             lambda x, t: F.cross_entropy(x, t, weight=w(x), **kw))
 
@@ -386,7 +391,7 @@ def test_cross_entropy_smoothing_large_weights(C, reduction, dtype):
     t = torch.randint(0, C, (5,))
 
     def fn(f):
-        return lambda v, tt: f(v, tt, weight=w.to(v.dtype), label_smoothing=0.1, reduction=reduction)
+        return lambda v, tt: f(v, tt, weight=w.to(v.device, v.dtype), label_smoothing=0.1, reduction=reduction)
     check(f"cross_entropy smoothing, weights near max, C={C} {reduction}", fn(TF.cross_entropy),
           fn(F.cross_entropy), [x, t], dtype)
 
@@ -407,7 +412,7 @@ def test_cross_entropy_infinite_weight(variant, C, dtype):
     kw = dict(label_smoothing=0.1, reduction=variant.split("_")[1])
 
     def fn(f):
-        return lambda v, tt: f(v, tt, weight=w.to(v.dtype), **kw)
+        return lambda v, tt: f(v, tt, weight=w.to(v.device, v.dtype), **kw)
     check(f"cross_entropy {variant}, an infinite weight, C={C}", fn(TF.cross_entropy), fn(F.cross_entropy),
           [x, t], dtype)
 
@@ -427,7 +432,7 @@ def test_nll_loss_rows(n, reduction, dtype):
     w8 = torch.randint(0, 17, (n,))
 
     def fn(f):
-        return lambda v, tt: f(v, tt, w8.to(v.dtype) / 8, reduction=reduction)
+        return lambda v, tt: f(v, tt, w8.to(v.device, v.dtype) / 8, reduction=reduction)
     check(f"nll_loss {reduction} C={n}", fn(TF.nll_loss), fn(F.nll_loss), [x, t], dtype, scale=4, labels=labels)
 
 
@@ -464,19 +469,19 @@ def test_amax_other_dims(n, dims, dtype):
 
 # ---- elementwise: relu, maximum, add, mse_loss, duplicate ---------------------------------
 
-def _flat_hostile(n, dtype, kinds=KINDS, shift=0):
+def _flat_hostile(n, dtype, kinds=KINDS, shift=0, bounds=BOUNDS):
     """n values, kinds dealt round the positions (shift: start elsewhere in the cycle)."""
     x = randn(n)
-    for k, p in enumerate(positions(n)):
+    for k, p in enumerate(positions(n, bounds)):
         x[p] = value(kinds[(k + shift) % len(kinds)], dtype)
     return x
 
 
-def _hostile_grad(shape, dtype, kind):
+def _hostile_grad(shape, dtype, kind, bounds=BOUNDS):
     """An output gradient with `kind` at every other boundary position."""
     g = randn(*shape)
     flat = g.view(-1)
-    flat[positions(flat.numel())[::2]] = value(kind, dtype)
+    flat[positions(flat.numel(), bounds)[::2]] = value(kind, dtype)
     return g
 
 
@@ -645,17 +650,20 @@ def test_sgd(options, kind, dtype):
     """Params of the boundary sizes in one group (one fused call spans them, split over the threads
     at kGrain), hostile gradients at the boundaries, three steps: each param as torch.optim.SGD's
     in float64 after each step."""
-    sizes = [1, 15, 16, 17, 33, 2049, 4097, BIG]
+    sgd_case(options, kind, dtype, [1, 15, 16, 17, 33, 2049, 4097, BIG])
+
+
+def sgd_case(options, kind, dtype, sizes, device="cpu"):
     opts = SGD_OPTIONS[options]
     start = [randn(n).to(dtype).double() for n in sizes]
-    ours = [p.to(dtype).clone() for p in start]
+    ours = [p.to(device, dtype, copy=True) for p in start]
     ref = [p.clone() for p in start]
     o_opt, r_opt = SGD(ours, **opts), torch.optim.SGD(ref, **opts)
     for step in range(3):
         for o, r in zip(ours, ref):
             g = randn(o.numel())
             g[positions(o.numel())[step::3]] = value(kind, dtype)
-            o.grad = g.to(dtype)
+            o.grad = g.to(device, dtype)
             r.grad = g.to(dtype).double()
         o_opt.step()
         with one_thread():
