@@ -13,8 +13,9 @@ then torch.profiler tables (CPU and CUDA) of ReLU's backward, ours and torch's.
 bench well above gpu with no sync means the host could not keep ahead of the GPU.
 The same for CrossEntropy's forward, backward and fwd+bwd at --ce (bfloat16, 8192 x 32768 by default):
 check 3 timed ours at 0.395 + 0.439 ms for the forward and the backward but 1.071 ms for fwd+bwd (torch:
-0.438 + 0.882 = 1.318); the profile of ours shows which kernels (or gaps) make the difference. Our
-forward waits for its target check (a sync by design: an IndexError for a class out of range).
+0.438 + 0.882 = 1.318), when the forward synchronised the stream after its loss to check the targets;
+kernels/target_check.cuh since waits for a check kernel queued before the loss (never timed on a GPU
+yet): fwd+bwd should now be close to forward + backward, and the profile shows what is left.
 Usage: python benchmarks/host_overhead.py [--device cuda] [--n 65536] [--ce 8192x32768]"""
 import argparse
 import statistics
