@@ -218,6 +218,9 @@ def class_weights(C, zero=False):
 
 
 def _weight(w, like):
+    """The class weights (floats, or a tensor: test_cuda_streams.py's, whose copy must not sync) as like's."""
+    if isinstance(w, torch.Tensor):
+        return w.detach().to(device=like.device, dtype=like.dtype)
     return None if w is None else torch.tensor(w, dtype=like.dtype, device=like.device)
 
 

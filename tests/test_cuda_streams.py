@@ -1,11 +1,14 @@
 """Every op runs on the current stream and on its input's device (issue 7).
 
-Stream: each op table case, forward and backward in float32, is queued on a side stream behind a
-GPU sleep, after which its inputs are written into memory that held NaN; a kernel queued on any
-other stream runs during the sleep and reads the NaN. The outputs and gradients must be those of
-the same case on the default stream, bit for bit (the kernels are deterministic). The same for an
-SGD step whose gradients arrive late. Device: with two GPUs, inputs on cuda:1 while cuda:0 is
-current give the results of the same call with cuda:1 current, on cuda:1."""
+Stream: each op table case, in float32, is queued on a side stream behind a GPU sleep, after which
+its inputs are written into memory that held NaN; then, behind a second sleep, its output gradients
+the same way, and the backward. A kernel queued on any other stream runs during a sleep and reads
+NaN. The outputs and gradients must be those of the same case on the default stream, bit for bit
+(the kernels are deterministic), and each pass must have been queued before its sleep ended (an
+event after each sleep, not yet reached: else a host wait made the check vacuous; the class-index
+losses' forward waits for its target check by design, so theirs is checked at the backward only).
+The same for an SGD step whose gradients arrive late. Device: with two GPUs, inputs on cuda:1
+while cuda:0 is current give the results of the same call with cuda:1 current, on cuda:1."""
 import math
 
 import pytest
@@ -19,7 +22,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a G
 
 PARAMS = [pytest.param(op, case, id=f"{op.name}-{case.name}") for op in OPS for case in op.cases]
 F32 = torch.float32
-SLEEP = 20_000_000  # GPU clock cycles (~10 ms): far longer than the host takes to queue a case
+SLEEP = 100_000_000  # GPU clock cycles (~50 ms): far longer than the host takes to queue a pass
+SYNCING_FORWARD = ("cross_entropy", "nll_loss")  # wait for their target check (kernels/target_check.cuh)
 
 
 def _same(what, a, b):
@@ -27,18 +31,34 @@ def _same(what, a, b):
     torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}")
 
 
-def _late_inputs(src, stream):
-    """Copies of src's float32 GPU tensors (integer ones as they are), made on `stream` only after a
-    sleep there, into blocks of the stream's pool that held NaN until then (tensors of the same
-    shapes allocated, NaN-filled and freed first). The copies are device to device: a copy from
-    pageable host memory would wait for the sleep on the host, before the op is queued."""
+def _fill_nan(tensors):
+    """NaN over the whole storage of each float32 tensor."""
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.untyped_storage().nbytes():
+            t.as_strided((t.untyped_storage().nbytes() // 4,), (1,), 0).fill_(math.nan)
+
+
+def _late_inputs(src, stream, requires_grad=True):
+    """(copies of src's float32 GPU tensors (integer ones as they are), the event after the sleep):
+    the copies made on `stream` only after a sleep there, into blocks of the stream's pool that held
+    NaN until then (the same allocations made first, their whole storage NaN-filled, and freed). The
+    copies are device to device: a copy from pageable host memory would wait for the sleep on the
+    host, before the op is queued."""
     stream.wait_stream(torch.cuda.current_stream())  # src is ready on the side stream
     with torch.cuda.stream(stream):
-        junk = [torch.full(v.shape, math.nan, dtype=F32, device="cuda")
-                for v in src if isinstance(v, torch.Tensor) and v.is_floating_point()]
-        del junk
+        _fill_nan(cast_inputs(src, F32, "cuda", requires_grad=False))  # (freed on return)
         torch.cuda._sleep(SLEEP)
-        return cast_inputs(src, F32, "cuda")
+        slept = torch.cuda.Event()
+        slept.record(stream)
+        return cast_inputs(src, F32, "cuda", requires_grad), slept
+
+
+def _backward(outs, ins, gouts):
+    """The gradients of ins' floating leaves for output gradients gouts (helpers.run's backward)."""
+    leaves = [t for t in ins if isinstance(t, torch.Tensor) and t.requires_grad]
+    pairs = [(o, g) for o, g in zip(outs, gouts) if o.requires_grad]
+    grads = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
+    return [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads)]
 
 
 def _grad_outs(outs):
@@ -48,6 +68,8 @@ def _grad_outs(outs):
 @pytest.mark.parametrize("op,case", PARAMS)
 def test_cuda_op_runs_on_the_current_stream(op, case):
     master = case.make()
+    if op.name == "nll_loss" and isinstance(master[2], tuple):  # its weight: a tensor, copied late too
+        master[2] = torch.tensor(master[2], dtype=torch.float64)
     ins = cast_inputs(master, F32, "cuda")
     gouts = _grad_outs(as_tuple(op.ours(*ins)))
     outs, grads = run(op.ours, ins, gouts)
@@ -55,10 +77,18 @@ def test_cuda_op_runs_on_the_current_stream(op, case):
 
     side = torch.cuda.Stream()
     src = cast_inputs(master, F32, "cuda", requires_grad=False)  # (alive until the side stream has read it)
-    late = _late_inputs(src, side)
+    late, slept = _late_inputs(src, side)
     with torch.cuda.stream(side):
-        outs2, grads2 = run(op.ours, late, gouts)
+        outs2 = as_tuple(op.ours(*late))
+    forward_queued = not slept.query()
+    late_g, slept_g = _late_inputs(gouts, side, requires_grad=False)
+    with torch.cuda.stream(side):
+        grads2 = _backward(outs2, late, late_g)
+    backward_queued = not slept_g.query()
     torch.cuda.synchronize()
+    assert backward_queued, f"{op.name}: the backward was queued only after its sleep ended (a host wait)"
+    assert forward_queued or op.name in SYNCING_FORWARD, \
+        f"{op.name}: the forward was queued only after its sleep ended (a host wait)"
     for k, (a, b) in enumerate(zip(outs2, outs)):
         _same(f"{op.name} output {k}", a, b)
     for k, (a, b) in enumerate(zip(grads2, grads)):
@@ -81,11 +111,12 @@ def test_cuda_sgd_step_runs_on_the_current_stream(momentum):
                 opt.step()
             else:
                 src = [g * (step + 1) for g in gs]
-                late = _late_inputs(src, stream)
+                late, slept = _late_inputs(src, stream, requires_grad=False)
                 with torch.cuda.stream(stream):
                     for p, g in zip(ps, late):
-                        p.grad = g.detach()
+                        p.grad = g
                     opt.step()
+                assert not slept.query(), "the SGD step was queued only after its sleep ended (a host wait)"
                 torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         return ps
