@@ -38,7 +38,7 @@ def _fill_nan(tensors):
             t.as_strided((t.untyped_storage().nbytes() // 4,), (1,), 0).fill_(math.nan)
 
 
-def _late_inputs(src, stream, requires_grad=True):
+def _late_inputs(src, stream, requires_grad=True, sleep=SLEEP):
     """(copies of src's float32 GPU tensors (integer ones as they are), the event after the sleep):
     the copies made on `stream` only after a sleep there, into blocks of the stream's pool that held
     NaN until then (the same allocations made first, their whole storage NaN-filled, and freed). The
@@ -47,7 +47,7 @@ def _late_inputs(src, stream, requires_grad=True):
     stream.wait_stream(torch.cuda.current_stream())  # src is ready on the side stream
     with torch.cuda.stream(stream):
         _fill_nan(cast_inputs(src, F32, "cuda", requires_grad=False))  # (freed on return)
-        torch.cuda._sleep(SLEEP)
+        torch.cuda._sleep(sleep)
         slept = torch.cuda.Event()
         slept.record(stream)
         return cast_inputs(src, F32, "cuda", requires_grad), slept
@@ -77,15 +77,21 @@ def test_cuda_op_runs_on_the_current_stream(op, case):
 
     side = torch.cuda.Stream()
     src = cast_inputs(master, F32, "cuda", requires_grad=False)  # (alive until the side stream has read it)
-    late, slept = _late_inputs(src, side)
-    with torch.cuda.stream(side):
-        outs2 = as_tuple(op.ours(*late))
-    forward_queued = not slept.query()
-    late_g, slept_g = _late_inputs(gouts, side, requires_grad=False)
-    with torch.cuda.stream(side):
-        grads2 = _backward(outs2, late, late_g)
-    backward_queued = not slept_g.query()
-    torch.cuda.synchronize()
+
+    def on_side(sleep):
+        late, slept = _late_inputs(src, side, sleep=sleep)
+        with torch.cuda.stream(side):
+            outs2 = as_tuple(op.ours(*late))
+        forward_queued = not slept.query()
+        late_g, slept_g = _late_inputs(gouts, side, requires_grad=False, sleep=sleep)
+        with torch.cuda.stream(side):
+            grads2 = _backward(outs2, late, late_g)
+        backward_queued = not slept_g.query()
+        torch.cuda.synchronize()
+        return outs2, grads2, forward_queued, backward_queued
+
+    on_side(1000)  # every kernel of the sequence loaded once (a lazy module load may wait for the GPU)
+    outs2, grads2, forward_queued, backward_queued = on_side(SLEEP)
     assert backward_queued, f"{op.name}: the backward was queued only after its sleep ended (a host wait)"
     assert forward_queued or op.name in SYNCING_FORWARD, \
         f"{op.name}: the forward was queued only after its sleep ended (a host wait)"
@@ -101,7 +107,7 @@ def test_cuda_sgd_step_runs_on_the_current_stream(momentum):
     start = [torch.randn(n, dtype=F32, device="cuda") for n in sizes]
     gs = [torch.randn(n, dtype=F32, device="cuda") for n in sizes]
 
-    def steps(stream):
+    def steps(stream, sleep=SLEEP):
         ps = [p.clone() for p in start]
         opt = SGD(ps, lr=0.1, momentum=momentum, weight_decay=0.01)
         for step in range(2):
@@ -111,16 +117,17 @@ def test_cuda_sgd_step_runs_on_the_current_stream(momentum):
                 opt.step()
             else:
                 src = [g * (step + 1) for g in gs]
-                late, slept = _late_inputs(src, stream, requires_grad=False)
+                late, slept = _late_inputs(src, stream, requires_grad=False, sleep=sleep)
                 with torch.cuda.stream(stream):
                     for p, g in zip(ps, late):
                         p.grad = g
                     opt.step()
-                assert not slept.query(), "the SGD step was queued only after its sleep ended (a host wait)"
+                assert sleep < SLEEP or not slept.query(), "the SGD step was queued only after its sleep ended"
                 torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         return ps
 
+    steps(torch.cuda.Stream(), sleep=1000)  # every kernel loaded once (a lazy module load may wait for the GPU)
     for k, (a, b) in enumerate(zip(steps(torch.cuda.Stream()), steps(None))):
         _same(f"sgd momentum={momentum} param {k}", a, b)
 
