@@ -44,6 +44,13 @@ std::vector<int64_t> ce_row_shape(const at::Tensor& input) {
   return s;
 }
 
+// The saved lse's shape: the row shape and the two terms (m, log s) of each row (CeLse, ops.h).
+std::vector<int64_t> ce_lse_shape(const at::Tensor& input) {
+  std::vector<int64_t> s = ce_row_shape(input);
+  s.push_back(2);
+  return s;
+}
+
 at::ScalarType ce_acc_dtype(const at::Tensor& input) {
   return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -105,9 +112,7 @@ void ce_check_saved(const char* op, const at::Tensor& input, const at::Tensor& g
               " and ", total_weight.scalar_type());
   check_same_device(op, "input", input, "lse", lse);
   check_same_device(op, "input", input, "total_weight", total_weight);
-  std::vector<int64_t> lse_shape = rows;
-  lse_shape.push_back(2);
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef(lse_shape) && total_weight.numel() == 2, "torchmodules.", op,
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(ce_lse_shape(input)) && total_weight.numel() == 2, "torchmodules.", op,
               ": lse of shape ", lse.sizes(), " and total_weight of shape ", total_weight.sizes(),
               " are not those of input ", input.sizes());
 }
@@ -141,9 +146,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_no_classes(const at::Tensor& i
   const auto acc = input.options().dtype(ce_acc_dtype(input));
   at::Tensor loss = p.reduction == 0 ? at::full(rows, row, input.options())
                                      : at::full({}, p.reduction == 1 ? nan : row, input.options());
-  std::vector<int64_t> lse_shape = rows;
-  lse_shape.push_back(2);  // m = -inf, log s = log 0
-  return {loss, at::full(lse_shape, -std::numeric_limits<double>::infinity(), acc), at::zeros({2}, acc)};
+  // lse: m = -inf, log s = log 0
+  return {loss, at::full(ce_lse_shape(input), -std::numeric_limits<double>::infinity(), acc), at::zeros({2}, acc)};
 }
 
 at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
@@ -159,11 +163,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(const at::T
   const CeParams p = ce_params(kOp, input, target, w, reduction, ignore_index, label_smoothing);
   if (p.classes == 0) return ce_no_classes(input, target, p);
   const at::Tensor xc = input.contiguous(), tc = target.contiguous(), wc = contig(w);
-  std::vector<int64_t> rows = ce_row_shape(input);
+  const std::vector<int64_t> rows = ce_row_shape(input);
   const auto acc = input.options().dtype(ce_acc_dtype(input));
   at::Tensor loss = new_output(reduction == 0 ? at::IntArrayRef(rows) : at::IntArrayRef(), input.options());
-  rows.push_back(2);  // lse: (m, log s) per row
-  at::Tensor lse = new_output(rows, acc), total_weight = new_output({2}, acc);
+  at::Tensor lse = new_output(ce_lse_shape(input), acc), total_weight = new_output({2}, acc);
   at::Tensor bad = p.prob ? at::Tensor() : at::zeros({2}, at::kLong);  // on the host, for every device
   TM_LAUNCH(cross_entropy_forward, input, loss, lse, total_weight, bad, xc, tc, wc, p);
   if (bad.defined()) ce_raise_bad_targets(bad, tc, p);

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "common.h"
+#include "ops.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -48,8 +49,8 @@ static void short_rows_max_sumexp(const T* x, int64_t n, int64_t rows, A* m, A* 
 template <typename T, typename A = acc_t<T>>
 static void short_rows_softmax(const T* x, const A* lse, int64_t n, int64_t rows, A* p) {
   for (int64_t b = 0; b < rows; ++b) {
-    const A m = lse[2 * b], ls = lse[2 * b + 1];
-    for (int64_t r = 0; r < n; ++r) p[b * n + r] = (static_cast<A>(x[b * n + r]) - m) - ls;
+    const CeLse<A> l = CeLse<A>::load(lse, b);
+    for (int64_t r = 0; r < n; ++r) p[b * n + r] = l.log_p(static_cast<A>(x[b * n + r]));
   }
   exp_in_place(p, rows * n);
 }
