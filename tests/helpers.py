@@ -56,11 +56,15 @@ def run(fn, inputs, grad_outs=None):
     outs = as_tuple(fn(*inputs))
     if grad_outs is None:
         return outs, None
+    return outs, grads_of(outs, inputs, grad_outs)
+
+
+def grads_of(outs, inputs, grad_outs):
+    """The gradients of inputs' floating leaves for output gradients grad_outs (zeros where unused)."""
     leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
     pairs = [(o, g) for o, g in zip(outs, grad_outs) if o.requires_grad]
     grads = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
-    grads = [torch.zeros_like(l) if g is None else g for l, g in zip(leaves, grads)]
-    return outs, grads
+    return [torch.zeros_like(l) if g is None else g for l, g in zip(leaves, grads)]
 
 
 def assert_close(what, ours, ref64, torch_dt, dtype, scale=1.0):

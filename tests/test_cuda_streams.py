@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from helpers import as_tuple, cast_inputs, run
+from helpers import as_tuple, cast_inputs, grads_of, run
 from op_table import OPS
 from torchmodules.optim import SGD
 
@@ -53,14 +53,6 @@ def _late_inputs(src, stream, requires_grad=True, sleep=SLEEP):
         return cast_inputs(src, F32, "cuda", requires_grad), slept
 
 
-def _backward(outs, ins, gouts):
-    """The gradients of ins' floating leaves for output gradients gouts (helpers.run's backward)."""
-    leaves = [t for t in ins if isinstance(t, torch.Tensor) and t.requires_grad]
-    pairs = [(o, g) for o, g in zip(outs, gouts) if o.requires_grad]
-    grads = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
-    return [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads)]
-
-
 def _grad_outs(outs):
     return [torch.randn(o.shape, dtype=torch.float64).to(F32).cuda() for o in outs]
 
@@ -85,7 +77,7 @@ def test_cuda_op_runs_on_the_current_stream(op, case):
         forward_queued = not slept.query()
         late_g, slept_g = _late_inputs(gouts, side, requires_grad=False, sleep=sleep)
         with torch.cuda.stream(side):
-            grads2 = _backward(outs2, late, late_g)
+            grads2 = grads_of(outs2, late, late_g)
         backward_queued = not slept_g.query()
         torch.cuda.synchronize()
         return outs2, grads2, forward_queued, backward_queued

@@ -423,7 +423,11 @@ def test_cross_entropy_infinite_weight(variant, C, dtype):
 @pytest.mark.parametrize("n", [1, 17, 2049])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_nll_loss_rows(n, reduction, dtype):
-    labels, x = hostile_rows(n, dtype, ("nan", "inf", "-inf", "huge", "denormal"), blocks=False)
+    nll_case(n, reduction, dtype)
+
+
+def nll_case(n, reduction, dtype, bounds=BOUNDS, device="cpu"):
+    labels, x = hostile_rows(n, dtype, ("nan", "inf", "-inf", "huge", "denormal"), bounds, blocks=False)
     t = torch.randint(0, n, (x.shape[0],))
     for r, lab in enumerate(labels):
         if _at(lab) is not None and r % 3:
@@ -433,7 +437,8 @@ def test_nll_loss_rows(n, reduction, dtype):
 
     def fn(f):
         return lambda v, tt: f(v, tt, w8.to(v.device, v.dtype) / 8, reduction=reduction)
-    check(f"nll_loss {reduction} C={n}", fn(TF.nll_loss), fn(F.nll_loss), [x, t], dtype, scale=4, labels=labels)
+    check(f"nll_loss {reduction} C={n}", fn(TF.nll_loss), fn(F.nll_loss), [x, t], dtype, scale=4, labels=labels,
+          device=device)
 
 
 # ---- amax ---------------------------------------------------------------------------------
@@ -535,15 +540,19 @@ def _bcast_operands(R, C, dtype, pair, shift):
 def test_broadcast(op, pair, R, C, dtype):
     """Broadcast shapes with hostile values; add's gradient with NaN / inf output gradients summed
     down to [R, 1], [1, C], [C] and [] (add_backward)."""
+    broadcast_case(op, pair, R, C, dtype)
+
+
+def broadcast_case(op, pair, R, C, dtype, bounds=BOUNDS, device="cpu"):
     if (R, C) in ((BIG, 1), (1, BIG)) and pair not in ("[R,C]+[R,1]", "[R,C]+[1,C]"):
         pytest.skip("the degenerate shapes once each")
     a, b = _bcast_operands(R, C, dtype, BCAST[pair], 0)
     ours, ref = (TF.maximum, torch.maximum) if op == "maximum" else (TF.add, torch.add)
     fan = max(R, C)
-    check(f"{op} {pair} R={R} C={C}", ours, ref, [a, b], dtype, gscale=4 * fan)
+    check(f"{op} {pair} R={R} C={C}", ours, ref, [a, b], dtype, gscale=4 * fan, device=device)
     out = torch.broadcast_shapes(a.shape, b.shape)
-    check(f"{op} {pair} R={R} C={C} hostile dy", ours, ref, [a, b], dtype, gscale=4 * fan,
-          gouts=[_hostile_grad(out, dtype, "nan" if op == "maximum" else "inf")])
+    check(f"{op} {pair} R={R} C={C} hostile dy", ours, ref, [a, b], dtype, gscale=4 * fan, device=device,
+          gouts=[_hostile_grad(out, dtype, "nan" if op == "maximum" else "inf", bounds)])
 
 
 @DT
@@ -559,26 +568,35 @@ def test_add_flat(n, dtype):
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_mse_loss(n, reduction, dtype):
     """Flat and broadcast ([R, C] against [C]) with hostile values in input and target."""
-    x, t = _flat_hostile(n, dtype), _flat_hostile(n, dtype, shift=3)
+    mse_case(n, reduction, dtype)
+
+
+def mse_case(n, reduction, dtype, bounds=BOUNDS, device="cpu"):
+    x, t = _flat_hostile(n, dtype, bounds=bounds), _flat_hostile(n, dtype, shift=3, bounds=bounds)
 
     def fn(f):
         return lambda u, v: f(u, v, reduction=reduction)
-    check(f"mse_loss {reduction} n={n}", fn(TF.mse_loss), fn(F.mse_loss), [x, t], dtype, scale=4)
+    check(f"mse_loss {reduction} n={n}", fn(TF.mse_loss), fn(F.mse_loss), [x, t], dtype, scale=4, device=device)
     if n <= 4097:
-        X = torch.stack([_flat_hostile(n, dtype, shift=s) for s in range(3)])
-        check(f"mse_loss {reduction} [3, {n}] vs [{n}]", fn(TF.mse_loss), fn(F.mse_loss), [X, t], dtype, scale=12)
+        X = torch.stack([_flat_hostile(n, dtype, shift=s, bounds=bounds) for s in range(3)])
+        check(f"mse_loss {reduction} [3, {n}] vs [{n}]", fn(TF.mse_loss), fn(F.mse_loss), [X, t], dtype, scale=12,
+              device=device)
 
 
 @DT
 @pytest.mark.parametrize("n", [1, 17, 2049, BIG])
 @pytest.mark.parametrize("copies", [2, 3])
 def test_duplicate(n, copies, dtype):
-    x = _flat_hostile(n, dtype)
+    duplicate_case(n, copies, dtype)
+
+
+def duplicate_case(n, copies, dtype, bounds=BOUNDS, device="cpu"):
+    x = _flat_hostile(n, dtype, bounds=bounds)
     g = [randn(n) for _ in range(copies)]
-    g[0] = _hostile_grad((n,), dtype, "inf")
-    g[-1] = _hostile_grad((n,), dtype, "nan").roll(1)
+    g[0] = _hostile_grad((n,), dtype, "inf", bounds)
+    g[-1] = _hostile_grad((n,), dtype, "nan", bounds).roll(1)
     check(f"duplicate n={n} x{copies}", lambda v: TF.duplicate(v, copies),
-          lambda v: tuple(v.clone() for _ in range(copies)), [x], dtype, gouts=g, sign=True)
+          lambda v: tuple(v.clone() for _ in range(copies)), [x], dtype, gouts=g, sign=True, device=device)
 
 
 # ---- linear, linear_relu ------------------------------------------------------------------
@@ -590,6 +608,10 @@ def test_duplicate(n, copies, dtype):
 def test_linear(op, M, K, N, kind, dtype):
     """NaN and infinities in x, W or bias at the GEMM's tile, k-block and panel edges (dot products
     for up to 4 rows, packed panels, the bfloat16 BF16-dot kernels); 0 * inf gives NaN."""
+    linear_case(op, M, K, N, kind, dtype)
+
+
+def linear_case(op, M, K, N, kind, dtype, device="cpu"):
     x, w, b = randn(M, K), randn(N, K) / math.sqrt(K), randn(N)
     if kind == "nan_x":
         x.view(-1)[positions(M * K)[::2]] = math.nan
@@ -603,7 +625,7 @@ def test_linear(op, M, K, N, kind, dtype):
         w[:, positions(K)[::2]] = math.inf
     ours = TF.linear if op == "linear" else TF.linear_relu
     ref = F.linear if op == "linear" else (lambda u, v, c: torch.relu(F.linear(u, v, c)))
-    check(f"{op} {M}x{K}x{N} {kind}", ours, ref, [x, w, b], dtype, scale=4 * math.sqrt(max(K, M, N)))
+    check(f"{op} {M}x{K}x{N} {kind}", ours, ref, [x, w, b], dtype, scale=4 * math.sqrt(max(K, M, N)), device=device)
 
 
 # ---- nearest_neighbor ---------------------------------------------------------------------
@@ -616,21 +638,25 @@ def test_nearest_neighbor(N, K, D, kind, dtype):
     duplicate prototypes and rows equal to prototypes; NaN and infinities at the tiles' edges
     (4 rows x 16 or 8 prototypes): the index exactly torch.argmin's (the first NaN, the lowest
     tied index), the distance and both gradients as torch's."""
+    nn_case(N, K, D, kind, dtype)
+
+
+def nn_case(N, K, D, kind, dtype, bounds=BOUNDS, device="cpu"):
     x = torch.randint(-3, 4, (N, D)).double()
     w = torch.randint(-3, 4, (K, D)).double()
     w[K // 2:] = w[: K - K // 2].flip(0)  # duplicates at higher indices
     x[::3] = w[torch.randint(0, K, (len(range(0, N, 3)),))]
     if kind == "nan_x":
-        x.view(-1)[positions(N * D)[::2]] = math.nan
+        x.view(-1)[positions(N * D, bounds)[::2]] = math.nan
     elif kind == "inf_x":
-        x.view(-1)[positions(N * D)[::2]] = math.inf
+        x.view(-1)[positions(N * D, bounds)[::2]] = math.inf
     elif kind == "nan_w":
-        w.view(-1)[positions(K * D)[::2]] = math.nan
+        w.view(-1)[positions(K * D, bounds)[::2]] = math.nan
     elif kind == "inf_both":
-        x.view(-1)[positions(N * D)[::2]] = math.inf
-        w.view(-1)[positions(K * D)[::3]] = math.inf
+        x.view(-1)[positions(N * D, bounds)[::2]] = math.inf
+        w.view(-1)[positions(K * D, bounds)[::3]] = math.inf
     check(f"nearest_neighbor {N},{K},{D} {kind}", TF.nearest_neighbor, _nn_ref, [x, w], dtype, scale=4 * D,
-          gscale=4 * N * D)
+          gscale=4 * N * D, device=device)
 
 
 # ---- SGD ----------------------------------------------------------------------------------

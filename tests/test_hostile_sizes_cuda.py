@@ -18,13 +18,11 @@ import torch
 
 import test_hostile_sizes as H
 import torchmodules.functional as TF
-from op_table import _nn_ref
 
 CUDA = os.environ.get("TM_HOSTILE_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(CUDA == "cuda" and not torch.cuda.is_available(), reason="needs a GPU")
 
-F = torch.nn.functional
-F64, F32, F16, BF16 = H.F64, H.F32, H.F16, H.BF16
+F64, F32, BF16 = H.F64, H.F32, H.BF16
 DT = H.DT
 DT3 = pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
 
@@ -107,18 +105,7 @@ def test_cuda_cross_entropy_spatial(C, inner, variant, dtype):
 @pytest.mark.parametrize("n", [1, 9, 1025, 8193])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_cuda_nll_loss_rows(n, reduction, dtype):
-    labels, x = H.hostile_rows(n, dtype, ("nan", "inf", "-inf", "huge", "denormal"), ROW_BOUNDS, blocks=False)
-    t = torch.randint(0, n, (x.shape[0],))
-    for r, lab in enumerate(labels):
-        if H._at(lab) is not None and r % 3:
-            t[r] = H._at(lab)
-    t[3::7] = -100
-    w8 = torch.randint(0, 17, (n,))
-
-    def fn(f):
-        return lambda v, tt: f(v, tt, w8.to(v.device, v.dtype) / 8, reduction=reduction)
-    H.check(f"cuda nll_loss {reduction} C={n}", fn(TF.nll_loss), fn(F.nll_loss), [x, t], dtype, scale=4,
-            labels=labels, device=CUDA)
+    H.nll_case(n, reduction, dtype, ROW_BOUNDS, device=CUDA)
 
 
 # ---- amax -------------------------------------------------------------------------------------
@@ -180,15 +167,7 @@ def test_cuda_maximum(n, aligned, dtype):
 @pytest.mark.parametrize("pair", list(H.BCAST))
 @pytest.mark.parametrize("R,C", [(3, 17), (65, 33), (5, 2049), (1025, 9), (2**16 + 3, 1), (1, 2**16 + 3)])
 def test_cuda_broadcast(op, pair, R, C, dtype):
-    if (R, C) in ((2**16 + 3, 1), (1, 2**16 + 3)) and pair not in ("[R,C]+[R,1]", "[R,C]+[1,C]"):
-        pytest.skip("the degenerate shapes once each")
-    a, b = H._bcast_operands(R, C, dtype, H.BCAST[pair], 0)
-    ours, ref = (TF.maximum, torch.maximum) if op == "maximum" else (TF.add, torch.add)
-    fan = max(R, C)
-    H.check(f"cuda {op} {pair} R={R} C={C}", ours, ref, [a, b], dtype, gscale=4 * fan, device=CUDA)
-    out = torch.broadcast_shapes(a.shape, b.shape)
-    H.check(f"cuda {op} {pair} R={R} C={C} hostile dy", ours, ref, [a, b], dtype, gscale=4 * fan, device=CUDA,
-            gouts=[H._hostile_grad(out, dtype, "nan" if op == "maximum" else "inf", FLAT_BOUNDS)])
+    H.broadcast_case(op, pair, R, C, dtype, FLAT_BOUNDS, device=CUDA)
 
 
 @DT
@@ -204,28 +183,14 @@ def test_cuda_add_flat(n, aligned, dtype):
 @pytest.mark.parametrize("n", FLAT)
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_cuda_mse_loss(n, reduction, dtype):
-    x, t = _flat(n, dtype), _flat(n, dtype, shift=3)
-
-    def fn(f):
-        return lambda u, v: f(u, v, reduction=reduction)
-    H.check(f"cuda mse_loss {reduction} n={n}", fn(TF.mse_loss), fn(F.mse_loss), [x, t], dtype, scale=4,
-            device=CUDA)
-    if n <= 4097:
-        X = torch.stack([_flat(n, dtype, shift=s) for s in range(3)])
-        H.check(f"cuda mse_loss {reduction} [3, {n}] vs [{n}]", fn(TF.mse_loss), fn(F.mse_loss), [X, t], dtype,
-                scale=12, device=CUDA)
+    H.mse_case(n, reduction, dtype, FLAT_BOUNDS, device=CUDA)
 
 
 @DT3
 @pytest.mark.parametrize("n", [1, 9, 2049, 2**16 + 3])
 @pytest.mark.parametrize("copies", [2, 3])
 def test_cuda_duplicate(n, copies, dtype):
-    x = _flat(n, dtype)
-    g = [H.randn(n) for _ in range(copies)]
-    g[0] = H._hostile_grad((n,), dtype, "inf", FLAT_BOUNDS)
-    g[-1] = H._hostile_grad((n,), dtype, "nan", FLAT_BOUNDS).roll(1)
-    H.check(f"cuda duplicate n={n} x{copies}", lambda v: TF.duplicate(v, copies),
-            lambda v: tuple(v.clone() for _ in range(copies)), [x], dtype, gouts=g, sign=True, device=CUDA)
+    H.duplicate_case(n, copies, dtype, FLAT_BOUNDS, device=CUDA)
 
 
 # ---- linear, nearest_neighbor, sgd --------------------------------------------------------------
@@ -236,21 +201,7 @@ def test_cuda_duplicate(n, copies, dtype):
 @pytest.mark.parametrize("op", ["linear", "linear_relu"])
 def test_cuda_linear(op, M, K, N, kind, dtype):
     """NaN and infinities at the GEMM tiles' edges (128 x 128 / 128 x 256 tiles, 64-deep k blocks)."""
-    x, w, b = H.randn(M, K), H.randn(N, K) / math.sqrt(K), H.randn(N)
-    if kind == "nan_x":
-        x.view(-1)[H.positions(M * K)[::2]] = math.nan
-    elif kind == "inf_w":
-        w.view(-1)[H.positions(N * K)[::2]] = math.inf
-        w.view(-1)[H.positions(N * K)[1::2]] = -math.inf
-    elif kind == "inf_b":
-        b[H.positions(N)] = -math.inf
-    else:
-        x[:, H.positions(K)] = 0.0
-        w[:, H.positions(K)[::2]] = math.inf
-    ours = TF.linear if op == "linear" else TF.linear_relu
-    ref = F.linear if op == "linear" else (lambda u, v, c: torch.relu(F.linear(u, v, c)))
-    H.check(f"cuda {op} {M}x{K}x{N} {kind}", ours, ref, [x, w, b], dtype, scale=4 * math.sqrt(max(K, M, N)),
-            device=CUDA)
+    H.linear_case(op, M, K, N, kind, dtype, device=CUDA)
 
 
 @DT3
@@ -259,17 +210,7 @@ def test_cuda_linear(op, M, K, N, kind, dtype):
 def test_cuda_nearest_neighbor(N, K, D, kind, dtype):
     """Ties, duplicate prototypes, NaN and infinities at the 64 x 64 x 16 tiles' edges; one prototype
     for 513 rows (the weight gradient's chunks of 256 rows)."""
-    x = torch.randint(-3, 4, (N, D)).double()
-    w = torch.randint(-3, 4, (K, D)).double()
-    w[K // 2:] = w[: K - K // 2].flip(0)
-    x[::3] = w[torch.randint(0, K, (len(range(0, N, 3)),))]
-    if kind == "nan_x":
-        x.view(-1)[H.positions(N * D, FLAT_BOUNDS)[::2]] = math.nan
-    elif kind == "inf_both":
-        x.view(-1)[H.positions(N * D, FLAT_BOUNDS)[::2]] = math.inf
-        w.view(-1)[H.positions(K * D, FLAT_BOUNDS)[::3]] = math.inf
-    H.check(f"cuda nearest_neighbor {N},{K},{D} {kind}", TF.nearest_neighbor, _nn_ref, [x, w], dtype, scale=4 * D,
-            gscale=4 * N * D, device=CUDA)
+    H.nn_case(N, K, D, kind, dtype, FLAT_BOUNDS, device=CUDA)
 
 
 @DT
