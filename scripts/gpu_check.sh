@@ -95,7 +95,7 @@ if want tests; then
   N=${TM_SHARDS:-6}
   for ((i = 0; i < N; i++)); do
     TM_SHARD=$i/$N timeout ${TM_TEST_TIMEOUT:-300} $PY -m pytest tests -q -rfE -p no:cacheprovider \
-      -k "${TM_K:-cuda or devices or deterministic or 2_31 or tf32}" > "$TMP/tests.$i.log" 2>&1 &
+      -k "${TM_K:-cuda or devices or deterministic or 2_31 or tf32 or nccl}" > "$TMP/tests.$i.log" 2>&1 &
   done
 fi
 if want sanitizer; then

@@ -1,8 +1,9 @@
 """DistributedDataParallel, and FSDP2 (fully_shard: parameters sharded as DTensors, gathered
 for each forward and backward, gradients reduce-scattered): a network of our modules trained
 with torchmodules.optim.SGD by 2 processes (gloo on the CPU; gloo with both ranks on one GPU, so
-our CUDA kernels train under DDP on a one-GPU machine; NCCL with 2 GPUs) takes, step by step,
-the same gradients and parameters as one process on the whole (global) batch, in float64.
+our CUDA kernels train under DDP on a one-GPU machine; NCCL with 2 GPUs, and with one rank where
+there is one GPU: NCCL allows no two ranks on one device) takes, step by step, the same gradients
+and parameters as one process on the whole (global) batch, in float64.
 
 Each rank gets half of every global batch; the loss is a mean, so the average of the ranks'
 gradients (what DDP's all-reduce and FSDP's reduce-scatter compute) is the gradient of the
@@ -28,7 +29,7 @@ except ImportError:  # a torch without FSDP2
 
 import torchmodules as tm
 
-WORLD = 2
+WORLD = 2  # ranks, but for "nccl_1": NCCL takes one GPU per rank, so a one-GPU machine runs it with one rank
 STEPS = 3
 GLOBAL_BATCH = 12
 IN, HIDDEN, CLASSES = 5, 8, 4
@@ -36,7 +37,7 @@ JOIN_TIMEOUT_S = 90  # for all ranks together; they need ~5 s (the forkserver's 
 # DDP configurations tried in the same worker processes (one spawn for all of them)
 BUCKET_VIEWS = (False, True)
 # FSDP2 on the CPU (gloo) and with one GPU per rank (NCCL); not with both ranks on one GPU
-FSDP_CONFIGS = ("gloo", "nccl")
+FSDP_CONFIGS = ("gloo", "nccl", "nccl_1")
 
 
 class Net(nn.Module):
@@ -88,9 +89,14 @@ def _train(model, params, xs, ts):
     return grads, weights
 
 
+def _world(config):
+    """The number of ranks of a test configuration."""
+    return 1 if config == "nccl_1" else WORLD
+
+
 def _backend_device(config, rank):
     """(process-group backend, this rank's device) of a test configuration."""
-    if config == "nccl":
+    if config in ("nccl", "nccl_1"):
         return "nccl", torch.device(f"cuda:{rank}")
     if config == "gloo_cuda":  # both ranks on GPU 0: gloo stages the all-reduce through the host
         return "gloo", torch.device("cuda:0")
@@ -106,10 +112,11 @@ def _worker(rank, config, port, out_dir):
         if device.type == "cuda":
             torch.cuda.set_device(device)
         timeout = datetime.timedelta(seconds=60)
-        store = dist.TCPStore("127.0.0.1", port, WORLD, is_master=False, timeout=timeout)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=WORLD, timeout=timeout)
+        world = _world(config)
+        store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
         xs, ts = _data(device)
-        local = GLOBAL_BATCH // WORLD
+        local = GLOBAL_BATCH // world
         xs, ts = xs[:, rank * local:(rank + 1) * local], ts[:, rank * local:(rank + 1) * local]
         results = {}
         for bucket_view in BUCKET_VIEWS:
@@ -133,7 +140,7 @@ def _worker(rank, config, port, out_dir):
 
 
 def _run_ranks(config, out_dir):
-    """Runs _worker on WORLD fresh processes; fails (never hangs) if one dies or stalls.
+    """Runs _worker on _world(config) fresh processes; fails (never hangs) if one dies or stalls.
 
     The processes come from a forkserver that has imported torch, torch._dynamo (which DDP's
     constructor imports, 3-5 s) and this module once, before any op ran: forked from it, the
@@ -143,10 +150,11 @@ def _run_ranks(config, out_dir):
     ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.nn.parallel", "torchmodules", __name__])
     # The rendezvous store is served from here, on a port the system picks (no race for a free
     # port); the ranks connect to it as clients.
-    store = dist.TCPStore("127.0.0.1", 0, WORLD, is_master=True, wait_for_workers=False,
+    world = _world(config)
+    store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=JOIN_TIMEOUT_S))
     procs = [ctx.Process(target=_worker, args=(r, config, store.port, str(out_dir)), daemon=True)
-             for r in range(WORLD)]
+             for r in range(world)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + JOIN_TIMEOUT_S
@@ -165,7 +173,7 @@ def _run_ranks(config, out_dir):
                 p.kill()
                 p.join(5)
     errors = ""
-    for r in range(WORLD):
+    for r in range(world):
         err = out_dir / f"rank{r}.err"
         if err.exists():
             errors += f"\n--- rank {r} ---\n{err.read_text()}"
@@ -173,8 +181,8 @@ def _run_ranks(config, out_dir):
     if stalled:
         why = "past the deadline" if time.monotonic() >= deadline else "after another rank failed"
         errors = f"\nrank(s) {stalled} killed, still running {why} ({JOIN_TIMEOUT_S} s deadline){errors}"
-    assert codes == [0] * WORLD, f"{config}: exit codes {codes}{errors}"
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    assert codes == [0] * world, f"{config}: exit codes {codes}{errors}"
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
 
 
 BACKENDS = [
@@ -185,6 +193,8 @@ BACKENDS = [
     pytest.param("nccl", marks=pytest.mark.skipif(not dist.is_available() or not dist.is_nccl_available()
                                                   or torch.cuda.device_count() < WORLD,
                                                   reason=f"needs NCCL and {WORLD} GPUs")),
+    pytest.param("nccl_1", marks=pytest.mark.skipif(not dist.is_available() or not dist.is_nccl_available()
+                                                    or not torch.cuda.is_available(), reason="needs NCCL and a GPU")),
 ]
 
 
@@ -210,7 +220,8 @@ def test_ddp_matches_single_process(backend, tmp_path):
     # the ranks' parameters must also agree with each other, bitwise (DDP all-reduces the same
     # buckets; FSDP2's ranks gather the same shards)
     for config in configs:
-        for w0, w1 in zip(ranks[0][config][1][-1], ranks[1][config][1][-1]):
-            assert torch.equal(w0, w1), config
+        for other in ranks[1:]:
+            for w0, w1 in zip(ranks[0][config][1][-1], other[config][1][-1]):
+                assert torch.equal(w0, w1), config
     # and the training moved the parameters (the test would be vacuous otherwise)
     assert any(not torch.equal(a, b) for a, b in zip(ref_weights[0], ref_weights[-1]))
