@@ -102,7 +102,10 @@ if want sanitizer; then
   step "3. compute-sanitizer"
   for tool in memcheck racecheck initcheck; do
     dts=float32,bfloat16,float64; [ $tool != memcheck ] && dts=float32
-    TM_SAN_DTYPES=$dts timeout ${TM_SAN_TIMEOUT:-200} compute-sanitizer --tool $tool --print-limit 20 \
+    # no caching allocator: each tensor its own cudaMalloc, so memcheck sees an access past a tensor's
+    # end (inside a cached segment it lands in another tensor's block, unseen)
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 TM_SAN_DTYPES=$dts timeout ${TM_SAN_TIMEOUT:-200} \
+      compute-sanitizer --tool $tool --print-limit 20 \
       $PY scripts/sanitize_ops.py > "$TMP/san.$tool" 2>&1
     echo "- sanitizer $tool (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitize_ops:' "$TMP/san.$tool" | tr '\n' ' ')" >> "$SUM"
     { echo "==== $tool"; cat "$TMP/san.$tool"; } >> "$OUT/sanitizer.log"
