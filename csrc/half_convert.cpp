@@ -69,6 +69,26 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void add_half_rows_a
   }
 }
 
+// sum_k float(x[k]) in row_reduce4's order for float (simd.h): four chains of 16 lanes over consecutive
+// vectors, combined lane by lane as (c0 + c1) + (c2 + c3), then the tail in order; so bit for bit
+// row_sum of the widened run, without writing it out (GCC's vectors of 16 floats add lane by lane).
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static float half_row_sum_avx512(const c10::Half* x, int64_t n) {
+  using V = float __attribute__((vector_size(64)));
+  const int64_t q = n / 64;
+  V c0{}, c1{}, c2{}, c3{};
+  for (int64_t b = 0; b < q; ++b) {
+    const __m256i* p = reinterpret_cast<const __m256i*>(x + b * 64);
+    c0 += V(_mm512_cvtph_ps(_mm256_loadu_si256(p)));
+    c1 += V(_mm512_cvtph_ps(_mm256_loadu_si256(p + 1)));
+    c2 += V(_mm512_cvtph_ps(_mm256_loadu_si256(p + 2)));
+    c3 += V(_mm512_cvtph_ps(_mm256_loadu_si256(p + 3)));
+  }
+  float r = 0;
+  for (int k = 0; k < 16; ++k) r = r + ((c0[k] + c1[k]) + (c2[k] + c3[k]));
+  for (int64_t i = 64 * q; i < n; ++i) r = r + _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x[i].x)));
+  return r;
+}
+
 __attribute__((target("avx2,f16c"))) static void add_half_rows_f16c(float* acc, const c10::Half* x, int64_t R,
                                                                    int64_t s, int64_t n) {
   for (int64_t r = 0; r < R; ++r) {
@@ -82,6 +102,13 @@ __attribute__((target("avx2,f16c"))) static void add_half_rows_f16c(float* acc, 
   }
 }
 #endif
+
+bool half_row_sum(const c10::Half* x, int64_t n, float* sum) {
+#ifdef TM_X86
+  if (vector_isa() == 2) return *sum = half_row_sum_avx512(x, n), true;
+#endif
+  return false;
+}
 
 bool add_half_rows(float* acc, const c10::Half* x, int64_t R, int64_t s, int64_t n) {
 #ifdef TM_X86

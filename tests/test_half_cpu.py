@@ -300,6 +300,23 @@ def test_kernels_are_the_float32_kernel_rounded_once(dtype):
                 raise AssertionError(f"{name}, output {k}: {e}") from None
 
 
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("L", [64, 1000, 4099])
+def test_row_sums_are_the_float32_kernel_rounded_once(dtype, L):
+    """add_backward to [R, 1] (row sums) of rows whose large terms cancel, so that the result is
+    the small terms, kept or lost by the order of the additions: bit for bit our float32 kernel's
+    sums of the same values, rounded once (float16 rows are summed as they are converted, on
+    AVX-512; in the float32 kernel's order). The random patterns of the test above hide the order:
+    a float sum one ulp off rarely changes its float16 rounding."""
+    g = torch.Generator().manual_seed(L)
+    R = 32
+    big = (torch.randn(R, L // 4, generator=g) * 1e4).clamp(-6e4, 6e4)  # (finite in float16)
+    small = torch.randn(R, L - 2 * (L // 4), generator=g) * 1e-2
+    rows = torch.cat([big, -big, small], 1)
+    rows = torch.gather(rows, 1, torch.argsort(torch.rand(R, L, generator=g), 1)).to(dtype)
+    assert_same(ops.add_backward(rows, [R, 1]), ops.add_backward(rows.float(), [R, 1]).to(dtype))
+
+
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_kernels_on_each_conversion_form(isa):
     """The kernel tests above with float16's block conversions on AVX2 + F16C (8 per instruction,
