@@ -1,5 +1,6 @@
 // Maximum.  Forward: y = max(a, b), broadcasting as torch.maximum; NaN if either is NaN.
-//           Saves a 2-bit code per element: a won, b won, tie, or NaN (unordered).
+//           Saves a 2-bit code per element: a won, b won, tie, or NaN (unordered); 0 past the
+//           last element (CPU and CUDA masks are the same bytes).
 //           Backward: da = dy * share(code, 0), db = dy * share(code, 1), where share is
 //           1 for the winner, 0 for the loser, 1/2 each at a tie and 1 to both at NaN (as torch);
 //           maximum_backward_both writes both in one pass over dy and the codes.
@@ -271,6 +272,7 @@ static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, co
       std::copy(a + full * 16, a + n, at);
       std::copy(b + full * 16, b + n, bt);
       maximum_words(yt, m + full, at, bt, 0, 1);
+      m[full] &= (1u << (2 * rest)) - 1;  // 0 past n (the padding's ties cleared), as the CUDA kernel
       std::copy(yt, yt + rest, y + full * 16);
     }
     return;
@@ -297,7 +299,10 @@ static void maximum_forward_kernel(T* y, uint32_t* m, const T* a, const T* b, co
       std::fill(at + len, at + words * 16, T(0));
       std::fill(bt + len, bt + words * 16, T(0));
       maximum_words(whole ? y + s : yt, m + s / 16, ia ? a + s : at, ib ? b + s : bt, 0, words);
-      if (!whole) std::copy(yt, yt + len, y + s);
+      if (!whole) {
+        m[s / 16 + words - 1] &= (1u << (2 * (len % 16))) - 1;  // 0 past n
+        std::copy(yt, yt + len, y + s);
+      }
     }
   });
 }

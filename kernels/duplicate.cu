@@ -34,8 +34,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// out[i] = (acc_in ? acc_in[i] : 0) + g_0[i] + ... + g_{k-1}[i], summed in A in that order.
-// out may be acc_in (a running sum over several launches): each element is read, then
+// out[i] = (acc_in ? acc_in[i] : -0.0) + g_0[i] + ... + g_{k-1}[i], summed in A in that order (-0.0: the
+// identity of +, so a sum of -0.0 gradients stays -0.0, as the CPU's and torch's). out may be
+// acc_in (a running sum over several launches): each element is read, then
 // written, by the same thread.
 template <typename T, typename OutT, int V>
 __global__ void __launch_bounds__(kThreads)
@@ -52,7 +53,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < V; ++e) s[e] = a.v[e];
     } else {
 #pragma unroll
-      for (int e = 0; e < V; ++e) s[e] = A(0);
+      for (int e = 0; e < V; ++e) s[e] = A(-0.0);
     }
 #pragma unroll
     for (int j = 0; j < kMaxPtrs; ++j) {  // constant indices keep g in the argument bank
@@ -68,7 +69,7 @@ __global__ void __launch_bounds__(kThreads)
     reinterpret_cast<Pack<OutT, V>*>(out)[v] = o;
   }
   for (int64_t i = nfull * V + tid; i < n; i += step) {  // tail of n % V elements
-    A s = acc_in ? acc_in[i] : A(0);
+    A s = acc_in ? acc_in[i] : A(-0.0);
 #pragma unroll
     for (int j = 0; j < kMaxPtrs; ++j)
       if (j < k) s += to_float(g.p[j][i]);

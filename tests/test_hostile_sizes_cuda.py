@@ -193,6 +193,32 @@ def test_cuda_duplicate(n, copies, dtype):
     H.duplicate_case(n, copies, dtype, FLAT_BOUNDS, device=CUDA)
 
 
+@DT
+@pytest.mark.parametrize("n", [1, 15, 17, 31, 33, 2**16 + 3])
+def test_cuda_masks_are_the_cpu_masks(n, dtype):
+    """ReLU's and Maximum's saved masks are the same bytes on both devices, the slots past the last
+    element of a partial word included (0): a mask saved on one device serves the other's backward."""
+    x, y = _flat(n, dtype), _flat(n, dtype, shift=5)
+    y[::3] = x[::3]
+    for name, f, args in (("relu", torch.ops.torchmodules.relu_forward, (x,)),
+                          ("maximum", torch.ops.torchmodules.maximum_forward, (x, y))):
+        cpu = f(*args)[1]
+        dev = f(*(a.to(CUDA) for a in args))[1].cpu()
+        assert torch.equal(dev, cpu), f"{name} n={n}: the masks differ"
+
+
+@DT3
+@pytest.mark.parametrize("n", [3, 2049])
+def test_cuda_duplicate_keeps_negative_zero(n, dtype):
+    """Duplicate's backward of gradients that are all -0.0 gives -0.0 (as torch's autograd and the
+    CPU: the sum starts from the first gradient, not from +0.0)."""
+    x = torch.randn(n, dtype=dtype, device=CUDA, requires_grad=True)
+    outs = TF.duplicate(x, 3)
+    g, = torch.autograd.grad(outs, [x], [torch.full_like(o, -0.0) for o in outs])
+    ref = torch.full((n,), -0.0, dtype=dtype)
+    assert torch.equal(g.cpu().signbit(), ref.signbit()) and not g.cpu().any()
+
+
 # ---- linear, nearest_neighbor, sgd --------------------------------------------------------------
 
 @DT

@@ -52,6 +52,7 @@ def _check(a, b, y, mask):
     un = ad.isnan() | bd.isnan()
     want_codes = ((ad < bd) | un).to(torch.int64) + 2 * ((ad == bd) | un).to(torch.int64)
     assert torch.equal(_codes(mask, a.numel()), want_codes)
+    assert not _codes(mask, mask.numel() * 4)[a.numel():].any(), "the slots past the last element are not 0"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -61,7 +62,8 @@ def test_values_and_codes(dtype):
     for x, z in ((a[:n], b[:n]), (a[: n - 3], b[: n - 3]), (a[:37], b[:37])):  # whole words, a partial last one
         _check(x, z, *ops.maximum_forward(x, z))
     rows = a[: 64 * 1024].view(64, 1024)
-    for x, z in ((rows, b[:1024]), (b[:1024], rows), (rows, b[:64].view(64, 1)), (rows[:, :1000], b[:1000])):
+    for x, z in ((rows, b[:1024]), (b[:1024], rows), (rows, b[:64].view(64, 1)), (rows[:, :1000], b[:1000]),
+                 (rows[:3, :1001], b[:1001])):
         _check(x, z, *ops.maximum_forward(x, z))  # broadcast: x read in place, z gathered; a strided x
 
 
