@@ -122,7 +122,7 @@ TM_SIMD static void add_rows_into(acc_t<T>* __restrict acc, const T* __restrict 
 }
 
 // sum_{0 <= i < len} x[i] in acc_t, vectorised: simd.h's row_sum (four chains of 64-byte vectors),
-// whose order depends on len alone, not on the CPU (float16 runs summed by half_row_sum keep it).
+// whose order depends on len alone, not on the CPU (the half types' runs summed by half_row_sum keep it).
 template <typename T>
 TM_SIMD static acc_t<T> sum_run(const T* __restrict x, int64_t len) {
   return row_sum(x, len);
@@ -185,19 +185,19 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
   }
   // Otherwise per output: a run vectorised when contiguous (a per-channel bias: [N, C, H, W] to
   // [C, 1, 1]).
-  // float16: a contiguous run summed as it is converted (AVX-512), or widened on F16C first
-  // (half_convert.h) and then summed by the float sum_run: the same order, the same bits.
+  // The half types: a contiguous run summed as it is converted (AVX-512); else float16 widened on
+  // F16C first (half_convert.h), then the float sum_run: the same order, the same bits.
+  constexpr bool kHalf = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
   constexpr bool kWiden = std::is_same_v<T, c10::Half>;
   const bool vec = sL == 1 && L >= 16;
   auto run_sum = [&](const T* x, float* fx) -> A {  // one run of the innermost reduced dim
     if (vec) {
-      if constexpr (kWiden) {
+      if constexpr (kHalf) {
         float s;
         if (half_row_sum(x, L, &s)) return s;
-        return widen_half(fx, x, L), sum_run(fx, L);
-      } else {
-        return sum_run(x, L);
       }
+      if constexpr (kWiden) return widen_half(fx, x, L), sum_run(fx, L);
+      else return sum_run(x, L);
     }
     A s = A(0);
     for (int64_t r = 0; r < L; ++r) s += static_cast<A>(x[r * sL]);  // short or strided: inline

@@ -8,6 +8,10 @@
 namespace torchmodules {
 
 #ifdef TM_X86
+// GCC 12 takes the undefined pass-through of its unmasked AVX-512 conversions (_mm512_undefined_*)
+// for an uninitialized read once they are inlined here: a false alarm.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
 // The tail (n % 16 elements) through masked loads and stores.
@@ -69,23 +73,36 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void add_half_rows_a
   }
 }
 
+// 16 elements as floats (exact): float16 by vcvtph2ps, bfloat16 by a 16-bit shift of each.
+#define TM_AVX512_F16C __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
+TM_AVX512_F16C inline __m512 widen16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+TM_AVX512_F16C inline __m512 widen16(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+TM_AVX512_F16C inline float widen1(c10::Half v) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v.x))); }
+TM_AVX512_F16C inline float widen1(c10::BFloat16 v) { return float(v); }
+
 // sum_k float(x[k]) in row_reduce4's order for float (simd.h): four chains of 16 lanes over consecutive
 // vectors, combined lane by lane as (c0 + c1) + (c2 + c3), then the tail in order; so bit for bit
 // row_sum of the widened run, without writing it out (GCC's vectors of 16 floats add lane by lane).
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static float half_row_sum_avx512(const c10::Half* x, int64_t n) {
+template <typename T>
+TM_AVX512_F16C float half_row_sum_avx512(const T* x, int64_t n) {
   using V = float __attribute__((vector_size(64)));
   const int64_t q = n / 64;
   V c0{}, c1{}, c2{}, c3{};
   for (int64_t b = 0; b < q; ++b) {
-    const __m256i* p = reinterpret_cast<const __m256i*>(x + b * 64);
-    c0 += V(_mm512_cvtph_ps(_mm256_loadu_si256(p)));
-    c1 += V(_mm512_cvtph_ps(_mm256_loadu_si256(p + 1)));
-    c2 += V(_mm512_cvtph_ps(_mm256_loadu_si256(p + 2)));
-    c3 += V(_mm512_cvtph_ps(_mm256_loadu_si256(p + 3)));
+    const T* p = x + b * 64;
+    c0 += V(widen16(p));
+    c1 += V(widen16(p + 16));
+    c2 += V(widen16(p + 32));
+    c3 += V(widen16(p + 48));
   }
   float r = 0;
   for (int k = 0; k < 16; ++k) r = r + ((c0[k] + c1[k]) + (c2[k] + c3[k]));
-  for (int64_t i = 64 * q; i < n; ++i) r = r + _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x[i].x)));
+  for (int64_t i = 64 * q; i < n; ++i) r = r + widen1(x[i]);
   return r;
 }
 
@@ -101,14 +118,18 @@ __attribute__((target("avx2,f16c"))) static void add_half_rows_f16c(float* acc, 
     for (; k < n; ++k) acc[k] += _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(row[k].x)));
   }
 }
+#pragma GCC diagnostic pop
 #endif
 
-bool half_row_sum(const c10::Half* x, int64_t n, float* sum) {
+template <typename T>
+bool half_row_sum(const T* x, int64_t n, float* sum) {
 #ifdef TM_X86
   if (vector_isa() == 2) return *sum = half_row_sum_avx512(x, n), true;
 #endif
   return false;
 }
+template bool half_row_sum(const c10::Half*, int64_t, float*);
+template bool half_row_sum(const c10::BFloat16*, int64_t, float*);
 
 bool add_half_rows(float* acc, const c10::Half* x, int64_t R, int64_t s, int64_t n) {
 #ifdef TM_X86

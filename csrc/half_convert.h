@@ -21,9 +21,11 @@ void narrow_half(c10::Half* dst, const float* src, int64_t n);
 // acc[k] += float(x[r s + k]) for k < n, over the rows r < R in order (float16 rows summed in float),
 // on F16C; false, having done nothing, on a CPU without it (the caller's own loop then).
 bool add_half_rows(float* acc, const c10::Half* x, int64_t R, int64_t s, int64_t n);
-// *sum = sum_k float(x[k]) for k < n in row_sum's order (simd.h: so bit for bit row_sum of the widened
-// run), converting in registers, on AVX-512; false, having done nothing, on other CPUs.
-bool half_row_sum(const c10::Half* x, int64_t n, float* sum);
+// *sum = sum_k float(x[k]) for k < n (T: c10::Half or c10::BFloat16) in row_sum's order (simd.h: so bit
+// for bit row_sum of the widened run), converting in registers, on AVX-512; false, having done
+// nothing, on other CPUs.
+template <typename T>
+bool half_row_sum(const T* x, int64_t n, float* sum);
 
 template <typename T>
 TM_SIMD void widen_simd(float* __restrict dst, const T* __restrict src, int64_t n) {
