@@ -250,9 +250,10 @@ SgdCoef<A> sgd_coef(const SgdHyper& h) {
   return {A(h.lr), A(h.momentum), A(1.0 - h.dampening), A(h.weight_decay), A(h.maximize ? -1 : 1)};
 }
 // g = sign grad + wd p;  b = g (first) or m b + (1 - d) g;  g = nesterov ? g + m b : b;  p = p - lr g.
+// (grad by reference: A may be a 64-byte vector, which GCC warns of passing by value)
 template <int kMom, bool kWd, bool kNesterov, typename A>
-TM_HD void sgd_update(A& p, A& b, A g, const SgdCoef<A>& c) {
-  g = c.sign * g;  // exact
+TM_HD void sgd_update(A& p, A& b, const A& grad, const SgdCoef<A>& c) {
+  A g = c.sign * grad;  // exact
   if constexpr (kWd) g = g + c.weight_decay * p;
   if constexpr (kMom == kSgdFirst) b = g;
   if constexpr (kMom == kSgdMomentum) b = c.momentum * b + c.damp1 * g;

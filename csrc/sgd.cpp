@@ -118,31 +118,38 @@ TM_SIMD void sgd_span(T* __restrict__ p, T* __restrict__ b, const T* __restrict_
 // and rounded (to nearest even) in registers, sgd_update on vectors of 16 floats (GCC's vector
 // extension: the same float operations in the same order as sgd_span's, so the same bits). The
 // float blocks' buffer round trips cost 1.2x torch's time (benchmarks/half_cpu.py).
+// (-Wpsabi: the helpers below pass 64-byte vectors by value; they are inlined, no call crosses an ABI.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define TM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 using Float16x = float __attribute__((vector_size(64)));
 // The lanes of m (the maskz conversions: GCC 12 warns of the unmasked ones' undefined pass-through).
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline Float16x load_half16(const c10::Half* h, __mmask16 m) {
+TM_AVX512 inline Float16x load_half16(const c10::Half* h, __mmask16 m) {
   return Float16x(_mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, h)));
 }
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store_half16(c10::Half* h, __mmask16 m, Float16x v) {
+TM_AVX512 inline void store_half16(c10::Half* h, __mmask16 m, Float16x v) {
   _mm256_mask_storeu_epi16(h, m, _mm512_maskz_cvtps_ph(m, __m512(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
+// Elements [i, i + 16) of the lanes of m.
 template <int kMom, bool kWd, bool kNesterov>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void sgd_half_avx512(c10::Half* p, c10::Half* b,
-                                                                           const c10::Half* g, int64_t len,
-                                                                           const SgdCoef<float>& c) {
+TM_AVX512 inline void sgd_half16(c10::Half* p, c10::Half* b, const c10::Half* g, int64_t i, __mmask16 m,
+                                 const SgdCoef<Float16x>& cv) {
+  Float16x pv = load_half16(p + i, m), bv{};
+  if constexpr (kMom == kSgdMomentum) bv = load_half16(b + i, m);
+  sgd_update<kMom, kWd, kNesterov>(pv, bv, load_half16(g + i, m), cv);
+  store_half16(p + i, m, pv);
+  if constexpr (kMom != kSgdPlain) store_half16(b + i, m, bv);
+}
+template <int kMom, bool kWd, bool kNesterov>
+TM_AVX512 void sgd_half_avx512(c10::Half* p, c10::Half* b, const c10::Half* g, int64_t len, const SgdCoef<float>& c) {
   const Float16x zero{};
   const SgdCoef<Float16x> cv{zero + c.lr, zero + c.momentum, zero + c.damp1, zero + c.weight_decay, zero + c.sign};
-  const auto step = [&](int64_t i, __mmask16 m) __attribute__((always_inline)) {
-    Float16x pv = load_half16(p + i, m), bv = zero;
-    if constexpr (kMom == kSgdMomentum) bv = load_half16(b + i, m);
-    sgd_update<kMom, kWd, kNesterov>(pv, bv, load_half16(g + i, m), cv);
-    store_half16(p + i, m, pv);
-    if constexpr (kMom != kSgdPlain) store_half16(b + i, m, bv);
-  };
   int64_t i = 0;
-  for (; i + 16 <= len; i += 16) step(i, __mmask16(0xffff));  // (a constant mask: plain loads and stores)
-  if (i < len) step(i, __mmask16((1u << (len - i)) - 1));
+  for (; i + 16 <= len; i += 16)  // a constant mask: plain loads and stores
+    sgd_half16<kMom, kWd, kNesterov>(p, b, g, i, __mmask16(0xffff), cv);
+  if (i < len) sgd_half16<kMom, kWd, kNesterov>(p, b, g, i, __mmask16((1u << (len - i)) - 1), cv);
 }
+#pragma GCC diagnostic pop
 #endif
 
 // sgd_span over [0, len); float16 with AVX-512 as above, else in float blocks, its conversions on
