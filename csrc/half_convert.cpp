@@ -74,22 +74,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void add_half_rows_a
 }
 
 // 16 elements as floats (exact): float16 by vcvtph2ps, bfloat16 by a 16-bit shift of each.
-#define TM_AVX512_F16C __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
-TM_AVX512_F16C inline __m512 widen16(const c10::Half* p) {
+TM_AVX512 inline __m512 widen16(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-TM_AVX512_F16C inline __m512 widen16(const c10::BFloat16* p) {
+TM_AVX512 inline __m512 widen16(const c10::BFloat16* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
-TM_AVX512_F16C inline float widen1(c10::Half v) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v.x))); }
-TM_AVX512_F16C inline float widen1(c10::BFloat16 v) { return float(v); }
+TM_AVX512 inline float widen1(c10::Half v) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v.x))); }
+TM_AVX512 inline float widen1(c10::BFloat16 v) { return float(v); }
 
 // sum_k float(x[k]) in row_reduce4's order for float (simd.h): four chains of 16 lanes over consecutive
 // vectors, combined lane by lane as (c0 + c1) + (c2 + c3), then the tail in order; so bit for bit
 // row_sum of the widened run, without writing it out (GCC's vectors of 16 floats add lane by lane).
 template <typename T>
-TM_AVX512_F16C float half_row_sum_avx512(const T* x, int64_t n) {
+TM_AVX512 float half_row_sum_avx512(const T* x, int64_t n) {
   using V = float __attribute__((vector_size(64)));
   const int64_t q = n / 64;
   V c0{}, c1{}, c2{}, c3{};

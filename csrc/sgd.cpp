@@ -121,7 +121,6 @@ TM_SIMD void sgd_span(T* __restrict__ p, T* __restrict__ b, const T* __restrict_
 // (-Wpsabi: the helpers below pass 64-byte vectors by value; they are inlined, no call crosses an ABI.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
-#define TM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 using Float16x = float __attribute__((vector_size(64)));
 // The lanes of m (the maskz conversions: GCC 12 warns of the unmasked ones' undefined pass-through).
 TM_AVX512 inline Float16x load_half16(const c10::Half* h, __mmask16 m) {

@@ -12,6 +12,10 @@
 #define TM_X86 1
 #endif
 
+// The target of the AVX-512 forms written with GCC vectors and intrinsics (F16C too: every AVX-512
+// CPU has it); call them only where vector_isa() == 2.
+#define TM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
+
 namespace torchmodules {
 
 // The widest hand-written form this CPU runs: 2 (AVX-512 F/BW/VL/DQ, and BMI2, which every

@@ -5,6 +5,7 @@ NearestNeighbor's tiles and gradient chunks), for compute-sanitizer (memcheck, r
 initcheck) to watch every kernel.
 Usage: compute-sanitizer --tool memcheck python scripts/sanitize_ops.py
 (TM_SAN_DEVICE=cpu runs the same calls on the CPU: a dry run of the script where there is no GPU.)"""
+import math
 import os
 import sys
 
@@ -47,10 +48,7 @@ import torchmodules.functional as TF  # noqa: E402
 
 def leaf(*shape, dtype, misaligned=False):
     """randn of shape; misaligned: a view 1 element into its storage (off 16 bytes: the scalar loads)."""
-    n = 1
-    for d in shape:
-        n *= d
-    t = torch.randn(n + misaligned, device=DEV, dtype=dtype)
+    t = torch.randn(math.prod(shape) + misaligned, device=DEV, dtype=dtype)
     return t[int(misaligned):].view(shape).requires_grad_(True)
 
 
