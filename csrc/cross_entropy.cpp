@@ -396,14 +396,90 @@ struct HalfRows {
   }
 };
 
-// Rows per block of the flat path for short rows (short_rows.h): contiguous rows of fewer than
-// kShortRow classes, class indices, no smoothing; 0 for every other problem.
+// Rows per block of the flat path for short rows (short_rows.h): rows of fewer than kShortRow
+// classes, class indices, no smoothing; 0 for every other problem.
 inline int64_t ce_short_block(const CeParams& P) {
-  const bool flat = !P.prob && !(P.smoothing > 0) && P.inner == 1 && P.classes > 0 && P.classes < kShortRow;
+  const bool flat = !P.prob && !(P.smoothing > 0) && P.classes > 0 && P.classes < kShortRow;
   return flat ? kShortBlock / P.classes : 0;
 }
 
-// The row's pointers and scalars every kernel starts from.
+// The forward and backward run every row as a contiguous row of C classes. Rows at stride inner (an
+// input [N, C, d1, ...]: row r = (o, i) at x[(o C + c) inner + i]) are gathered a block at a time,
+// a [C, n] -> [n, C] transpose that stays in cache, and the backward's rows are scattered back. A
+// block of rows never crosses an outer index; gathered, it holds at least 16 rows (a cache line of
+// each class) and at most 64K elements. Contiguous rows (inner == 1) are read in place.
+// Class indices without smoothing in float or double at inner >= 16 (a segmentation's logits) take
+// neither: their loops run across the rows of a block (ce_cols_*).
+constexpr int64_t kColRows = 256;  // rows per block of the cols path
+template <typename T>
+bool ce_cols(const CeParams& P) {
+  return !std::is_same_v<T, acc_t<T>> ? false : !P.prob && !(P.smoothing > 0) && P.inner >= 16;
+}
+template <typename T>
+int64_t ce_block_rows(const CeParams& P) {
+  const int64_t C = P.classes, short_rows = ce_short_block(P);
+  if (P.inner == 1) return short_rows ? short_rows : std::numeric_limits<int64_t>::max();
+  if (ce_cols<T>(P)) return kColRows;
+  return short_rows ? short_rows : std::max<int64_t>(1, std::min(std::max<int64_t>(16, kShortBlock / C), 65536 / C));
+}
+inline int64_t ce_block_end(const CeParams& P, int64_t b0, int64_t block, int64_t r1) {
+  const int64_t e = b0 + std::min(block, r1 - b0);
+  return P.inner == 1 ? e : std::min(e, (b0 / P.inner + 1) * P.inner);
+}
+
+// Rows [b0, b1) of src (x's layout) as contiguous rows: in place, or gathered into buf.
+template <typename T>
+struct CeBlock {
+  const CeParams& P;
+  std::vector<T> buf;
+  CeBlock(const CeParams& p, int64_t block) : P(p), buf(p.inner == 1 ? 0 : block * p.classes) {}
+  const T* rows(const T* src, int64_t b0, int64_t b1) {
+    if (P.inner == 1) return src + b0 * P.classes;
+    const int64_t C = P.classes, n = b1 - b0;
+    const T* s = src + (b0 / P.inner * C) * P.inner + b0 % P.inner;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < n; ++j) buf[j * C + c] = s[c * P.inner + j];
+    return buf.data();
+  }
+  // Where the block's output rows go (dst + b0 C, or buf), and after they are written, into dst.
+  T* out(T* dst, int64_t b0) { return P.inner == 1 ? dst + b0 * P.classes : buf.data(); }
+  void put(T* dst, int64_t b0, int64_t b1) {
+    if (P.inner == 1) return;
+    const int64_t C = P.classes, n = b1 - b0;
+    T* d = dst + (b0 / P.inner * C) * P.inner + b0 % P.inner;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < n; ++j) d[c * P.inner + j] = buf[j * C + c];
+  }
+};
+
+// The cols path: n <= kColRows rows of one outer index, row j's class c at x[c * inner + j].
+// m_j = max_c x_cj and s_j = sum_c exp(x_cj - m_j), in short_rows_max_sumexp's order and shift.
+template <typename T>
+TM_SIMD void ce_cols_max_sumexp(const T* __restrict x, int64_t C, int64_t inner, int64_t n, T* __restrict m,
+                                T* __restrict s) {
+  T sh[kColRows];
+  for (int64_t j = 0; j < n; ++j) m[j] = -INFINITY, s[j] = 0;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < n; ++j) m[j] = std::max(m[j], x[c * inner + j]);
+  for (int64_t j = 0; j < n; ++j) sh[j] = m[j] == -INFINITY ? T(0) : m[j];
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < n; ++j) s[j] += fast_exp(x[c * inner + j] - sh[j]);
+}
+
+// dx_cj = GUs_j exp(x_cj - m_j) where keep_j (GUs = G U / s, as softmax_scaled_contiguous), else
+// fill_j (ignored rows 0, targets out of range NaN); the caller then writes the targets' entries.
+// dx may be x (cross_entropy_backward_): each x_cj is read before dx_cj is written.
+template <typename T>
+TM_SIMD void ce_cols_softmax_scaled(T* dx, const T* x, int64_t C, int64_t inner, int64_t n, const T* __restrict gus,
+                                    const T* __restrict m, const T* __restrict keep, const T* __restrict fill) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < n; ++j) {
+      const T v = gus[j] * fast_exp(x[c * inner + j] - m[j]);
+      dx[c * inner + j] = keep[j] != T(0) ? v : fill[j];
+    }
+}
+
+// A row's place in x's layout.
 struct CeRow {
   int64_t base;  // element 0 of the row
   int64_t D;     // stride between its classes
@@ -411,6 +487,38 @@ struct CeRow {
 inline CeRow ce_row(const CeParams& p, int64_t r) {
   const int64_t o = r / p.inner, i = r % p.inner;
   return {o * p.classes * p.inner + i, p.inner};
+}
+
+// The cols path's backward of rows [b0, b1) (class indices, no smoothing: U = keep w_t): per row
+// G, GUs = G U / s, and the target's logit (read before dx is written); the scaled softmax across
+// the rows; then each kept row's target entry, dx_t = G (U p_t - keep w_t), as the row path's.
+// (In one TM_SIMD function: the per-row steps vectorise too, with gathers of w_t and x_t.)
+template <typename A>
+TM_SIMD void ce_cols_backward(A* dx, const A* x, const A* g, const int64_t* t, const A* w, const A* lse, A sc,
+                              A keep, const CeParams& P, int64_t b0, int64_t b1) {
+  A gus[kColRows] = {}, m[kColRows] = {}, ok[kColRows] = {}, fill[kColRows] = {}, xt[kColRows], G[kColRows];
+  const int64_t n = b1 - b0, base = ce_row(P, b0).base, C = P.classes, D = P.inner, ignore = P.ignore_index;
+  const A* gr = g + (P.reduction == 0 ? b0 : 0);
+  const int64_t gs = P.reduction == 0 ? 1 : 0;
+  t += b0, lse += 2 * b0, x += base, dx += base;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t tr = t[j];
+    const bool kept = tr != ignore && tr >= 0 && tr < C;
+    const int64_t tc = kept ? tr : 0;  // (a safe index for the loads)
+    ok[j] = kept ? A(1) : A(0);
+    fill[j] = tr == ignore ? A(0) : nan_v<A>();
+    G[j] = gr[j * gs] * sc;
+    gus[j] = kept ? G[j] * (keep * (w ? w[tc] : A(1))) * fast_exp(-lse[2 * j + 1]) : A(0);
+    m[j] = kept ? lse[2 * j] : A(0);
+    xt[j] = x[tc * D + j];
+  }
+  ce_cols_softmax_scaled(dx, x, C, D, n, gus, m, ok, fill);
+  for (int64_t j = 0; j < n; ++j) {
+    if (ok[j] == A(0)) continue;
+    const int64_t tr = t[j];
+    const A U = keep * (w ? w[tr] : A(1));
+    dx[tr * D + j] = G[j] * (U * fast_exp(CeLse<A>::load(lse, j).log_p(xt[j])) - U);
+  }
 }
 
 // Fixed-order sum of v[0..n) (with f(k) the k-th term): chunks of kChunk in parallel, then in order.
@@ -465,23 +573,31 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
   std::vector<A> buf(rows_out ? 0 : R);
   std::atomic<int64_t> bad_n{0}, bad_last{0};
-  // Short contiguous rows of class indices: m and s of a block of rows at once (short_rows.h).
-  const int64_t short_rows = ce_short_block(P), block = short_rows ? short_rows : R;
+  // Short rows of class indices: m and s of a block of rows at once (short_rows.h).
+  // The cols path: the same from ce_cols_max_sumexp, and the target's logit read in place.
+  const int64_t short_rows = ce_short_block(P), block = ce_block_rows<T>(P);
+  const bool cols = ce_cols<T>(P);
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
-    A sm[kShortBlock], ss[kShortBlock], scratch[kShortBlock];  // m and s of a block's short rows
+    A sm[kShortBlock], ss[kShortBlock], scratch[kShortBlock];  // m and s of a block's short rows (or cols)
     HalfRows<T> hr(C, 2, w);  // half types: contiguous rows widened (x, q) for the float row kernels
-    for (int64_t b0 = r0; b0 < r1; b0 += block) {
-      const int64_t b1 = std::min(r1, b0 + block);
-      if (short_rows) short_rows_max_sumexp(x + b0 * C, C, b1 - b0, sm, ss, scratch);
+    CeBlock<T> bx(P, cols ? 0 : block), bq(P, P.prob ? block : 0);
+    for (int64_t b0 = r0, b1; b0 < r1; b0 = b1) {
+      b1 = ce_block_end(P, b0, block, r1);
+      const T* xc = cols ? x + ce_row(P, b0).base : nullptr;  // cols: row b0's class 0 (row j's: xc + j)
+      if constexpr (std::is_same_v<T, A>)
+        if (cols) ce_cols_max_sumexp(xc, C, P.inner, b1 - b0, sm, ss);
+      const T* xb = cols ? nullptr : bx.rows(x, b0, b1);
+      const T* qb = P.prob ? bq.rows(q, b0, b1) : nullptr;
+      if (short_rows && !cols) short_rows_max_sumexp(xb, C, b1 - b0, sm, ss, scratch);
       for (int64_t r = b0; r < b1; ++r) {
-        const CeRow row = ce_row(P, r);
-        const T* xr = x + row.base;
+        const T* xr = cols ? xc + (r - b0) : xb + (r - b0) * C;
+        const int64_t D = cols ? P.inner : 1;  // xr's stride between classes
         A L;
         CeLse<A> l;
         if (P.prob) {
-          const T* qr = q + row.base;
+          const T* qr = qb + (r - b0) * C;
           Online<A> st;
-          if (row.D == 1 && C >= kShortRow) {  // (a call per short row costs more than the online loop)
+          if (C >= kShortRow) {  // (a call per short row costs more than the online loop)
             A mspa[4];
             if constexpr (HalfRows<T>::kOn)
               ce_prob_stats_contiguous(hr.widen(0, xr), hr.widen(1, qr), hr.w, C, keep, epsc, mspa);
@@ -490,13 +606,13 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
             st.m = mspa[0], st.s = mspa[1], st.up = mspa[2], st.a = mspa[3];
           } else {
             for (int64_t c = 0; c < C; ++c)
-              st.template add<true>(A(xr[c * row.D]), (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc));
+              st.template add<true>(A(xr[c]), (w ? A(w[c]) : A(1)) * (keep * A(qr[c]) + epsc));
           }
           const A ls = tm_log(st.s);
           L = st.a + st.up * ls;
           l = {st.m, ls};
           if (!std::isfinite(L))
-            L = A(ce_row_exact(xr, qr, -1, row.D, C, w, 1.0 - P.smoothing, P.smoothing / double(C)));
+            L = A(ce_row_exact(xr, qr, -1, 1, C, w, 1.0 - P.smoothing, P.smoothing / double(C)));
         } else {
           const int64_t tr = t[r];
           if (tr == P.ignore_index) {
@@ -509,20 +625,19 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
           } else {
             Online<A> st;
             if (smooth) {
-              for (int64_t c = 0; c < C; ++c) st.template add<true>(A(xr[c * row.D]), w ? A(w[c]) : A(1));
-            } else if (short_rows) {
+              for (int64_t c = 0; c < C; ++c) st.template add<true>(A(xr[c]), w ? A(w[c]) : A(1));
+            } else if (short_rows || cols) {
               st.m = sm[r - b0], st.s = ss[r - b0];
-            } else if (row.D == 1) {
-              if constexpr (HalfRows<T>::kOn) online_lse_contiguous(hr.widen(0, xr), C, &st.m, &st.s);
-              else online_lse_contiguous(xr, C, &st.m, &st.s);
+            } else if constexpr (HalfRows<T>::kOn) {
+              online_lse_contiguous(hr.widen(0, xr), C, &st.m, &st.s);
             } else {
-              for (int64_t c = 0; c < C; ++c) st.template add<false>(A(xr[c * row.D]), A(0));
+              online_lse_contiguous(xr, C, &st.m, &st.s);
             }
             const A ls = tm_log(st.s);
-            const A nll = (w ? A(w[tr]) : A(1)) * ((st.m - A(xr[tr * row.D])) + ls);
+            const A nll = (w ? A(w[tr]) : A(1)) * ((st.m - A(xr[tr * D])) + ls);
             L = smooth ? keep * nll + epsc * (st.a + st.up * ls) : nll;
             if (smooth && !std::isfinite(L))
-              L = A(ce_row_exact(xr, static_cast<const T*>(nullptr), tr, row.D, C, w, 1.0 - P.smoothing,
+              L = A(ce_row_exact(xr, static_cast<const T*>(nullptr), tr, 1, C, w, 1.0 - P.smoothing,
                                  P.smoothing / double(C)));
             l = {st.m, ls};
           }
@@ -560,47 +675,49 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   const A sc = ce_smooth_zero_den(P, tw[0]) ? nan_v<A>() : P.reduction == 1 ? A(1) / tw[0] : A(1), wmean = tw[1];
   const int64_t* t = P.prob ? nullptr : static_cast<const int64_t*>(tgt);
   const T* q = P.prob ? static_cast<const T*>(tgt) : nullptr;
-  // Short contiguous rows of class indices: p = exp(lp) of a block of rows at once (short_rows.h).
-  const int64_t short_rows = ce_short_block(P), block = short_rows ? short_rows : R;
+  // Short rows of class indices: p = exp(lp) of a block of rows at once (short_rows.h). The cols path:
+  // ce_cols_backward.
+  const int64_t short_rows = ce_short_block(P), block = ce_block_rows<T>(P);
+  const bool cols = ce_cols<T>(P);
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A p[kShortBlock];  // the block's p, from x before any of its dx is written (dx may be x: cross_entropy_backward_)
     HalfRows<T> hr(C, 4, w);  // half types: x, q, dx, dq of a contiguous row in float
-    for (int64_t b0 = r0; b0 < r1; b0 += block) {
-      const int64_t b1 = std::min(r1, b0 + block);
-      if (short_rows) short_rows_softmax(x + b0 * C, lse + 2 * b0, C, b1 - b0, p);
-      for (int64_t r = b0; r < b1; ++r) {
-        const CeRow row = ce_row(P, r);
-        const T* xr = x + row.base;
-        T* dxr = dx + row.base;
-        const A G = A(g[P.reduction == 0 ? r : 0]) * sc;
-        const CeLse<A> l = CeLse<A>::load(lse, r);
-        if (P.prob && row.D == 1) {
-          if constexpr (HalfRows<T>::kOn) {
-            const float *fx = hr.widen(0, xr), *fq = hr.widen(1, q + row.base);
-            ce_prob_backward_contiguous(hr.row(2), dq ? hr.row(3) : nullptr, fx, fq, hr.w, C, G, l, keep, epsc);
-            narrow_run(dxr, hr.row(2), C);
-            if (dq) narrow_run(dq + row.base, hr.row(3), C);
-          } else {
-            ce_prob_backward_contiguous(dxr, dq ? dq + row.base : nullptr, xr, q + row.base, w, C, G, l, keep, epsc);
-          }
+    const int64_t gathered = cols ? 0 : block;
+    CeBlock<T> bx(P, gathered), bq(P, P.prob ? block : 0), bdx(P, gathered), bdq(P, dq ? block : 0);
+    for (int64_t b0 = r0, b1; b0 < r1; b0 = b1) {
+      b1 = ce_block_end(P, b0, block, r1);
+      if constexpr (std::is_same_v<T, A>)
+        if (cols) {
+          ce_cols_backward(dx, x, g, t, w, lse, sc, keep, P, b0, b1);
           continue;
         }
+      const T* xb = bx.rows(x, b0, b1);
+      const T* qb = P.prob ? bq.rows(q, b0, b1) : nullptr;
+      T* dxb = bdx.out(dx, b0);
+      T* dqb = dq ? bdq.out(dq, b0) : nullptr;
+      if (short_rows) short_rows_softmax(xb, lse + 2 * b0, C, b1 - b0, p);
+      for (int64_t r = b0; r < b1; ++r) {
+        const T* xr = xb + (r - b0) * C;
+        T* dxr = dxb + (r - b0) * C;
+        const A G = A(g[P.reduction == 0 ? r : 0]) * sc;
+        const CeLse<A> l = CeLse<A>::load(lse, r);
         if (P.prob) {
-          const T* qr = q + row.base;
-          A U = 0;
-          for (int64_t c = 0; c < C; ++c) U += (w ? A(w[c]) : A(1)) * (keep * A(qr[c * row.D]) + epsc);
-          for (int64_t c = 0; c < C; ++c) {
-            const A wc = w ? A(w[c]) : A(1), lp = l.log_p(A(xr[c * row.D]));
-            const A u = wc * (keep * A(qr[c * row.D]) + epsc);
-            dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(lp) - u));
-            if (dq) dq[row.base + c * row.D] = static_cast<T>(-keep * G * wc * lp);
+          const T* qr = qb + (r - b0) * C;
+          T* dqr = dq ? dqb + (r - b0) * C : nullptr;
+          if constexpr (HalfRows<T>::kOn) {
+            const float *fx = hr.widen(0, xr), *fq = hr.widen(1, qr);
+            ce_prob_backward_contiguous(hr.row(2), dq ? hr.row(3) : nullptr, fx, fq, hr.w, C, G, l, keep, epsc);
+            narrow_run(dxr, hr.row(2), C);
+            if (dq) narrow_run(dqr, hr.row(3), C);
+          } else {
+            ce_prob_backward_contiguous(dxr, dqr, xr, qr, w, C, G, l, keep, epsc);
           }
           continue;
         }
         const int64_t tr = t[r];
         if (tr == P.ignore_index || tr < 0 || tr >= C) {
           const T fill = static_cast<T>(tr == P.ignore_index ? A(0) : nan_v<A>());
-          for (int64_t c = 0; c < C; ++c) dxr[c * row.D] = fill;
+          for (int64_t c = 0; c < C; ++c) dxr[c] = fill;
           continue;
         }
         const A wt = w ? A(w[tr]) : A(1);
@@ -611,8 +728,8 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           dxr[tr] = static_cast<T>(G * (U * pr[tr] - keep * wt));
           continue;
         }
-        if (!smooth && row.D == 1) {  // as above
-          const A xt = A(xr[tr]);     // (read first: dx may be x itself, cross_entropy_backward_)
+        if (!smooth) {            // as above
+          const A xt = A(xr[tr]);  // (read first: dx may be x itself, cross_entropy_backward_)
           const A GUs = G * U * tm_exp(-l.ls);
           if constexpr (HalfRows<T>::kOn) {
             softmax_scaled_contiguous(hr.row(2), hr.widen(0, xr), C, GUs, l.m);
@@ -625,9 +742,11 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
         }
         for (int64_t c = 0; c < C; ++c) {
           const A u = (c == tr ? keep * wt : A(0)) + (smooth ? epsc * (w ? A(w[c]) : A(1)) : A(0));
-          dxr[c * row.D] = static_cast<T>(G * (U * tm_exp(l.log_p(A(xr[c * row.D]))) - u));
+          dxr[c] = static_cast<T>(G * (U * tm_exp(l.log_p(A(xr[c]))) - u));
         }
       }
+      bdx.put(dx, b0, b1);
+      if (dq) bdq.put(dq, b0, b1);
     }
   });
 }

@@ -151,6 +151,14 @@ _CE_CASES = [
     Case("nd_mean", _ce(3, 5, d=(4, 2), weight=True, ignore=0.2, label_smoothing=0.1)),
     Case("nd_none", _ce(2, 6, d=(3, 5), ignore=0.2, reduction="none")),
     Case("nd_sum_weight", _ce(2, 4, d=(7,), weight=True, reduction="sum")),
+    # CPU: rows at stride inner >= 16 with class indices and no smoothing run across the rows (blocks of 256
+    # rows, here 256 + 44); the other strided rows are gathered into contiguous ones (short and long rows)
+    Case("nd_cols_none", _ce(2, 5, d=(300,), weight=True, ignore=0.2, reduction="none"), smooth=False),
+    Case("nd_cols_mean", _ce(3, 6, d=(17, 3), ignore=0.3)),
+    Case("nd_cols_smooth_gathered", _ce(2, 6, d=(20,), weight=True, ignore=0.2, label_smoothing=0.2)),
+    Case("nd_gathered_long", _ce(3, 40, d=(5,), weight=True, ignore=0.2)),
+    Case("nd_gathered_short", _ce(40, 6, d=(3,), reduction="none")),
+    Case("prob_nd_gathered", _ce(2, 5, d=(20,), prob=True, weight=True, label_smoothing=0.1)),
     Case("unbatched_mean", _ce(None, 7, unbatched=True)),
     Case("unbatched_none_smooth_weight", _ce(None, 7, unbatched=True, weight=True, label_smoothing=0.1,
                                              reduction="none")),

@@ -174,16 +174,18 @@ def _ce_case(kind, device, dtype):
     non-leaf whose gradient flows on, as an LM head's."""
     g = torch.Generator().manual_seed(5)
     n, c, k = (500, 10, 8) if kind == "short" else (12, 37, 8)  # short: several blocks of the CPU's flat path
-    shape = (n, c, 3) if kind == "nd" else (n, c)
+    d = {"nd": 3, "nd_cols": 20}.get(kind, 1)  # nd_cols: the CPU's loops across rows at stride >= 16
+    shape = (n, c, d) if d > 1 else (n, c)
     h = torch.randn(n, k, dtype=F64, generator=g)
-    W = torch.randn(k, c * (3 if kind == "nd" else 1), dtype=F64, generator=g)
+    W = torch.randn(k, c * d, dtype=F64, generator=g)
     kw = {"class": {}, "short": dict(reduction="none"), "smooth_none": dict(reduction="none", label_smoothing=0.2),
           "weight_sum": dict(reduction="sum", ignore_index=2, weight=torch.rand(c, dtype=F64, generator=g) + 0.5),
-          "nd": dict(label_smoothing=0.1), "prob": dict(label_smoothing=0.05)}[kind]
+          "nd": dict(label_smoothing=0.1), "prob": dict(label_smoothing=0.05),
+          "nd_cols": dict(reduction="none", ignore_index=2, weight=torch.rand(c, dtype=F64, generator=g) + 0.5)}[kind]
     if kind == "prob":
         t = torch.softmax(torch.randn(shape, dtype=F64, generator=g), 1).to(dtype)
     else:
-        t = torch.randint(0, c, (n, 3) if kind == "nd" else (n,), generator=g)
+        t = torch.randint(0, c, (n, d) if d > 1 else (n,), generator=g)
         t[1] = kw.get("ignore_index", -100)
     kw = {k_: (v.to(device, dtype) if isinstance(v, torch.Tensor) else v) for k_, v in kw.items()}
     return h.to(device, dtype), W.to(device, dtype), t.to(device), kw, shape
@@ -201,7 +203,7 @@ def _ce_run(h, W, t, kw, shape, inplace, f):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("kind", ["class", "short", "smooth_none", "weight_sum", "nd", "prob"])
+@pytest.mark.parametrize("kind", ["class", "short", "smooth_none", "weight_sum", "nd", "nd_cols", "prob"])
 def test_inplace_backward(kind, dtype, device):
     """inplace_backward=True: the loss and every gradient are those of the usual backward (bit for
     bit: the same kernel), and those of torch (float64); the gradient handed to the logits' node is
@@ -219,6 +221,51 @@ def test_inplace_backward(kind, dtype, device):
         torch.testing.assert_close(loss, loss_t)
         torch.testing.assert_close(gz, gz_t)
         torch.testing.assert_close(gh, gh_t)
+
+
+@pytest.mark.parametrize("C,kw", [(21, dict(ignore_index=255)),                    # CPU: loops across the rows
+                                  (21, dict(reduction="none", weight=True)),
+                                  (40, dict(ignore_index=255, weight=True)),
+                                  (21, dict(label_smoothing=0.1, ignore_index=255)),  # gathered rows
+                                  (21, dict(prob=True))], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_strided_rows_match_torch_at_any_thread_count(C, kw, dtype):
+    """A segmentation's logits [N, C, H, W] (rows at stride H W = 925) over many blocks, the threads'
+    shares of the rows split inside an image: the loss and the logits' gradient are torch's (float64)
+    and the same bits at 1 and 2 threads."""
+    g = torch.Generator().manual_seed(11)
+    kw = dict(kw)
+    shape = (3, C, 25, 37)
+    x = (torch.randn(shape, generator=g, dtype=F64) * 3).to(dtype)
+    if kw.pop("prob", False):
+        t = torch.softmax(torch.randn(shape, generator=g, dtype=F64), 1).to(dtype)
+    else:
+        t = torch.randint(0, C, (3, 25, 37), generator=g)
+        t[torch.rand(t.shape, generator=g) < 0.1] = kw.get("ignore_index", -100)
+    if kw.get("weight"):
+        kw["weight"] = (torch.randint(1, 17, (C,), generator=g) / 8).to(dtype)
+    gy = torch.rand((3, 25, 37) if kw.get("reduction") == "none" else (), generator=g, dtype=F64)
+
+    def run(f, xv, tv, kv):
+        xv = xv.clone().requires_grad_()
+        y = f(xv, tv, **kv)
+        y.backward(gy.to(y.dtype))
+        return y.detach(), xv.grad
+
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for k in (1, 2):
+            torch.set_num_threads(k)
+            outs.append(run(TF.cross_entropy, x, t, kw))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    kw64 = {k: (v.to(F64) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    ref = run(F.cross_entropy, x.to(F64), t.to(F64) if t.is_floating_point() else t, kw64)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for ours, want in zip(outs[0], ref):
+        torch.testing.assert_close(ours.to(F64), want, **tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)
