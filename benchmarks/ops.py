@@ -133,6 +133,19 @@ def _loss(kind):
     return setup
 
 
+def _cross_entropy_nd(size, dtype, device):
+    """cross_entropy of a segmentation's logits (N, C, H, W) against class indices (N, H, W), a row
+    per pixel at stride H W. Bytes as cross_entropy's (plus the int64 targets read)."""
+    n, c, h, w = size
+    e = torch.tensor([], dtype=dtype).element_size()
+    x = _leaf((n, c, h, w), dtype, device)
+    t = torch.randint(0, c, (n, h, w), device=device)
+    rows = n * h * w
+    return Case(f"{n}x{c}x{h}x{w}", rows * c, [x], lambda a: TF.cross_entropy(a, t),
+                lambda a: torch.nn.functional.cross_entropy(a, t),
+                _passes(rows * (c * e + 8), rows * (2 * c * e + 8)))
+
+
 def _cross_entropy_inplace(size, dtype, device):
     """cross_entropy(..., inplace_backward=True) against torch's F.cross_entropy, fwd+bwd only (a
     replayed backward would find the logits already overwritten); the logits' gradient is their
@@ -217,6 +230,7 @@ SETUPS = {
     "cross_entropy": _loss("cross_entropy"),
     "cross_entropy_inplace": _cross_entropy_inplace,
     "cross_entropy_probs": _loss("cross_entropy_probs"),
+    "cross_entropy_nd": _cross_entropy_nd,
     "mse_loss": _loss("mse_loss"),
     "nearest_neighbor": _nearest_neighbor,
     "sgd": _sgd,
@@ -241,6 +255,8 @@ def sizes(op: str, device: str, quick: bool) -> Sequence:
             return [(8192, 32768), (4096, 128256)] if op in ("cross_entropy", "cross_entropy_inplace") else \
                    [(8192, 32768)]
         return [(4096, 10), (1024, 1024), (128, 32768)]
+    if op == "cross_entropy_nd":  # (N, C, H, W): Pascal VOC's 21 classes, ADE20K's 150
+        return [(16, 21, 512, 512), (32, 150, 128, 128)] if gpu else [(8, 21, 128, 128), (16, 150, 64, 64)]
     if op == "nearest_neighbor":  # (N, K, D)
         return [(65536, 1024, 64)] + ([] if quick else [(16384, 4096, 256)]) if gpu else \
                [(1797, 100, 64), (4096, 256, 64)]
