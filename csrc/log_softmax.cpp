@@ -85,20 +85,55 @@ TM_SIMD static void log_softmax_forward_rows(T* __restrict y, const X* __restric
   }
 }
 
-// The same for one outer index of `inner` interleaved rows; m and s: inner accumulators.
+// One outer index's `inner` interleaved rows (row i: elements r * inner + i). The loops run along
+// the outer index's data in runs of W elements, W = cols_width(inner): inner, or for inner < 16 a
+// multiple of it (k <= reduce rows at once), so that few columns still fill whole vectors. Lane j
+// of a run belongs to row j % inner: per-lane accumulators are folded into their row's (cols_fold),
+// and a row's values spread back over its lanes (cols_spread). Accumulators: at most cols_width(inner).
+inline int64_t cols_width(int64_t inner) { return inner >= 16 ? inner : inner * ((64 + inner - 1) / inner); }
+inline int64_t cols_width(Rows R) {  // (an outer index of few elements: their rows one run, unfolded)
+  return R.reduce * R.inner <= 64 ? R.inner : std::min(cols_width(R.inner), R.reduce * R.inner);
+}
+
+template <typename A, typename F>
+static void cols_fold(A* __restrict v, int64_t inner, int64_t W, const F& op) {
+  for (int64_t q = inner; q < W; q += inner)
+    for (int64_t i = 0; i < inner; ++i) v[i] = op(v[i], v[q + i]);
+}
+template <typename A>
+static void cols_spread(A* __restrict v, int64_t inner, int64_t W) {
+  for (int64_t q = inner; q < W; q += inner)
+    for (int64_t i = 0; i < inner; ++i) v[q + i] = v[i];
+}
+
+// acc[j] = op(acc[j], f(k, j)) over the outer index's elements k (k % W = j): the whole runs (up to
+// full, a multiple of W), then the tail.
+template <typename A, typename Op, typename F>
+TM_INLINE void cols_accumulate(A* __restrict acc, int64_t len, int64_t full, int64_t W, const Op& op, const F& f) {
+  for (int64_t b = 0; b < full; b += W)
+    for (int64_t j = 0; j < W; ++j) acc[j] = op(acc[j], f(b + j, j));
+  for (int64_t j = 0; j < len - full; ++j) acc[j] = op(acc[j], f(full + j, j));
+}
+
+// The forward over the interleaved rows; m and s: W accumulators each.
 template <typename T>
 TM_SIMD static void log_softmax_forward_cols(T* __restrict yo, const T* __restrict xo, Rows R, acc_t<T>* __restrict m,
                                              acc_t<T>* __restrict s) {
   using A = acc_t<T>;
-  for (int64_t i = 0; i < R.inner; ++i) { m[i] = -std::numeric_limits<A>::infinity(); s[i] = A(0); }
-  for (int64_t r = 0; r < R.reduce; ++r)
-    for (int64_t i = 0; i < R.inner; ++i) m[i] = std::max(m[i], to_acc(xo[r * R.inner + i]));
-  for (int64_t r = 0; r < R.reduce; ++r)
-    for (int64_t i = 0; i < R.inner; ++i) s[i] += fast_exp(to_acc(xo[r * R.inner + i]) - m[i]);
+  const int64_t W = cols_width(R), len = R.reduce * R.inner, full = W == R.inner ? len : len - len % W;
+  const auto max_op = [](A a, A b) { return std::max(a, b); };
+  const auto add_op = [](A a, A b) { return a + b; };
+  for (int64_t j = 0; j < W; ++j) { m[j] = -std::numeric_limits<A>::infinity(); s[j] = A(0); }
+  cols_accumulate(m, len, full, W, max_op, [&](int64_t k, int64_t) { return to_acc(xo[k]); });
+  cols_fold(m, R.inner, W, max_op);
+  cols_spread(m, R.inner, W);
+  cols_accumulate(s, len, full, W, add_op, [&](int64_t k, int64_t j) { return fast_exp(to_acc(xo[k]) - m[j]); });
+  cols_fold(s, R.inner, W, add_op);
   for (int64_t i = 0; i < R.inner; ++i) s[i] = std::log(s[i]);
-  for (int64_t r = 0; r < R.reduce; ++r)
-    for (int64_t i = 0; i < R.inner; ++i)
-      yo[r * R.inner + i] = from_acc<T>((to_acc(xo[r * R.inner + i]) - m[i]) - s[i]);
+  cols_spread(s, R.inner, W);
+  for (int64_t b = 0; b < full; b += W)
+    for (int64_t j = 0; j < W; ++j) yo[b + j] = from_acc<T>((to_acc(xo[b + j]) - m[j]) - s[j]);
+  for (int64_t j = 0; j < len - full; ++j) yo[full + j] = from_acc<T>((to_acc(xo[full + j]) - m[j]) - s[j]);
 }
 
 // kDouble == false: out0 = dx = dy - exp(y) * sum(dy)                         (g0 = dy)
@@ -134,34 +169,37 @@ TM_SIMD static void log_softmax_grad_rows(T* __restrict out0, T* __restrict out1
   }
 }
 
-// The same for one outer index of `inner` interleaved rows (offset base); s, t: inner accumulators.
+// The same over one outer index's interleaved rows (offset base), as the forward's; s, t: W accumulators.
 template <typename T, bool kDouble>
 TM_SIMD static void log_softmax_grad_cols(T* __restrict out0, T* __restrict out1, const T* __restrict g0,
                                           const T* __restrict g1, const T* __restrict y, Rows R, int64_t base,
                                           acc_t<T>* __restrict s, acc_t<T>* __restrict t) {
   using A = acc_t<T>;
-  for (int64_t i = 0; i < R.inner; ++i) { s[i] = A(0); t[i] = A(0); }
-  for (int64_t r = 0; r < R.reduce; ++r)
-    for (int64_t i = 0; i < R.inner; ++i) {
-      const int64_t k = base + r * R.inner + i;
-      if (!kDouble) {
-        s[i] += to_acc(g0[k]);
-      } else {
-        s[i] += to_acc(g1[k]);
-        t[i] += to_acc(g0[k]) * fast_exp(to_acc(y[k]));
-      }
+  const int64_t W = cols_width(R), len = R.reduce * R.inner, full = W == R.inner ? len : len - len % W;
+  const auto add_op = [](A a, A b) { return a + b; };
+  out0 += base, g0 += base, y += base;
+  if (kDouble) out1 += base, g1 += base;
+  for (int64_t j = 0; j < W; ++j) { s[j] = A(0); t[j] = A(0); }
+  cols_accumulate(s, len, full, W, add_op, [&](int64_t k, int64_t) { return to_acc(kDouble ? g1[k] : g0[k]); });
+  cols_fold(s, R.inner, W, add_op);
+  cols_spread(s, R.inner, W);
+  if (kDouble) {
+    cols_accumulate(t, len, full, W, add_op, [&](int64_t k, int64_t) { return to_acc(g0[k]) * fast_exp(to_acc(y[k])); });
+    cols_fold(t, R.inner, W, add_op);
+    cols_spread(t, R.inner, W);
+  }
+  const auto out = [&](int64_t k, int64_t j) {
+    const A p = fast_exp(to_acc(y[k]));
+    if (!kDouble) {
+      out0[k] = from_acc<T>(to_acc(g0[k]) - p * s[j]);
+    } else {
+      out0[k] = from_acc<T>(to_acc(g0[k]) - t[j]);
+      out1[k] = from_acc<T>(-to_acc(g0[k]) * p * s[j]);
     }
-  for (int64_t r = 0; r < R.reduce; ++r)
-    for (int64_t i = 0; i < R.inner; ++i) {
-      const int64_t k = base + r * R.inner + i;
-      const A p = fast_exp(to_acc(y[k]));
-      if (!kDouble) {
-        out0[k] = from_acc<T>(to_acc(g0[k]) - p * s[i]);
-      } else {
-        out0[k] = from_acc<T>(to_acc(g0[k]) - t[i]);
-        out1[k] = from_acc<T>(-to_acc(g0[k]) * p * s[i]);
-      }
-    }
+  };
+  for (int64_t b = 0; b < full; b += W)
+    for (int64_t j = 0; j < W; ++j) out(b + j, j);
+  for (int64_t j = 0; j < len - full; ++j) out(full + j, j);
 }
 
 // Short rows (n < kShortRow, short_rows.h): m and s of a block of rows at once, then
@@ -237,7 +275,7 @@ static void log_softmax_forward_kernel(T* y, const T* x, Rows R) {
       }
     }
     if (R.inner == 1) return log_softmax_forward_rows(y, x, R.reduce, o0, o1);
-    std::vector<acc_t<T>> m(R.inner), s(R.inner);
+    std::vector<acc_t<T>> m(cols_width(R)), s(cols_width(R));
     const int64_t len = R.reduce * R.inner;
     for (int64_t o = o0; o < o1; ++o) log_softmax_forward_cols(y + o * len, x + o * len, R, m.data(), s.data());
   });
@@ -270,7 +308,7 @@ static void log_softmax_grad_kernel(T* out0, T* out1, const T* g0, const T* g1, 
       }
     }
     if (R.inner == 1) return log_softmax_grad_rows<T, kDouble>(out0, out1, g0, g1, y, R.reduce, o0, o1);
-    std::vector<acc_t<T>> s(R.inner), t(R.inner);
+    std::vector<acc_t<T>> s(cols_width(R)), t(cols_width(R));
     for (int64_t o = o0; o < o1; ++o)
       log_softmax_grad_cols<T, kDouble>(out0, out1, g0, g1, y, R, o * R.reduce * R.inner, s.data(), t.data());
   });

@@ -432,6 +432,11 @@ OPS = [
         Case("rows", lambda: [randn(4, 1025), 1]),
         Case("dim0", lambda: [randn(33, 5), 0]),
         Case("middle", lambda: [randn(3, 7, 4), 1]),
+        # CPU: fewer than 16 columns run k rows at once (runs of 66 here: 4 whole + a tail of 36; dim 0:
+        # 1 + 45), their lanes folded per column; 16 and more one row at a time
+        Case("cols_runs", lambda: [randn(3, 50, 6), 1]),
+        Case("cols_dim0_tail", lambda: [randn(37, 3), 0]),
+        Case("cols_wide", lambda: [randn(2, 9, 20), 1]),
         Case("neg_dim", lambda: [randn(2, 3, 130), -1]),
         Case("0d", lambda: [randn(), 0]),
         Case("empty", lambda: [randn(0, 5), 1]),
