@@ -125,37 +125,58 @@ static int64_t first_bad_target(const I* tgt, int64_t n, const NllArgs& a) {
 
 // l_i = -w[t_i] x[n, t_i, d] for kept i (none: y_i = l_i, 0 where ignored);
 // mean and sum: the blocked sums of l_i and of w[t_i] over the kept i, y = sum l [/ W].
-// kD1: D == 1 (x is [N, C]), so i = n and no division is needed.
+// kD1: D == 1 (x is [N, C]), so i = n. Otherwise a cursor walks (n, d) along i, from one division
+// per range of i: a division per element took more time than the rest of the loop.
 template <typename T, typename I, bool kD1>
 static void nll_forward_kernel(T* y, acc_t<T>* total_weight, const T* x, const I* tgt, const T* w, const NllArgs& a) {
   using A = acc_t<T>;
-  const int64_t n = a.N * a.D;
-  auto at_target = [&](int64_t i, int64_t t) -> A {  // x[n, t, d] for i = n * D + d
-    if (kD1) return static_cast<A>(x[i * a.C + t]);
+  const int64_t n = a.N * a.D, slab = a.C * a.D;
+  struct Cursor {  // element i = n D + d: x[n, t, d] at row + t D with row = n C D + d
+    int64_t row, d;
+  };
+  auto start = [&](int64_t i) -> Cursor {
+    if (kD1) return {i * a.C, 0};
     const int64_t nn = i / a.D, d = i - nn * a.D;
-    return static_cast<A>(x[(nn * a.C + t) * a.D + d]);
+    return {nn * slab + d, d};
+  };
+  auto at_target = [&](Cursor& c, int64_t t) -> A {  // x[n, t, d] of the cursor's i; then steps to i + 1
+    const A v = static_cast<A>(x[c.row + (kD1 ? t : t * a.D)]);
+    if (kD1) {
+      c.row += a.C;
+    } else if (++c.d == a.D) {
+      c.d = 0, c.row += slab - a.D + 1;
+    } else {
+      ++c.row;
+    }
+    return v;
   };
   if (a.reduction == kNone) {
     at::parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
+      Cursor c = start(s);
       for (int64_t i = s; i < e; ++i) {
         const int64_t t = static_cast<int64_t>(tgt[i]);
         if (t == a.ignore_index) {
           y[i] = static_cast<T>(A(0));
+          at_target(c, 0);
           continue;
         }
         const A wv = w ? static_cast<A>(w[t]) : A(1);
-        y[i] = static_cast<T>(-at_target(i, t) * wv);
+        y[i] = static_cast<T>(-at_target(c, t) * wv);
       }
     });
     *total_weight = A(0);
     return;
   }
   const auto s = blocked_sum<2, A>(n, [&](int64_t i0, int64_t i1, std::array<A, 2>& acc) {
-    lane_sum<2, A>(i0, i1, acc, [&](int64_t i, std::array<A, 2>& v) {
+    Cursor c = start(i0);
+    lane_sum<2, A>(i0, i1, acc, [&](int64_t i, std::array<A, 2>& v) {  // (i in order, i0 to i1)
       const int64_t t = static_cast<int64_t>(tgt[i]);
-      if (t == a.ignore_index) return;
+      if (t == a.ignore_index) {
+        at_target(c, 0);
+        return;
+      }
       const A wv = w ? static_cast<A>(w[t]) : A(1);
-      v[0] += -at_target(i, t) * wv;
+      v[0] += -at_target(c, t) * wv;
       v[1] += wv;
     });
   });

@@ -166,6 +166,28 @@ def test_cpu_sums_do_not_depend_on_the_thread_count():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_cpu_nll_of_spatial_targets_matches_torch_at_any_thread_count(reduction):
+    """NLLLoss of [N, C, d] log-probabilities with 60000 targets: the threads' ranges (and the sum's
+    blocks) start inside a row of d = 20000, where the kernel's (n, d) cursor starts by a division."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 20000, generator=gen).log_softmax(1)
+    t = torch.randint(0, 5, (3, 20000), generator=gen)
+    t[torch.rand(t.shape, generator=gen) < 0.1] = -100
+    w = torch.rand(5, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for k in (1, 2):
+            torch.set_num_threads(k)
+            outs.append(TF.nll_loss(x, t, w, reduction=reduction))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    want = F.nll_loss(x.double(), t, w.double(), reduction=reduction)
+    torch.testing.assert_close(outs[0].double(), want, atol=1e-5, rtol=1e-5)  # float32 sums of 54000 terms
+
+
 def test_compiled_losses_have_no_graph_break():
     torch.manual_seed(0)
 
