@@ -413,7 +413,7 @@ inline int64_t ce_short_block(const CeParams& P) {
 constexpr int64_t kColRows = 256;  // rows per block of the cols path
 template <typename T>
 bool ce_cols(const CeParams& P) {
-  return !std::is_same_v<T, acc_t<T>> ? false : !P.prob && !(P.smoothing > 0) && P.inner >= 16;
+  return std::is_same_v<T, acc_t<T>> && !P.prob && !(P.smoothing > 0) && P.inner >= 16;
 }
 template <typename T>
 int64_t ce_block_rows(const CeParams& P) {
@@ -427,6 +427,16 @@ inline int64_t ce_block_end(const CeParams& P, int64_t b0, int64_t block, int64_
   return P.inner == 1 ? e : std::min(e, (b0 / P.inner + 1) * P.inner);
 }
 
+// A row's place in x's layout.
+struct CeRow {
+  int64_t base;  // element 0 of the row
+  int64_t D;     // stride between its classes
+};
+inline CeRow ce_row(const CeParams& p, int64_t r) {
+  const int64_t o = r / p.inner, i = r % p.inner;
+  return {o * p.classes * p.inner + i, p.inner};
+}
+
 // Rows [b0, b1) of src (x's layout) as contiguous rows: in place, or gathered into buf.
 template <typename T>
 struct CeBlock {
@@ -436,7 +446,7 @@ struct CeBlock {
   const T* rows(const T* src, int64_t b0, int64_t b1) {
     if (P.inner == 1) return src + b0 * P.classes;
     const int64_t C = P.classes, n = b1 - b0;
-    const T* s = src + (b0 / P.inner * C) * P.inner + b0 % P.inner;
+    const T* s = src + ce_row(P, b0).base;
     for (int64_t c = 0; c < C; ++c)
       for (int64_t j = 0; j < n; ++j) buf[j * C + c] = s[c * P.inner + j];
     return buf.data();
@@ -446,7 +456,7 @@ struct CeBlock {
   void put(T* dst, int64_t b0, int64_t b1) {
     if (P.inner == 1) return;
     const int64_t C = P.classes, n = b1 - b0;
-    T* d = dst + (b0 / P.inner * C) * P.inner + b0 % P.inner;
+    T* d = dst + ce_row(P, b0).base;
     for (int64_t c = 0; c < C; ++c)
       for (int64_t j = 0; j < n; ++j) d[c * P.inner + j] = buf[j * C + c];
   }
@@ -477,16 +487,6 @@ TM_SIMD void ce_cols_softmax_scaled(T* dx, const T* x, int64_t C, int64_t inner,
       const T v = gus[j] * fast_exp(x[c * inner + j] - m[j]);
       dx[c * inner + j] = keep[j] != T(0) ? v : fill[j];
     }
-}
-
-// A row's place in x's layout.
-struct CeRow {
-  int64_t base;  // element 0 of the row
-  int64_t D;     // stride between its classes
-};
-inline CeRow ce_row(const CeParams& p, int64_t r) {
-  const int64_t o = r / p.inner, i = r % p.inner;
-  return {o * p.classes * p.inner + i, p.inner};
 }
 
 // The cols path's backward of rows [b0, b1) (class indices, no smoothing: U = keep w_t): per row

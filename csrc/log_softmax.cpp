@@ -106,13 +106,18 @@ static void cols_spread(A* __restrict v, int64_t inner, int64_t W) {
     for (int64_t i = 0; i < inner; ++i) v[q + i] = v[i];
 }
 
-// acc[j] = op(acc[j], f(k, j)) over the outer index's elements k (k % W = j): the whole runs (up to
-// full, a multiple of W), then the tail.
+// f(k, j) for the outer index's elements k, j = k % W its lane: the whole runs (up to full, a
+// multiple of W), then the tail.
+template <typename F>
+TM_INLINE void cols_each(int64_t len, int64_t full, int64_t W, const F& f) {
+  for (int64_t b = 0; b < full; b += W)
+    for (int64_t j = 0; j < W; ++j) f(b + j, j);
+  for (int64_t j = 0; j < len - full; ++j) f(full + j, j);
+}
+// acc[j] = op(acc[j], f(k, j)) over those elements.
 template <typename A, typename Op, typename F>
 TM_INLINE void cols_accumulate(A* __restrict acc, int64_t len, int64_t full, int64_t W, const Op& op, const F& f) {
-  for (int64_t b = 0; b < full; b += W)
-    for (int64_t j = 0; j < W; ++j) acc[j] = op(acc[j], f(b + j, j));
-  for (int64_t j = 0; j < len - full; ++j) acc[j] = op(acc[j], f(full + j, j));
+  cols_each(len, full, W, [&](int64_t k, int64_t j) { acc[j] = op(acc[j], f(k, j)); });
 }
 
 // The forward over the interleaved rows; m and s: W accumulators each.
@@ -131,9 +136,7 @@ TM_SIMD static void log_softmax_forward_cols(T* __restrict yo, const T* __restri
   cols_fold(s, R.inner, W, add_op);
   for (int64_t i = 0; i < R.inner; ++i) s[i] = std::log(s[i]);
   cols_spread(s, R.inner, W);
-  for (int64_t b = 0; b < full; b += W)
-    for (int64_t j = 0; j < W; ++j) yo[b + j] = from_acc<T>((to_acc(xo[b + j]) - m[j]) - s[j]);
-  for (int64_t j = 0; j < len - full; ++j) yo[full + j] = from_acc<T>((to_acc(xo[full + j]) - m[j]) - s[j]);
+  cols_each(len, full, W, [&](int64_t k, int64_t j) { yo[k] = from_acc<T>((to_acc(xo[k]) - m[j]) - s[j]); });
 }
 
 // kDouble == false: out0 = dx = dy - exp(y) * sum(dy)                         (g0 = dy)
@@ -197,9 +200,7 @@ TM_SIMD static void log_softmax_grad_cols(T* __restrict out0, T* __restrict out1
       out1[k] = from_acc<T>(-to_acc(g0[k]) * p * s[j]);
     }
   };
-  for (int64_t b = 0; b < full; b += W)
-    for (int64_t j = 0; j < W; ++j) out(b + j, j);
-  for (int64_t j = 0; j < len - full; ++j) out(full + j, j);
+  cols_each(len, full, W, out);
 }
 
 // Short rows (n < kShortRow, short_rows.h): m and s of a block of rows at once, then
