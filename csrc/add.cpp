@@ -220,22 +220,23 @@ static void add_backward_kernel(T* out, const T* dy, const SumToPlan& p) {
   });
 }
 
-void add_forward_cpu(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, const Broadcast2& bc) {
+void add_forward_cpu(at::TensorBase& y, const at::TensorBase& a, const at::TensorBase& b, const Broadcast2& bc) {
   TM_DISPATCH_FLOATING(y.scalar_type(), "add_forward_cpu", [&] {
     add_forward_kernel<scalar_t>(y.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), bc,
                                  y.numel());
   });
 }
 
-void add_backward_cpu(at::Tensor& out, const at::Tensor& dy, const SumToPlan& plan) {
+void add_backward_cpu(at::TensorBase& out, const at::TensorBase& dy, const SumToPlan& plan) {
   TM_DISPATCH_FLOATING(out.scalar_type(), "add_backward_cpu", [&] {
     add_backward_kernel<scalar_t>(out.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), plan);
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("add_forward", &add_forward);
   m.impl("add_backward", &add_backward);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

@@ -203,19 +203,19 @@ static void amax_grad_kernel(T* out, const T* g, const T* x, const T* y, Rows R)
   });
 }
 
-void amax_forward_cpu(at::Tensor& y, const at::Tensor& x, Rows r) {
+void amax_forward_cpu(at::TensorBase& y, const at::TensorBase& x, Rows r) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "amax_forward_cpu",
                        [&] { amax_forward_kernel<scalar_t>(y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), r); });
 }
 
-void amax_backward_cpu(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y, Rows r) {
+void amax_backward_cpu(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& x, const at::TensorBase& y, Rows r) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "amax_backward_cpu", [&] {
     amax_grad_kernel<scalar_t, false>(dx.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                       y.data_ptr<scalar_t>(), r);
   });
 }
 
-void amax_double_backward_cpu(at::Tensor& d_dy, const at::Tensor& gg, const at::Tensor& x, const at::Tensor& y,
+void amax_double_backward_cpu(at::TensorBase& d_dy, const at::TensorBase& gg, const at::TensorBase& x, const at::TensorBase& y,
                               Rows r) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "amax_double_backward_cpu", [&] {
     amax_grad_kernel<scalar_t, true>(d_dy.data_ptr<scalar_t>(), gg.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
@@ -223,10 +223,11 @@ void amax_double_backward_cpu(at::Tensor& d_dy, const at::Tensor& gg, const at::
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("amax_forward", &amax_forward);
   m.impl("amax_backward", &amax_backward);
   m.impl("amax_double_backward", &amax_double_backward);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

@@ -50,6 +50,8 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   return t;
 }
 
+at::TensorBase new_workspace(at::IntArrayRef sizes, const at::TensorOptions& opts) { return at::empty(sizes, opts); }
+
 int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
   const int64_t n = ndim == 0 ? 1 : ndim;  // a 0-d tensor accepts dim 0 and -1, as torch
   TORCH_CHECK_INDEX(dim >= -n && dim < n, "torchmodules.", op, ": dim ", dim,

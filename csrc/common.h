@@ -2,11 +2,17 @@
 // the C++ and the CUDA kernels use, and the sizes of the packed masks.
 #pragma once
 
-#include <ATen/ATen.h>
+// The CUDA kernels see tensors as at::TensorBase (storage, sizes, dtype, device: no operators), whose
+// header nvcc parses in a quarter of the time of ATen.h's; the glue, in C++, gets all of ATen.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/ATen_fwd.h>
+#include <ATen/core/TensorBase.h>
+#ifndef __CUDACC__
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#endif
 
 #include <cstdint>
 #include <string>
@@ -57,6 +63,22 @@ void check_class_target_shape(const char* op, at::IntArrayRef in, const at::Tens
 // Uninitialised, as at::empty; with TORCHMODULES_POISON=1 in the environment (the tests set
 // it) filled with NaN (0xFF bytes for masks) first, so an element a kernel forgot shows.
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opts);
+// A launcher's scratch memory: at::empty, callable where only TensorBase is known (the .cu files).
+at::TensorBase new_workspace(at::IntArrayRef sizes, const at::TensorOptions& opts);
+// Launchers take lists of tensors as TensorBase too (a list of at::Tensor needs its full header).
+using TensorBaseList = c10::ArrayRef<at::TensorBase>;
+
+#ifndef __CUDACC__
+// Registers an op file's glue, `fn(torch::Library& m)`, for the CPU and (built with CUDA) for CUDA:
+// the glue picks the CPU or CUDA launcher itself (TM_LAUNCH), so one list serves both devices.
+#ifdef TORCHMODULES_CUDA
+#define TM_REGISTER_GLUE(fn)                                 \
+  TORCH_LIBRARY_IMPL(torchmodules, CPU, m) { fn(m); }        \
+  TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) { fn(m); }
+#else
+#define TM_REGISTER_GLUE(fn) TORCH_LIBRARY_IMPL(torchmodules, CPU, m) { fn(m); }
+#endif
+#endif
 
 // ---- packed masks for the backward of ReLU and Maximum ---------------------------------
 // Stored as uint8 but written and read as little-endian 32-bit words: element i lives in

@@ -820,18 +820,18 @@ void ce_double_backward_kernel(T* d_g, T* d_x, T* d_q, const T* gg, const T* hh,
 }
 
 template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
+const T* ptr_or_null(const at::TensorBase& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 template <typename T>
-T* mut_ptr_or_null(const at::Tensor& t) {
+T* mut_ptr_or_null(const at::TensorBase& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 }  // namespace
 
-void cross_entropy_forward_cpu(at::Tensor& loss, at::Tensor& lse, at::Tensor& total_weight, at::Tensor& bad,
-                               const at::Tensor& x, const at::Tensor& target, const at::Tensor& weight,
+void cross_entropy_forward_cpu(at::TensorBase& loss, at::TensorBase& lse, at::TensorBase& total_weight, at::TensorBase& bad,
+                               const at::TensorBase& x, const at::TensorBase& target, const at::TensorBase& weight,
                                const CeParams& p) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "cross_entropy_forward_cpu", [&] {
     using A = acc_t<scalar_t>;
@@ -841,9 +841,9 @@ void cross_entropy_forward_cpu(at::Tensor& loss, at::Tensor& lse, at::Tensor& to
   });
 }
 
-void cross_entropy_backward_cpu(at::Tensor& dx, at::Tensor& dq, const at::Tensor& g, const at::Tensor& x,
-                                const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
-                                const at::Tensor& total_weight, const CeParams& p) {
+void cross_entropy_backward_cpu(at::TensorBase& dx, at::TensorBase& dq, const at::TensorBase& g, const at::TensorBase& x,
+                                const at::TensorBase& target, const at::TensorBase& weight, const at::TensorBase& lse,
+                                const at::TensorBase& total_weight, const CeParams& p) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "cross_entropy_backward_cpu", [&] {
     using A = acc_t<scalar_t>;
     ce_backward_kernel<scalar_t>(dx.data_ptr<scalar_t>(), mut_ptr_or_null<scalar_t>(dq), g.data_ptr<scalar_t>(),
@@ -852,10 +852,10 @@ void cross_entropy_backward_cpu(at::Tensor& dx, at::Tensor& dq, const at::Tensor
   });
 }
 
-void cross_entropy_double_backward_cpu(at::Tensor& d_g, at::Tensor& d_x, at::Tensor& d_q, const at::Tensor& gg,
-                                       const at::Tensor& hh, const at::Tensor& g, const at::Tensor& x,
-                                       const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
-                                       const at::Tensor& total_weight, const CeParams& p) {
+void cross_entropy_double_backward_cpu(at::TensorBase& d_g, at::TensorBase& d_x, at::TensorBase& d_q, const at::TensorBase& gg,
+                                       const at::TensorBase& hh, const at::TensorBase& g, const at::TensorBase& x,
+                                       const at::TensorBase& target, const at::TensorBase& weight, const at::TensorBase& lse,
+                                       const at::TensorBase& total_weight, const CeParams& p) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "cross_entropy_double_backward_cpu", [&] {
     using A = acc_t<scalar_t>;
     ce_double_backward_kernel<scalar_t>(d_g.data_ptr<scalar_t>(), d_x.data_ptr<scalar_t>(),
@@ -866,11 +866,12 @@ void cross_entropy_double_backward_cpu(at::Tensor& d_g, at::Tensor& d_x, at::Ten
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward);
   m.impl("cross_entropy_backward", &cross_entropy_backward);
   m.impl("cross_entropy_backward_", &cross_entropy_backward_inplace);
   m.impl("cross_entropy_double_backward", &cross_entropy_double_backward);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

@@ -14,13 +14,13 @@ std::vector<at::Tensor> duplicate_forward(const at::Tensor& x, int64_t n) {
   const at::Tensor xc = x.contiguous();
   std::vector<at::Tensor> ys;
   for (int64_t k = 0; k < n; ++k) ys.push_back(new_output(x.sizes(), x.options()));
-  if (x.numel() > 0) TM_LAUNCH(duplicate_forward, x, ys, xc);
+  if (x.numel() > 0) TM_LAUNCH(duplicate_forward, x, std::vector<at::TensorBase>(ys.begin(), ys.end()), xc);
   return ys;
 }
 
 at::Tensor duplicate_backward(at::TensorList grads) {
   TORCH_CHECK(!grads.empty(), "torchmodules.duplicate_backward: needs at least one gradient");
-  std::vector<at::Tensor> gs;
+  std::vector<at::TensorBase> gs;
   for (size_t k = 0; k < grads.size(); ++k) {
     check_floating("duplicate_backward", "grads", grads[k]);
     check_same_dtype_device("duplicate_backward", "grads[0]", grads[0], "grads[k]", grads[k]);
@@ -95,7 +95,7 @@ static void duplicate_backward_kernel(T* dx, const std::vector<const T*>& gs, in
   });
 }
 
-void duplicate_forward_cpu(std::vector<at::Tensor>& ys, const at::Tensor& x) {
+void duplicate_forward_cpu(TensorBaseList ys, const at::TensorBase& x) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "duplicate_forward_cpu", [&] {
     std::vector<scalar_t*> p;
     for (auto& y : ys) p.push_back(y.data_ptr<scalar_t>());
@@ -103,7 +103,7 @@ void duplicate_forward_cpu(std::vector<at::Tensor>& ys, const at::Tensor& x) {
   });
 }
 
-void duplicate_backward_cpu(at::Tensor& dx, at::TensorList grads) {
+void duplicate_backward_cpu(at::TensorBase& dx, TensorBaseList grads) {
   TM_DISPATCH_FLOATING(dx.scalar_type(), "duplicate_backward_cpu", [&] {
     std::vector<const scalar_t*> p;
     for (const auto& g : grads) p.push_back(g.data_ptr<scalar_t>());
@@ -111,9 +111,10 @@ void duplicate_backward_cpu(at::Tensor& dx, at::TensorList grads) {
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("duplicate_forward", &duplicate_forward);
   m.impl("duplicate_backward", &duplicate_backward);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

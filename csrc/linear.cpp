@@ -135,7 +135,7 @@ at::Tensor linear_backward_weight(const at::Tensor& grad_y, const at::Tensor& x)
 // ---- CPU: the three products as calls of gemm_cpu (gemm_cpu.cpp) ---------------------------
 
 // y[M,N] = x[M,K] w[N,K]^T + bias:  A = x (row-major), B(k,n) = w[n,k].
-void linear_forward_cpu(at::Tensor& y, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+void linear_forward_cpu(at::TensorBase& y, const at::TensorBase& x, const at::TensorBase& w, const at::TensorBase& bias) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   TM_DISPATCH_FLOATING(x.scalar_type(), "linear_forward_cpu", [&] {
     gemm_cpu<scalar_t>(M, N, K, x.data_ptr<scalar_t>(), K, 1, w.data_ptr<scalar_t>(), 1, K, y.data_ptr<scalar_t>(), N,
@@ -144,8 +144,8 @@ void linear_forward_cpu(at::Tensor& y, const at::Tensor& x, const at::Tensor& w,
 }
 
 // y[M,N] = relu(x[M,K] w[N,K]^T + bias) and its mask: the forward's GEMM with the ReLU epilogue.
-void linear_relu_forward_cpu(at::Tensor& y, at::Tensor& mask, const at::Tensor& x, const at::Tensor& w,
-                             const at::Tensor& bias) {
+void linear_relu_forward_cpu(at::TensorBase& y, at::TensorBase& mask, const at::TensorBase& x, const at::TensorBase& w,
+                             const at::TensorBase& bias) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   TM_DISPATCH_FLOATING(x.scalar_type(), "linear_relu_forward_cpu", [&] {
     gemm_cpu<scalar_t>(M, N, K, x.data_ptr<scalar_t>(), K, 1, w.data_ptr<scalar_t>(), 1, K, y.data_ptr<scalar_t>(), N,
@@ -155,7 +155,7 @@ void linear_relu_forward_cpu(at::Tensor& y, at::Tensor& mask, const at::Tensor& 
 }
 
 // dx[M,K] = dy[M,N] w[N,K]:  A = dy (row-major), B = w (row-major), inner dim N.
-void linear_backward_input_cpu(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& w) {
+void linear_backward_input_cpu(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& w) {
   const int64_t M = dy.size(0), N = dy.size(1), K = w.size(1);
   TM_DISPATCH_FLOATING(dy.scalar_type(), "linear_backward_input_cpu", [&] {
     gemm_cpu<scalar_t>(M, K, N, dy.data_ptr<scalar_t>(), N, 1, w.data_ptr<scalar_t>(), K, 1, dx.data_ptr<scalar_t>(), K,
@@ -164,7 +164,7 @@ void linear_backward_input_cpu(at::Tensor& dx, const at::Tensor& dy, const at::T
 }
 
 // dW[N,K] = dy[M,N]^T x[M,K]:  A(n,m) = dy[m,n], B = x (row-major), inner dim M.
-void linear_backward_weight_cpu(at::Tensor& dw, const at::Tensor& dy, const at::Tensor& x) {
+void linear_backward_weight_cpu(at::TensorBase& dw, const at::TensorBase& dy, const at::TensorBase& x) {
   const int64_t M = dy.size(0), N = dy.size(1), K = x.size(1);
   TM_DISPATCH_FLOATING(dy.scalar_type(), "linear_backward_weight_cpu", [&] {
     gemm_cpu<scalar_t>(N, K, M, dy.data_ptr<scalar_t>(), 1, N, x.data_ptr<scalar_t>(), K, 1, dw.data_ptr<scalar_t>(), K,
@@ -172,11 +172,12 @@ void linear_backward_weight_cpu(at::Tensor& dw, const at::Tensor& dy, const at::
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("linear_forward", &linear_forward);
   m.impl("linear_relu_forward", &linear_relu_forward);
   m.impl("linear_backward_input", &linear_backward_input);
   m.impl("linear_backward_weight", &linear_backward_weight);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

@@ -315,21 +315,21 @@ static void log_softmax_grad_kernel(T* out0, T* out1, const T* g0, const T* g1, 
   });
 }
 
-void log_softmax_forward_cpu(at::Tensor& y, const at::Tensor& x, Rows r) {
+void log_softmax_forward_cpu(at::TensorBase& y, const at::TensorBase& x, Rows r) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "log_softmax_forward_cpu", [&] {
     log_softmax_forward_kernel<scalar_t>(y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), r);
   });
 }
 
-void log_softmax_backward_cpu(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& y, Rows r) {
+void log_softmax_backward_cpu(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& y, Rows r) {
   TM_DISPATCH_FLOATING(y.scalar_type(), "log_softmax_backward_cpu", [&] {
     log_softmax_grad_kernel<scalar_t, false>(dx.data_ptr<scalar_t>(), nullptr, dy.data_ptr<scalar_t>(), nullptr,
                                              y.data_ptr<scalar_t>(), r);
   });
 }
 
-void log_softmax_double_backward_cpu(at::Tensor& d_dy, at::Tensor& d_y, const at::Tensor& gg, const at::Tensor& dy,
-                                     const at::Tensor& y, Rows r) {
+void log_softmax_double_backward_cpu(at::TensorBase& d_dy, at::TensorBase& d_y, const at::TensorBase& gg, const at::TensorBase& dy,
+                                     const at::TensorBase& y, Rows r) {
   TM_DISPATCH_FLOATING(y.scalar_type(), "log_softmax_double_backward_cpu", [&] {
     log_softmax_grad_kernel<scalar_t, true>(d_dy.data_ptr<scalar_t>(), d_y.data_ptr<scalar_t>(),
                                             gg.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
@@ -337,10 +337,11 @@ void log_softmax_double_backward_cpu(at::Tensor& d_dy, at::Tensor& d_y, const at
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("log_softmax_forward", &log_softmax_forward);
   m.impl("log_softmax_backward", &log_softmax_backward);
   m.impl("log_softmax_double_backward", &log_softmax_double_backward);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

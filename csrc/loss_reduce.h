@@ -8,6 +8,8 @@
 #include <array>
 #include <vector>
 
+#include <ATen/Parallel.h>
+
 #include "common.h"
 
 namespace torchmodules {

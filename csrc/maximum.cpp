@@ -347,7 +347,7 @@ static void maximum_backward_kernel(T* da, T* db, const T* dy, const uint32_t* m
   }
 }
 
-void maximum_forward_cpu(at::Tensor& y, at::Tensor& mask, const at::Tensor& a, const at::Tensor& b,
+void maximum_forward_cpu(at::TensorBase& y, at::TensorBase& mask, const at::TensorBase& a, const at::TensorBase& b,
                          const Broadcast2& bc) {
   TM_DISPATCH_FLOATING(y.scalar_type(), "maximum_forward_cpu", [&] {
     maximum_forward_kernel<scalar_t>(y.data_ptr<scalar_t>(), reinterpret_cast<uint32_t*>(mask.data_ptr<uint8_t>()),
@@ -355,7 +355,7 @@ void maximum_forward_cpu(at::Tensor& y, at::Tensor& mask, const at::Tensor& a, c
   });
 }
 
-void maximum_backward_cpu(at::Tensor& da, at::Tensor& db, const at::Tensor& dy, const at::Tensor& mask) {
+void maximum_backward_cpu(at::TensorBase& da, at::TensorBase& db, const at::TensorBase& dy, const at::TensorBase& mask) {
   TM_DISPATCH_FLOATING(dy.scalar_type(), "maximum_backward_cpu", [&] {
     scalar_t* pa = da.defined() ? da.data_ptr<scalar_t>() : nullptr;
     scalar_t* pb = db.defined() ? db.data_ptr<scalar_t>() : nullptr;
@@ -367,10 +367,11 @@ void maximum_backward_cpu(at::Tensor& da, at::Tensor& db, const at::Tensor& dy, 
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("maximum_forward", &maximum_forward);
   m.impl("maximum_backward", &maximum_backward);
   m.impl("maximum_backward_both", &maximum_backward_both);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

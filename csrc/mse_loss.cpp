@@ -117,7 +117,7 @@ struct Diff {
 };
 
 template <typename T>
-Diff<T> make_diff(const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc) {
+Diff<T> make_diff(const at::TensorBase& x, const at::TensorBase& t, const Broadcast2& bc) {
   const bool flat = bc.ndim == 1 && bc.stride_a[0] == 1 && bc.stride_b[0] == 1;
   return Diff<T>{x.data_ptr<T>(), t.data_ptr<T>(), bc, flat};
 }
@@ -235,14 +235,14 @@ static void mse_double_backward_kernel(T* d_dy, T* d_x, T* d_t, const T* gg, con
   d_dy[0] = static_cast<T>(s[0]);
 }
 
-void mse_loss_forward_cpu(at::Tensor& y, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc, int64_t n,
+void mse_loss_forward_cpu(at::TensorBase& y, const at::TensorBase& x, const at::TensorBase& t, const Broadcast2& bc, int64_t n,
                           int64_t reduction) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "mse_loss_forward_cpu", [&] {
     mse_forward_kernel<scalar_t>(y.data_ptr<scalar_t>(), make_diff<scalar_t>(x, t, bc), n, reduction);
   });
 }
 
-void mse_loss_backward_cpu(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t,
+void mse_loss_backward_cpu(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& x, const at::TensorBase& t,
                            const Broadcast2& bc, int64_t n, int64_t reduction) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "mse_loss_backward_cpu", [&] {
     mse_backward_kernel<scalar_t>(dx.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), make_diff<scalar_t>(x, t, bc), n,
@@ -250,8 +250,8 @@ void mse_loss_backward_cpu(at::Tensor& dx, const at::Tensor& dy, const at::Tenso
   });
 }
 
-void mse_loss_double_backward_cpu(at::Tensor& d_dy, at::Tensor& d_x, at::Tensor& d_t, const at::Tensor& gg,
-                                  const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc,
+void mse_loss_double_backward_cpu(at::TensorBase& d_dy, at::TensorBase& d_x, at::TensorBase& d_t, const at::TensorBase& gg,
+                                  const at::TensorBase& dy, const at::TensorBase& x, const at::TensorBase& t, const Broadcast2& bc,
                                   int64_t n, int64_t reduction) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "mse_loss_double_backward_cpu", [&] {
     mse_double_backward_kernel<scalar_t>(d_dy.data_ptr<scalar_t>(), d_x.data_ptr<scalar_t>(),
@@ -260,10 +260,11 @@ void mse_loss_double_backward_cpu(at::Tensor& d_dy, at::Tensor& d_x, at::Tensor&
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("mse_loss_forward", &mse_loss_forward);
   m.impl("mse_loss_backward", &mse_loss_backward);
   m.impl("mse_loss_double_backward", &mse_loss_double_backward);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

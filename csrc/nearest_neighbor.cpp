@@ -261,15 +261,15 @@ void nn_backward_weight_kernel(T* dw, const T* g, const T* x, const T* w, const 
 }
 }  // namespace
 
-void nearest_neighbor_forward_cpu(at::Tensor& index, at::Tensor& sqdist, const at::Tensor& x, const at::Tensor& w) {
+void nearest_neighbor_forward_cpu(at::TensorBase& index, at::TensorBase& sqdist, const at::TensorBase& x, const at::TensorBase& w) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "nearest_neighbor_forward_cpu", [&] {
     nn_forward_kernel<scalar_t>(index.data_ptr<int64_t>(), sqdist.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                 w.data_ptr<scalar_t>(), sqdist.numel(), w.size(0), w.size(1));
   });
 }
 
-void nearest_neighbor_backward_input_cpu(at::Tensor& dx, const at::Tensor& grad, const at::Tensor& x,
-                                         const at::Tensor& w, const at::Tensor& index) {
+void nearest_neighbor_backward_input_cpu(at::TensorBase& dx, const at::TensorBase& grad, const at::TensorBase& x,
+                                         const at::TensorBase& w, const at::TensorBase& index) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "nearest_neighbor_backward_input_cpu", [&] {
     nn_backward_input_kernel<scalar_t>(dx.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                        w.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), index.numel(), w.size(0),
@@ -277,8 +277,8 @@ void nearest_neighbor_backward_input_cpu(at::Tensor& dx, const at::Tensor& grad,
   });
 }
 
-void nearest_neighbor_backward_weight_cpu(at::Tensor& dw, const at::Tensor& grad, const at::Tensor& x,
-                                          const at::Tensor& w, const at::Tensor& index) {
+void nearest_neighbor_backward_weight_cpu(at::TensorBase& dw, const at::TensorBase& grad, const at::TensorBase& x,
+                                          const at::TensorBase& w, const at::TensorBase& index) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "nearest_neighbor_backward_weight_cpu", [&] {
     nn_backward_weight_kernel<scalar_t>(dw.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                         w.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), index.numel(), w.size(0),
@@ -286,10 +286,11 @@ void nearest_neighbor_backward_weight_cpu(at::Tensor& dw, const at::Tensor& grad
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("nearest_neighbor_forward", &nearest_neighbor_forward);
   m.impl("nearest_neighbor_backward_input", &nearest_neighbor_backward_input);
   m.impl("nearest_neighbor_backward_weight", &nearest_neighbor_backward_weight);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

@@ -211,13 +211,13 @@ static void nll_backward_kernel(T* dx, const T* dy, const I* tgt, const T* w, ac
 
 // Runs f(I{}) with I the target's index type.
 template <typename F>
-static void dispatch_target(const at::Tensor& target, const F& f) {
+static void dispatch_target(const at::TensorBase& target, const F& f) {
   if (target.scalar_type() == at::kByte) f(uint8_t{});
   else f(int64_t{});
 }
 
-void nll_loss_forward_cpu(at::Tensor& out, at::Tensor& total_weight, NllBad& bad, const at::Tensor& x,
-                          const at::Tensor& target, const at::Tensor& weight, const NllArgs& a) {
+void nll_loss_forward_cpu(at::TensorBase& out, at::TensorBase& total_weight, NllBad& bad, const at::TensorBase& x,
+                          const at::TensorBase& target, const at::TensorBase& weight, const NllArgs& a) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "nll_loss_forward_cpu", [&] {
     dispatch_target(target, [&](auto tag) {
       using I = decltype(tag);
@@ -235,8 +235,8 @@ void nll_loss_forward_cpu(at::Tensor& out, at::Tensor& total_weight, NllBad& bad
   });
 }
 
-void nll_loss_backward_cpu(at::Tensor& dx, NllBad& bad, const at::Tensor& dy, const at::Tensor& target,
-                           const at::Tensor& weight, const at::Tensor& total_weight, const NllArgs& a) {
+void nll_loss_backward_cpu(at::TensorBase& dx, NllBad& bad, const at::TensorBase& dy, const at::TensorBase& target,
+                           const at::TensorBase& weight, const at::TensorBase& total_weight, const NllArgs& a) {
   TM_DISPATCH_FLOATING(dx.scalar_type(), "nll_loss_backward_cpu", [&] {
     dispatch_target(target, [&](auto tag) {
       using I = decltype(tag);
@@ -253,9 +253,10 @@ void nll_loss_backward_cpu(at::Tensor& dx, NllBad& bad, const at::Tensor& dy, co
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("nll_loss_forward", &nll_loss_forward);
   m.impl("nll_loss_backward", &nll_loss_backward);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

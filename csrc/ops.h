@@ -1,7 +1,8 @@
 // The glue of every op (checks, allocation, device switch; csrc/<op>.cpp) and the kernel
 // launchers it calls: <op>_cpu in csrc/<op>.cpp, <op>_cuda in kernels/<op>.cu.
 // Launchers take outputs first, then inputs; inputs arrive checked and laid out as the
-// comment says, outputs allocated (contiguous) and unwritten.
+// comment says, outputs allocated (contiguous) and unwritten. They take at::TensorBase (data,
+// sizes, dtype, device; no operators), which is all a kernel needs and all a .cu file includes.
 #pragma once
 
 #include "common.h"
@@ -85,47 +86,47 @@ at::Tensor nearest_neighbor_backward_weight(const at::Tensor& grad, const at::Te
 // ---- launchers ---------------------------------------------------------------------------
 // Linear, all 2-D contiguous, same dtype; bias undefined or [N].
 //   y[M,N] = x[M,K] w[N,K]^T + bias     dx[M,K] = dy[M,N] w[N,K]     dw[N,K] = dy[M,N]^T x[M,K]
-TM_DECLARE_LAUNCHER(linear_forward, at::Tensor& y, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
-TM_DECLARE_LAUNCHER(linear_backward_input, at::Tensor& dx, const at::Tensor& dy, const at::Tensor& w);
-TM_DECLARE_LAUNCHER(linear_backward_weight, at::Tensor& dw, const at::Tensor& dy, const at::Tensor& x);
+TM_DECLARE_LAUNCHER(linear_forward, at::TensorBase& y, const at::TensorBase& x, const at::TensorBase& w, const at::TensorBase& bias);
+TM_DECLARE_LAUNCHER(linear_backward_input, at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& w);
+TM_DECLARE_LAUNCHER(linear_backward_weight, at::TensorBase& dw, const at::TensorBase& dy, const at::TensorBase& x);
 
 // Linear + ReLU: y[M,N] = relu(x[M,K] w[N,K]^T + bias), as Linear's forward; mask as ReLU's
 // (relu_mask_bytes(M * N)), the bit of y[m, n] at flat index m * N + n.
-TM_DECLARE_LAUNCHER(linear_relu_forward, at::Tensor& y, at::Tensor& mask, const at::Tensor& x, const at::Tensor& w,
-                    const at::Tensor& bias);
+TM_DECLARE_LAUNCHER(linear_relu_forward, at::TensorBase& y, at::TensorBase& mask, const at::TensorBase& x, const at::TensorBase& w,
+                    const at::TensorBase& bias);
 
 // ReLU: x, dy contiguous; mask uint8 of relu_mask_bytes(numel), bit i%32 of word i/32.
-TM_DECLARE_LAUNCHER(relu_forward, at::Tensor& y, at::Tensor& mask, const at::Tensor& x);
-TM_DECLARE_LAUNCHER(relu_backward, at::Tensor& dx, const at::Tensor& dy, const at::Tensor& mask);
+TM_DECLARE_LAUNCHER(relu_forward, at::TensorBase& y, at::TensorBase& mask, const at::TensorBase& x);
+TM_DECLARE_LAUNCHER(relu_backward, at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& mask);
 
 // Duplicate: x and every grad contiguous, one shape.
-TM_DECLARE_LAUNCHER(duplicate_forward, std::vector<at::Tensor>& ys, const at::Tensor& x);
-TM_DECLARE_LAUNCHER(duplicate_backward, at::Tensor& dx, at::TensorList grads);
+TM_DECLARE_LAUNCHER(duplicate_forward, TensorBaseList ys, const at::TensorBase& x);
+TM_DECLARE_LAUNCHER(duplicate_backward, at::TensorBase& dx, TensorBaseList grads);
 
 // Add: a, b any strides, read through bc (output index -> offsets); y contiguous.
-TM_DECLARE_LAUNCHER(add_forward, at::Tensor& y, const at::Tensor& a, const at::Tensor& b, const Broadcast2& bc);
+TM_DECLARE_LAUNCHER(add_forward, at::TensorBase& y, const at::TensorBase& a, const at::TensorBase& b, const Broadcast2& bc);
 // out (contiguous, numel plan.kept.numel) = dy summed over the reduced dims, per plan.
-TM_DECLARE_LAUNCHER(add_backward, at::Tensor& out, const at::Tensor& dy, const SumToPlan& plan);
+TM_DECLARE_LAUNCHER(add_backward, at::TensorBase& out, const at::TensorBase& dy, const SumToPlan& plan);
 
 // Maximum: as Add; mask uint8 of maximum_mask_bytes(numel), 2-bit MaxCode per element,
 // element i in bits 2*(i%16) of word i/16. dy contiguous. The backward writes da and db
 // (dy's shape, contiguous); an undefined one is skipped.
-TM_DECLARE_LAUNCHER(maximum_forward, at::Tensor& y, at::Tensor& mask, const at::Tensor& a, const at::Tensor& b,
+TM_DECLARE_LAUNCHER(maximum_forward, at::TensorBase& y, at::TensorBase& mask, const at::TensorBase& a, const at::TensorBase& b,
                     const Broadcast2& bc);
-TM_DECLARE_LAUNCHER(maximum_backward, at::Tensor& da, at::Tensor& db, const at::Tensor& dy, const at::Tensor& mask);
+TM_DECLARE_LAUNCHER(maximum_backward, at::TensorBase& da, at::TensorBase& db, const at::TensorBase& dy, const at::TensorBase& mask);
 
 // amax and LogSoftmax: x, y, dy, gg contiguous, reduced over the middle of Rows
 // [outer, reduce, inner]; amax's y and dy are [outer, inner], reduce >= 1.
-TM_DECLARE_LAUNCHER(amax_forward, at::Tensor& y, const at::Tensor& x, Rows r);
-TM_DECLARE_LAUNCHER(amax_backward, at::Tensor& dx, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y,
+TM_DECLARE_LAUNCHER(amax_forward, at::TensorBase& y, const at::TensorBase& x, Rows r);
+TM_DECLARE_LAUNCHER(amax_backward, at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& x, const at::TensorBase& y,
                     Rows r);
 // d_dy[o, i] = sum_r gg[o, r, i] [x == y] / #{x == y}, over the row's tied maxima.
-TM_DECLARE_LAUNCHER(amax_double_backward, at::Tensor& d_dy, const at::Tensor& gg, const at::Tensor& x,
-                    const at::Tensor& y, Rows r);
-TM_DECLARE_LAUNCHER(log_softmax_forward, at::Tensor& y, const at::Tensor& x, Rows r);
-TM_DECLARE_LAUNCHER(log_softmax_backward, at::Tensor& dx, const at::Tensor& dy, const at::Tensor& y, Rows r);
-TM_DECLARE_LAUNCHER(log_softmax_double_backward, at::Tensor& d_dy, at::Tensor& d_y, const at::Tensor& gg,
-                    const at::Tensor& dy, const at::Tensor& y, Rows r);
+TM_DECLARE_LAUNCHER(amax_double_backward, at::TensorBase& d_dy, const at::TensorBase& gg, const at::TensorBase& x,
+                    const at::TensorBase& y, Rows r);
+TM_DECLARE_LAUNCHER(log_softmax_forward, at::TensorBase& y, const at::TensorBase& x, Rows r);
+TM_DECLARE_LAUNCHER(log_softmax_backward, at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& y, Rows r);
+TM_DECLARE_LAUNCHER(log_softmax_double_backward, at::TensorBase& d_dy, at::TensorBase& d_y, const at::TensorBase& gg,
+                    const at::TensorBase& dy, const at::TensorBase& y, Rows r);
 
 // CrossEntropy over rows [outer, classes, inner] of x (contiguous); r = o * inner + i indexes the
 // rows, element c of row r at (o * classes + c) * inner + i. target: int64 [rows] class indices, or
@@ -152,28 +153,28 @@ struct CeLse {
 // Forward: loss = per-row losses (none, x's dtype [rows]) or the 0-d reduction; lse, total_weight as
 // above. bad (int64 [2] on the host, zeros, class indices only) gets [count, 1 + the largest row] of
 // targets out of range (the CUDA launcher waits for the check kernel only; none while a graph is captured).
-TM_DECLARE_LAUNCHER(cross_entropy_forward, at::Tensor& loss, at::Tensor& lse, at::Tensor& total_weight,
-                    at::Tensor& bad, const at::Tensor& x, const at::Tensor& target, const at::Tensor& weight,
+TM_DECLARE_LAUNCHER(cross_entropy_forward, at::TensorBase& loss, at::TensorBase& lse, at::TensorBase& total_weight,
+                    at::TensorBase& bad, const at::TensorBase& x, const at::TensorBase& target, const at::TensorBase& weight,
                     const CeParams& p);
 // Backward: dx (x's shape), dq (target's shape, or undefined: not wanted); g is [rows] (none) or 0-d.
-TM_DECLARE_LAUNCHER(cross_entropy_backward, at::Tensor& dx, at::Tensor& dq, const at::Tensor& g,
-                    const at::Tensor& x, const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
-                    const at::Tensor& total_weight, const CeParams& p);
+TM_DECLARE_LAUNCHER(cross_entropy_backward, at::TensorBase& dx, at::TensorBase& dq, const at::TensorBase& g,
+                    const at::TensorBase& x, const at::TensorBase& target, const at::TensorBase& weight, const at::TensorBase& lse,
+                    const at::TensorBase& total_weight, const CeParams& p);
 // Double backward: d_g (g's shape), d_x, d_q (target's shape; undefined for class indices).
-TM_DECLARE_LAUNCHER(cross_entropy_double_backward, at::Tensor& d_g, at::Tensor& d_x, at::Tensor& d_q,
-                    const at::Tensor& gg, const at::Tensor& hh, const at::Tensor& g, const at::Tensor& x,
-                    const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
-                    const at::Tensor& total_weight, const CeParams& p);
+TM_DECLARE_LAUNCHER(cross_entropy_double_backward, at::TensorBase& d_g, at::TensorBase& d_x, at::TensorBase& d_q,
+                    const at::TensorBase& gg, const at::TensorBase& hh, const at::TensorBase& g, const at::TensorBase& x,
+                    const at::TensorBase& target, const at::TensorBase& weight, const at::TensorBase& lse,
+                    const at::TensorBase& total_weight, const CeParams& p);
 // True while the current CUDA stream of on's device is captured into a CUDA graph: no sync is
 // allowed then, so bad targets cannot be read back (their rows are NaN instead).
 #ifdef TORCHMODULES_CUDA
-bool cuda_stream_capturing(const at::Tensor& on);
+bool cuda_stream_capturing(const at::TensorBase& on);
 #else
-inline bool cuda_stream_capturing(const at::Tensor&) { return false; }
+inline bool cuda_stream_capturing(const at::TensorBase&) { return false; }
 #endif
 // SGD: params[k], bufs[k] (empty list without momentum) and grads[k] share one dtype, device,
 // numel >= 1 and a dense layout (same strides), so each is a flat array of numel elements.
-TM_DECLARE_LAUNCHER(sgd_step, at::TensorList params, at::TensorList bufs, at::TensorList grads, const SgdHyper& h);
+TM_DECLARE_LAUNCHER(sgd_step, TensorBaseList params, TensorBaseList bufs, TensorBaseList grads, const SgdHyper& h);
 // NLLLoss: x [N, C, D] and target [N, D] (int64 or uint8) contiguous, weight undefined or [C]
 // contiguous; out [N, D] (none) or [] and total_weight [] (float for the half types). Targets are
 // not checked beforehand: a launcher reports the first one outside [0, C) (and not ignore_index)
@@ -184,33 +185,33 @@ struct NllArgs {
 struct NllBad {
   int64_t index = -1, value = 0;  // flat index into target, and the target there
 };
-TM_DECLARE_LAUNCHER(nll_loss_forward, at::Tensor& out, at::Tensor& total_weight, NllBad& bad, const at::Tensor& x,
-                    const at::Tensor& target, const at::Tensor& weight, const NllArgs& a);
+TM_DECLARE_LAUNCHER(nll_loss_forward, at::TensorBase& out, at::TensorBase& total_weight, NllBad& bad, const at::TensorBase& x,
+                    const at::TensorBase& target, const at::TensorBase& weight, const NllArgs& a);
 // dx [N, C, D]; dy [N, D] (none) or []; total_weight [] as the forward gave it.
-TM_DECLARE_LAUNCHER(nll_loss_backward, at::Tensor& dx, NllBad& bad, const at::Tensor& dy, const at::Tensor& target,
-                    const at::Tensor& weight, const at::Tensor& total_weight, const NllArgs& a);
+TM_DECLARE_LAUNCHER(nll_loss_backward, at::TensorBase& dx, NllBad& bad, const at::TensorBase& dy, const at::TensorBase& target,
+                    const at::TensorBase& weight, const at::TensorBase& total_weight, const NllArgs& a);
 
 // MSELoss: x and t any strides, read through bc (index into the broadcast shape -> offsets);
 // n = numel of the broadcast shape; dy and gg contiguous, n elements (none) or one (mean, sum);
 // y, dx, d_x, d_t of n elements (y, d_dy: one for mean and sum).
-TM_DECLARE_LAUNCHER(mse_loss_forward, at::Tensor& y, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc,
+TM_DECLARE_LAUNCHER(mse_loss_forward, at::TensorBase& y, const at::TensorBase& x, const at::TensorBase& t, const Broadcast2& bc,
                     int64_t n, int64_t reduction);
-TM_DECLARE_LAUNCHER(mse_loss_backward, at::Tensor& dx, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t,
+TM_DECLARE_LAUNCHER(mse_loss_backward, at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& x, const at::TensorBase& t,
                     const Broadcast2& bc, int64_t n, int64_t reduction);
-TM_DECLARE_LAUNCHER(mse_loss_double_backward, at::Tensor& d_dy, at::Tensor& d_x, at::Tensor& d_t, const at::Tensor& gg,
-                    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc, int64_t n,
+TM_DECLARE_LAUNCHER(mse_loss_double_backward, at::TensorBase& d_dy, at::TensorBase& d_x, at::TensorBase& d_t, const at::TensorBase& gg,
+                    const at::TensorBase& dy, const at::TensorBase& x, const at::TensorBase& t, const Broadcast2& bc, int64_t n,
                     int64_t reduction);
 
 // NearestNeighbor: x [N, D], w [K, D] (K >= 1), grad and index [N] (int64), all contiguous; N >= 1
 // for the forward. index [N] and sqdist [N] out; dx [N, D]; dw [K, D]. An index outside [0, K) (only a
 // hand-made one) raises an IndexError on the CPU; on the GPU (no sync) its dx row is NaN and its row
 // is left out of dw.
-TM_DECLARE_LAUNCHER(nearest_neighbor_forward, at::Tensor& index, at::Tensor& sqdist, const at::Tensor& x,
-                    const at::Tensor& w);
-TM_DECLARE_LAUNCHER(nearest_neighbor_backward_input, at::Tensor& dx, const at::Tensor& grad, const at::Tensor& x,
-                    const at::Tensor& w, const at::Tensor& index);
-TM_DECLARE_LAUNCHER(nearest_neighbor_backward_weight, at::Tensor& dw, const at::Tensor& grad, const at::Tensor& x,
-                    const at::Tensor& w, const at::Tensor& index);
+TM_DECLARE_LAUNCHER(nearest_neighbor_forward, at::TensorBase& index, at::TensorBase& sqdist, const at::TensorBase& x,
+                    const at::TensorBase& w);
+TM_DECLARE_LAUNCHER(nearest_neighbor_backward_input, at::TensorBase& dx, const at::TensorBase& grad, const at::TensorBase& x,
+                    const at::TensorBase& w, const at::TensorBase& index);
+TM_DECLARE_LAUNCHER(nearest_neighbor_backward_weight, at::TensorBase& dw, const at::TensorBase& grad, const at::TensorBase& x,
+                    const at::TensorBase& w, const at::TensorBase& index);
 
 // ---- the plan of a sum down to a broadcast source's shape (Add's backward) --------------
 // An index space split in two: kept dims (one per output element, row-major) and reduced

@@ -42,6 +42,11 @@ void bind_first(pybind11::module_& m, const char* name, R (*kernel)(A...)) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace tm = torchmodules;
   m.doc() = "torchmodules kernels, and typed entries of the forward ops (csrc/python.cpp)";
+#ifdef TORCHMODULES_CUDA
+  m.attr("built_with_cuda") = true;  // kernels/*.cu compiled in, whether or not a GPU is there
+#else
+  m.attr("built_with_cuda") = false;
+#endif
   bind(m, "linear_forward", &tm::linear_forward);
   bind(m, "duplicate_forward", &tm::duplicate_forward);
   bind(m, "add_forward", &tm::add_forward);

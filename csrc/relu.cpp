@@ -162,23 +162,24 @@ static void relu_backward_kernel(T* dx, const T* dy, const uint32_t* m, int64_t 
   }
 }
 
-void relu_forward_cpu(at::Tensor& y, at::Tensor& mask, const at::Tensor& x) {
+void relu_forward_cpu(at::TensorBase& y, at::TensorBase& mask, const at::TensorBase& x) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "relu_forward_cpu", [&] {
     relu_forward_kernel<scalar_t>(y.data_ptr<scalar_t>(), reinterpret_cast<uint32_t*>(mask.data_ptr<uint8_t>()),
                                   x.data_ptr<scalar_t>(), x.numel());
   });
 }
 
-void relu_backward_cpu(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& mask) {
+void relu_backward_cpu(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& mask) {
   TM_DISPATCH_FLOATING(dy.scalar_type(), "relu_backward_cpu", [&] {
     relu_backward_kernel<scalar_t>(dx.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
                                    reinterpret_cast<const uint32_t*>(mask.data_ptr<uint8_t>()), dy.numel());
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) {
+static void register_glue(torch::Library& m) {
   m.impl("relu_forward", &relu_forward);
   m.impl("relu_backward", &relu_backward);
 }
+TM_REGISTER_GLUE(register_glue)
 
 }  // namespace torchmodules

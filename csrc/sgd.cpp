@@ -64,7 +64,7 @@ void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList moment
   // The kernels see flat arrays: each param as it is when its elements fill a dense block
   // (any strides), else a contiguous copy written back after. Grads and buffers take the
   // param's layout (copies where theirs differs; a buffer copy is written back).
-  std::vector<at::Tensor> ps, bs, gs;
+  std::vector<at::TensorBase> ps, bs, gs;
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (destination, updated copy)
   for (size_t k = 0; k < n; ++k) {
     const at::Tensor& p = params[k];
@@ -179,7 +179,7 @@ void sgd_run(T* p, T* b, const T* g, int64_t len, const SgdCoef<acc_t<T>>& c) {
 // All tensors laid end to end form one index space [0, total); at::parallel_for splits it
 // into ranges of about kGrain elements, and each range walks the tensors it overlaps (many
 // small tensors share a range, a large tensor spans several).
-void sgd_step_cpu(at::TensorList params, at::TensorList bufs, at::TensorList grads, const SgdHyper& h) {
+void sgd_step_cpu(TensorBaseList params, TensorBaseList bufs, TensorBaseList grads, const SgdHyper& h) {
   const size_t n = params.size();
   std::vector<int64_t> start(n + 1, 0);  // start[k]: first index of tensor k
   for (size_t k = 0; k < n; ++k) start[k + 1] = start[k] + params[k].numel();
@@ -207,8 +207,12 @@ void sgd_step_cpu(at::TensorList params, at::TensorList bufs, at::TensorList gra
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CPU, m) { m.impl("sgd_step", &sgd_step); }
+static void register_glue(torch::Library& m) { m.impl("sgd_step", &sgd_step); }
+TM_REGISTER_GLUE(register_glue)
 // A sparse tensor in the lists dispatches here: the glue rejects it with a clear message.
-TORCH_LIBRARY_IMPL(torchmodules, SparseCPU, m) { m.impl("sgd_step", &sgd_step); }
+TORCH_LIBRARY_IMPL(torchmodules, SparseCPU, m) { register_glue(m); }
+#ifdef TORCHMODULES_CUDA
+TORCH_LIBRARY_IMPL(torchmodules, SparseCUDA, m) { register_glue(m); }
+#endif
 
 }  // namespace torchmodules

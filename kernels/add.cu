@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, int V, int M, typename Idx>
-void launch_add(const at::Tensor& on, T* y, const T* a, const T* b, int64_t n, const Idx& idx) {
+void launch_add(const at::TensorBase& on, T* y, const T* a, const T* b, int64_t n, const Idx& idx) {
   constexpr int kU = V == 1 ? 4 : 2;
   tm_launch(on, dim3(tm_blocks((n + V - 1) / V, kThreads * kU)), dim3(kThreads), 0, add_forward_kernel<T, V, M, Idx>,
             y, a, b, n, idx);
@@ -212,7 +212,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
-void add_forward_cuda(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, const Broadcast2& bc) {
+void add_forward_cuda(at::TensorBase& y, const at::TensorBase& a, const at::TensorBase& b, const Broadcast2& bc) {
   const int64_t n = y.numel();
   if (n == 0) return;
   TM_DISPATCH_FLOATING(y.scalar_type(), "add_forward_cuda", [&] {
@@ -240,7 +240,7 @@ void add_forward_cuda(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, c
   });
 }
 
-void add_backward_cuda(at::Tensor& out, const at::Tensor& dy, const SumToPlan& plan) {
+void add_backward_cuda(at::TensorBase& out, const at::TensorBase& dy, const SumToPlan& plan) {
   const int64_t O = plan.kept.numel, R = plan.reduced.numel;
   if (O == 0) return;
   const Indexer& kp = plan.kept;
@@ -286,7 +286,7 @@ void add_backward_cuda(at::Tensor& out, const at::Tensor& dy, const SumToPlan& p
     if (S == 1) {
       launch_main(pout);
     } else {
-      const at::Tensor ws = at::empty({S * O}, dy.options().dtype(std::is_same<A, double>::value ? at::kDouble : at::kFloat));
+      const at::TensorBase ws = new_workspace({S * O}, dy.options().dtype(std::is_same<A, double>::value ? at::kDouble : at::kFloat));
       A* pws = reinterpret_cast<A*>(ws.data_ptr());
       launch_main(pws);
       if (S <= 32)
@@ -299,9 +299,5 @@ void add_backward_cuda(at::Tensor& out, const at::Tensor& dy, const SumToPlan& p
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("add_forward", &add_forward);
-  m.impl("add_backward", &add_backward);
-}
 
 }  // namespace torchmodules

@@ -133,7 +133,7 @@ struct AmaxDoubleBackward {
 
 // ---- launchers -------------------------------------------------------------------------------
 
-void amax_forward_cuda(at::Tensor& y, const at::Tensor& x, Rows r) {
+void amax_forward_cuda(at::TensorBase& y, const at::TensorBase& x, Rows r) {
   TORCH_CHECK(r.reduce > 0 || r.outer * r.inner == 0, "torchmodules.amax: max over an empty set");
   TM_DISPATCH_FLOATING(x.scalar_type(), "amax_forward_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -142,7 +142,7 @@ void amax_forward_cuda(at::Tensor& y, const at::Tensor& x, Rows r) {
   });
 }
 
-void amax_backward_cuda(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y, Rows r) {
+void amax_backward_cuda(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& x, const at::TensorBase& y, Rows r) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "amax_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     const AmaxBackward<T> p{dptr<scalar_t>(dx), dptr<scalar_t>(dy), dptr<scalar_t>(x), dptr<scalar_t>(y)};
@@ -150,7 +150,7 @@ void amax_backward_cuda(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& 
   });
 }
 
-void amax_double_backward_cuda(at::Tensor& d_dy, const at::Tensor& gg, const at::Tensor& x, const at::Tensor& y,
+void amax_double_backward_cuda(at::TensorBase& d_dy, const at::TensorBase& gg, const at::TensorBase& x, const at::TensorBase& y,
                                Rows r) {
   TORCH_CHECK(r.reduce > 0 || r.outer * r.inner == 0, "torchmodules.amax_double_backward: max over an empty set");
   TM_DISPATCH_FLOATING(x.scalar_type(), "amax_double_backward_cuda", [&] {
@@ -160,10 +160,5 @@ void amax_double_backward_cuda(at::Tensor& d_dy, const at::Tensor& gg, const at:
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("amax_forward", &amax_forward);
-  m.impl("amax_backward", &amax_backward);
-  m.impl("amax_double_backward", &amax_double_backward);
-}
 
 }  // namespace torchmodules

@@ -365,7 +365,7 @@ __global__ void ce_map_flat(const F f, int64_t total, int64_t n, int64_t inner) 
 }
 
 template <class F>
-void launch_map(const at::Tensor& on, const F& f, const CeParams& P) {
+void launch_map(const at::TensorBase& on, const F& f, const CeParams& P) {
   using T = typename F::Elem;
   constexpr int W = 16 / sizeof(T);
   const int64_t rows = P.rows(), n = P.classes;
@@ -621,7 +621,7 @@ struct CeDoubleProb {
 };
 
 template <class T>
-CeArgs<T> ce_args(const at::Tensor& x, const at::Tensor& target, const at::Tensor& weight, const CeParams& P) {
+CeArgs<T> ce_args(const at::TensorBase& x, const at::TensorBase& target, const at::TensorBase& weight, const CeParams& P) {
   using A = dacc<T>;
   CeArgs<T> g;
   g.x = reinterpret_cast<const T*>(x.data_ptr());
@@ -635,12 +635,12 @@ CeArgs<T> ce_args(const at::Tensor& x, const at::Tensor& target, const at::Tenso
 }
 
 template <class T>
-const T* cptr(const at::Tensor& t) { return t.defined() ? reinterpret_cast<const T*>(t.data_ptr()) : nullptr; }
+const T* cptr(const at::TensorBase& t) { return t.defined() ? reinterpret_cast<const T*>(t.data_ptr()) : nullptr; }
 template <class T>
-T* mptr(const at::Tensor& t) { return t.defined() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr; }
+T* mptr(const at::TensorBase& t) { return t.defined() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr; }
 
 template <class T, int M>
-void ce_forward_rows(const at::Tensor& x, const CeArgs<T>& g, T* loss, dacc<T>* buf, dacc<T>* lse, const CeParams& P) {
+void ce_forward_rows(const at::TensorBase& x, const CeArgs<T>& g, T* loss, dacc<T>* buf, dacc<T>* lse, const CeParams& P) {
   const CeForward<T, M> p{g, loss, buf, lse};
   run_rows(x, p, Rows{P.outer, P.classes, P.inner}, {g.x, g.q, g.w});
 }
@@ -649,8 +649,8 @@ void ce_forward_rows(const at::Tensor& x, const CeArgs<T>& g, T* loss, dacc<T>* 
 
 // ---- launchers -------------------------------------------------------------------------------
 
-void cross_entropy_forward_cuda(at::Tensor& loss, at::Tensor& lse, at::Tensor& total_weight, at::Tensor& bad,
-                                const at::Tensor& x, const at::Tensor& target, const at::Tensor& weight,
+void cross_entropy_forward_cuda(at::TensorBase& loss, at::TensorBase& lse, at::TensorBase& total_weight, at::TensorBase& bad,
+                                const at::TensorBase& x, const at::TensorBase& target, const at::TensorBase& weight,
                                 const CeParams& P) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "cross_entropy_forward_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -658,7 +658,7 @@ void cross_entropy_forward_cuda(at::Tensor& loss, at::Tensor& lse, at::Tensor& t
     const CeArgs<T> g = ce_args<T>(x, target, weight, P);
     TargetCheck check(x, g.t, g.t ? P.rows() : 0, P.classes, P.ignore_index);  // first, then the loss
     const bool rows_out = P.reduction == 0;
-    const at::Tensor buf = rows_out ? at::Tensor() : at::empty({P.rows()}, lse.options());
+    const at::TensorBase buf = rows_out ? at::TensorBase() : new_workspace({P.rows()}, lse.options());
     T* lo = rows_out ? mptr<T>(loss) : nullptr;
     A* bp = mptr<A>(buf);
     if (P.prob) ce_forward_rows<T, kProb>(x, g, lo, bp, mptr<A>(lse), P);
@@ -675,9 +675,9 @@ void cross_entropy_forward_cuda(at::Tensor& loss, at::Tensor& lse, at::Tensor& t
   });
 }
 
-void cross_entropy_backward_cuda(at::Tensor& dx, at::Tensor& dq, const at::Tensor& grad, const at::Tensor& x,
-                                 const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
-                                 const at::Tensor& total_weight, const CeParams& P) {
+void cross_entropy_backward_cuda(at::TensorBase& dx, at::TensorBase& dq, const at::TensorBase& grad, const at::TensorBase& x,
+                                 const at::TensorBase& target, const at::TensorBase& weight, const at::TensorBase& lse,
+                                 const at::TensorBase& total_weight, const CeParams& P) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "cross_entropy_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     using A = dacc<T>;
@@ -693,16 +693,16 @@ void cross_entropy_backward_cuda(at::Tensor& dx, at::Tensor& dq, const at::Tenso
   });
 }
 
-void cross_entropy_double_backward_cuda(at::Tensor& d_g, at::Tensor& d_x, at::Tensor& d_q, const at::Tensor& gg,
-                                        const at::Tensor& hh, const at::Tensor& grad, const at::Tensor& x,
-                                        const at::Tensor& target, const at::Tensor& weight, const at::Tensor& lse,
-                                        const at::Tensor& total_weight, const CeParams& P) {
+void cross_entropy_double_backward_cuda(at::TensorBase& d_g, at::TensorBase& d_x, at::TensorBase& d_q, const at::TensorBase& gg,
+                                        const at::TensorBase& hh, const at::TensorBase& grad, const at::TensorBase& x,
+                                        const at::TensorBase& target, const at::TensorBase& weight, const at::TensorBase& lse,
+                                        const at::TensorBase& total_weight, const CeParams& P) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "cross_entropy_double_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     using A = dacc<T>;
     const CeArgs<T> g = ce_args<T>(x, target, weight, P);
     const bool rows_out = P.reduction == 0;
-    const at::Tensor buf = rows_out ? at::Tensor() : at::empty({P.rows()}, lse.options());
+    const at::TensorBase buf = rows_out ? at::TensorBase() : new_workspace({P.rows()}, lse.options());
     T* dg_rows = rows_out ? mptr<T>(d_g) : nullptr;
     const Rows r{P.outer, P.classes, P.inner};
     if (P.prob) {
@@ -727,16 +727,10 @@ void cross_entropy_double_backward_cuda(at::Tensor& d_g, at::Tensor& d_x, at::Te
   });
 }
 
-bool cuda_stream_capturing(const at::Tensor& on) {
+bool cuda_stream_capturing(const at::TensorBase& on) {
   const c10::cuda::CUDAGuard guard(on.device());
   return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("cross_entropy_forward", &cross_entropy_forward);
-  m.impl("cross_entropy_backward", &cross_entropy_backward);
-  m.impl("cross_entropy_backward_", &cross_entropy_backward_inplace);
-  m.impl("cross_entropy_double_backward", &cross_entropy_double_backward);
-}
 
 }  // namespace torchmodules

@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void duplicate_forward_cuda(std::vector<at::Tensor>& ys, const at::Tensor& x) {
+void duplicate_forward_cuda(TensorBaseList ys, const at::TensorBase& x) {
   const int64_t n = x.numel();
   if (n == 0 || ys.empty()) return;
   TM_DISPATCH_FLOATING(x.scalar_type(), "duplicate_forward_cuda", [&] {
@@ -104,7 +104,7 @@ void duplicate_forward_cuda(std::vector<at::Tensor>& ys, const at::Tensor& x) {
   });
 }
 
-void duplicate_backward_cuda(at::Tensor& dx, at::TensorList grads) {
+void duplicate_backward_cuda(at::TensorBase& dx, TensorBaseList grads) {
   const int64_t n = dx.numel();
   if (n == 0) return;
   TORCH_CHECK(!grads.empty(), "torchmodules.duplicate_backward: needs at least one gradient");
@@ -117,18 +117,18 @@ void duplicate_backward_cuda(at::Tensor& dx, at::TensorList grads) {
     T* pdx = dptr<scalar_t>(dx);
     // Over kMaxPtrs gradients: a running sum in A across launches, in dx itself when A is
     // T, else in a float workspace (so half types round once, at the end).
-    at::Tensor ws;
+    at::TensorBase ws;
     A* acc = nullptr;
     if (G > (size_t)kMaxPtrs) {
       if constexpr (kSame) {
         acc = reinterpret_cast<A*>(pdx);
       } else {
-        ws = at::empty({n}, dx.options().dtype(at::kFloat));
+        ws = new_workspace({n}, dx.options().dtype(at::kFloat));
         acc = reinterpret_cast<A*>(ws.data_ptr<float>());
       }
     }
     bool aligned = tm_aligned(16, {pdx}) && (acc == nullptr || tm_aligned(sizeof(A) * V, {acc}));
-    for (const at::Tensor& g : grads) aligned = aligned && tm_aligned(16, {g.data_ptr()});
+    for (const at::TensorBase& g : grads) aligned = aligned && tm_aligned(16, {g.data_ptr()});
     const int64_t blocks = tm_blocks(aligned ? n / V + 1 : n, kThreads);
     for (size_t j0 = 0; j0 < G; j0 += kMaxPtrs) {
       const int k = (int)std::min<size_t>(kMaxPtrs, G - j0);
@@ -150,9 +150,5 @@ void duplicate_backward_cuda(at::Tensor& dx, at::TensorList grads) {
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("duplicate_forward", &duplicate_forward);
-  m.impl("duplicate_backward", &duplicate_backward);
-}
 
 }  // namespace torchmodules

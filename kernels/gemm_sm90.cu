@@ -432,7 +432,7 @@ int kernel_ready(int device, const void* kernel, const char** why) {
 }
 
 template <typename T, bool AKC, bool BKC>
-const char* launch(const at::Tensor& on, at::ScalarType dtype, const void* a, const void* b, const Args& g,
+const char* launch(const at::TensorBase& on, at::ScalarType dtype, const void* a, const void* b, const Args& g,
                    int64_t lda, int64_t ldb) {
   const void* kernel = reinterpret_cast<const void*>(&gemm_sm90_kernel<T, AKC, BKC>);
   const char* why = nullptr;
@@ -450,7 +450,7 @@ const char* launch(const at::Tensor& on, at::ScalarType dtype, const void* a, co
 }
 
 // Why the sm_90a kernel cannot run this product, or nullptr.
-const char* unsupported(const at::Tensor& on, const void* a, const void* b, int64_t lda, int64_t ldb, int64_t M,
+const char* unsupported(const at::TensorBase& on, const void* a, const void* b, int64_t lda, int64_t ldb, int64_t M,
                         int64_t N, int64_t K) {
   int major = 0, minor = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, on.get_device()));
@@ -469,7 +469,7 @@ const char* unsupported(const at::Tensor& on, const void* a, const void* b, int6
 
 }  // namespace
 
-bool gemm_sm90(const at::Tensor& on, at::ScalarType dtype, const void* a, const void* b, const void* bias, void* c,
+bool gemm_sm90(const at::TensorBase& on, at::ScalarType dtype, const void* a, const void* b, const void* bias, void* c,
                int64_t lda, int64_t ldb, int64_t ldc, int64_t M, int64_t N, int64_t K, bool akc, bool bkc) {
   const Mode mode = sm90_mode();
   if (mode == Mode::kOff) return false;

@@ -15,7 +15,7 @@ namespace torchmodules {
 // TORCHMODULES_SM90_GEMM is not "0"; else launches nothing and returns false (the caller
 // runs its own kernel). TORCHMODULES_SM90_GEMM=require raises instead of returning false,
 // with the reason (tests use it to prove the path ran).
-bool gemm_sm90(const at::Tensor& on, at::ScalarType dtype, const void* a, const void* b, const void* bias, void* c,
+bool gemm_sm90(const at::TensorBase& on, at::ScalarType dtype, const void* a, const void* b, const void* bias, void* c,
                int64_t lda, int64_t ldb, int64_t ldc, int64_t M, int64_t N, int64_t K, bool akc, bool bkc);
 
 }  // namespace torchmodules

@@ -22,7 +22,7 @@ inline int64_t tm_blocks(int64_t n, int64_t per_block, int64_t cap = 65535LL * 8
 // Launches kernel<<<grid, block, smem, current stream of `on`>>>(args...) on the device
 // of `on`, then checks the launch.
 template <typename Kernel, typename... Args>
-void tm_launch(const at::Tensor& on, dim3 grid, dim3 block, size_t smem, Kernel kernel, Args&&... args) {
+void tm_launch(const at::TensorBase& on, dim3 grid, dim3 block, size_t smem, Kernel kernel, Args&&... args) {
   const c10::cuda::CUDAGuard guard(on.device());
   kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -48,7 +48,7 @@ template <typename T> __device__ __forceinline__ T from_acc(float v) { return fr
 
 // Pointer of a tensor as its device type.
 template <typename T>
-cuda_t<T>* dptr(const at::Tensor& t) { return reinterpret_cast<cuda_t<T>*>(t.data_ptr<T>()); }
+cuda_t<T>* dptr(const at::TensorBase& t) { return reinterpret_cast<cuda_t<T>*>(t.data_ptr<T>()); }
 
 // True when every pointer is aligned to `bytes` (for 16-byte vector accesses).
 inline bool tm_aligned(int64_t bytes, std::initializer_list<const void*> ptrs) {

@@ -502,7 +502,7 @@ __global__ void __launch_bounds__(Tile::NT, 2) gemm_kernel(const Gemm<typename T
 }
 
 // Compute capability (major) of the device holding on.
-int cc_major(const at::Tensor& on) {
+int cc_major(const at::TensorBase& on) {
   int major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, on.get_device()));
   return major;
@@ -510,7 +510,7 @@ int cc_major(const at::Tensor& on) {
 
 // Launches gemm_kernel<Tile> for C = A B (+ bias) with the vector paths the pointers allow.
 template <class Tile, bool AKC, bool BKC>
-void gemm_with(const at::Tensor& on, Gemm<typename Tile::T> g) {
+void gemm_with(const at::TensorBase& on, Gemm<typename Tile::T> g) {
   using T = typename Tile::T;
   if (g.M == 0 || g.N == 0) return;
   const int64_t tiles = ((g.M + Tile::BM - 1) / Tile::BM) * ((g.N + Tile::BN - 1) / Tile::BN);
@@ -537,7 +537,7 @@ void gemm_with(const at::Tensor& on, Gemm<typename Tile::T> g) {
 // Returns false when the Hopper kernel ran the product: it has no ReLU epilogue, so g.mask is
 // then left to the caller.
 template <typename T, bool AKC, bool BKC>
-bool gemm(const at::Tensor& on, const Gemm<T>& g) {
+bool gemm(const at::TensorBase& on, const Gemm<T>& g) {
   if constexpr (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>) {
     if (gemm_sm90(on, std::is_same_v<T, __half> ? at::kHalf : at::kBFloat16, g.a, g.b, g.bias, g.c, g.lda, g.ldb,
                   g.ldc, g.M, g.N, g.K, AKC, BKC))
@@ -558,7 +558,7 @@ bool gemm(const at::Tensor& on, const Gemm<T>& g) {
 // ---- launchers -----------------------------------------------------------------------------
 
 // y[M,N] = x[M,K] w[N,K]^T + bias: A = x (k-contiguous, lda K), B(k, n) = w[n, k] (k-contiguous, ldb K).
-void linear_forward_cuda(at::Tensor& y, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+void linear_forward_cuda(at::TensorBase& y, const at::TensorBase& x, const at::TensorBase& w, const at::TensorBase& bias) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   TM_DISPATCH_FLOATING(x.scalar_type(), "linear_forward_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -570,8 +570,8 @@ void linear_forward_cuda(at::Tensor& y, const at::Tensor& x, const at::Tensor& w
 // y[M,N] = relu(x[M,K] w[N,K]^T + bias) and ReLU's mask of y: the forward's GEMM with the ReLU
 // epilogue (the mask zeroed first: the epilogue ORs bits in); on the Hopper path, the GEMM,
 // then relu_forward_cuda in place (it reads each element before writing it).
-void linear_relu_forward_cuda(at::Tensor& y, at::Tensor& mask, const at::Tensor& x, const at::Tensor& w,
-                              const at::Tensor& bias) {
+void linear_relu_forward_cuda(at::TensorBase& y, at::TensorBase& mask, const at::TensorBase& x, const at::TensorBase& w,
+                              const at::TensorBase& bias) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   TORCH_CHECK(tm_aligned(4, {mask.data_ptr()}), "torchmodules.linear_relu: mask must be 4-byte aligned");
   uint32_t* pm = reinterpret_cast<uint32_t*>(mask.data_ptr<uint8_t>());
@@ -590,7 +590,7 @@ void linear_relu_forward_cuda(at::Tensor& y, at::Tensor& mask, const at::Tensor&
 }
 
 // dx[M,K] = dy[M,N] w[N,K]: GEMM M x K over N; A = dy (k-contiguous, lda N), B = w (n-contiguous, ldb K).
-void linear_backward_input_cuda(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& w) {
+void linear_backward_input_cuda(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& w) {
   const int64_t M = dy.size(0), N = dy.size(1), K = w.size(1);
   TM_DISPATCH_FLOATING(dy.scalar_type(), "linear_backward_input_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -600,7 +600,7 @@ void linear_backward_input_cuda(at::Tensor& dx, const at::Tensor& dy, const at::
 
 // dw[N,K] = dy[M,N]^T x[M,K]: GEMM N x K over M; A(n, m) = dy[m, n] (lda N) and
 // B(m, k) = x[m, k] (ldb K), both contiguous along the output's dims, not along the sum.
-void linear_backward_weight_cuda(at::Tensor& dw, const at::Tensor& dy, const at::Tensor& x) {
+void linear_backward_weight_cuda(at::TensorBase& dw, const at::TensorBase& dy, const at::TensorBase& x) {
   const int64_t M = dy.size(0), N = dy.size(1), K = x.size(1);
   TM_DISPATCH_FLOATING(dy.scalar_type(), "linear_backward_weight_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -608,11 +608,5 @@ void linear_backward_weight_cuda(at::Tensor& dw, const at::Tensor& dy, const at:
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("linear_forward", &linear_forward);
-  m.impl("linear_relu_forward", &linear_relu_forward);
-  m.impl("linear_backward_input", &linear_backward_input);
-  m.impl("linear_backward_weight", &linear_backward_weight);
-}
 
 }  // namespace torchmodules

@@ -162,7 +162,7 @@ struct LsmDoubleBackward {
 
 // ---- launchers -------------------------------------------------------------------------------
 
-void log_softmax_forward_cuda(at::Tensor& y, const at::Tensor& x, Rows r) {
+void log_softmax_forward_cuda(at::TensorBase& y, const at::TensorBase& x, Rows r) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "log_softmax_forward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     const LsmForward<T> p{dptr<scalar_t>(y), dptr<scalar_t>(x)};
@@ -170,7 +170,7 @@ void log_softmax_forward_cuda(at::Tensor& y, const at::Tensor& x, Rows r) {
   });
 }
 
-void log_softmax_backward_cuda(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& y, Rows r) {
+void log_softmax_backward_cuda(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& y, Rows r) {
   TM_DISPATCH_FLOATING(y.scalar_type(), "log_softmax_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     const LsmBackward<T> p{dptr<scalar_t>(dx), dptr<scalar_t>(dy), dptr<scalar_t>(y)};
@@ -178,8 +178,8 @@ void log_softmax_backward_cuda(at::Tensor& dx, const at::Tensor& dy, const at::T
   });
 }
 
-void log_softmax_double_backward_cuda(at::Tensor& d_dy, at::Tensor& d_y, const at::Tensor& gg, const at::Tensor& dy,
-                                      const at::Tensor& y, Rows r) {
+void log_softmax_double_backward_cuda(at::TensorBase& d_dy, at::TensorBase& d_y, const at::TensorBase& gg, const at::TensorBase& dy,
+                                      const at::TensorBase& y, Rows r) {
   TM_DISPATCH_FLOATING(y.scalar_type(), "log_softmax_double_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
     const LsmDoubleBackward<T> p{dptr<scalar_t>(d_dy), dptr<scalar_t>(d_y), dptr<scalar_t>(gg), dptr<scalar_t>(dy),
@@ -188,10 +188,5 @@ void log_softmax_double_backward_cuda(at::Tensor& d_dy, at::Tensor& d_y, const a
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("log_softmax_forward", &log_softmax_forward);
-  m.impl("log_softmax_backward", &log_softmax_backward);
-  m.impl("log_softmax_double_backward", &log_softmax_double_backward);
-}
 
 }  // namespace torchmodules

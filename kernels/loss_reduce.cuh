@@ -73,10 +73,10 @@ __global__ void __launch_bounds__(kRedThreads)
 
 // Sums the n terms of policy p (n = 0: finish sees zeros); `on` gives the device and stream.
 template <class P>
-void run_loss_sum(const at::Tensor& on, const P& p, int64_t n) {
+void run_loss_sum(const at::TensorBase& on, const P& p, int64_t n) {
   using A = typename P::A;
   const int64_t chunks = (n + kRedChunk - 1) / kRedChunk;
-  const at::Tensor part = at::empty({std::max<int64_t>(chunks, 1) * P::K},
+  const at::TensorBase part = new_workspace({std::max<int64_t>(chunks, 1) * P::K},
                                     on.options().dtype(std::is_same<A, double>::value ? at::kDouble : at::kFloat));
   A* pp = reinterpret_cast<A*>(part.data_ptr());
   if (chunks > 0) tm_launch(on, dim3(unsigned(tm_blocks(chunks, 1))), dim3(kRedThreads), 0, reduce_chunks<P>, p, n, pp);

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, int V, int M, typename Idx>
-void launch_maximum(const at::Tensor& on, T* y, uint32_t* m, const T* a, const T* b, int64_t n, const Idx& idx) {
+void launch_maximum(const at::TensorBase& on, T* y, uint32_t* m, const T* a, const T* b, int64_t n, const Idx& idx) {
   constexpr int kU = V == 1 ? 4 : 2;
   tm_launch(on, dim3(tm_blocks((n + V - 1) / V, kThreads * kU)), dim3(kThreads), 0,
             maximum_forward_kernel<T, V, M, Idx>, y, m, a, b, n, idx);
@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, int V, bool kAlignedMask>
-void launch_maximum_backward(const at::Tensor& on, T* da, T* db, const T* dy, const uint8_t* m, int64_t n) {
+void launch_maximum_backward(const at::TensorBase& on, T* da, T* db, const T* dy, const uint8_t* m, int64_t n) {
   const dim3 blocks(tm_blocks((n + V - 1) / V, kThreads)), threads(kThreads);
   if (da && db) tm_launch(on, blocks, threads, 0, maximum_backward_kernel<T, V, kAlignedMask, 2>, da, db, dy, m, n);
   else if (da) tm_launch(on, blocks, threads, 0, maximum_backward_kernel<T, V, kAlignedMask, 0>, da, db, dy, m, n);
@@ -128,7 +128,7 @@ void launch_maximum_backward(const at::Tensor& on, T* da, T* db, const T* dy, co
 
 }  // namespace
 
-void maximum_forward_cuda(at::Tensor& y, at::Tensor& mask, const at::Tensor& a, const at::Tensor& b,
+void maximum_forward_cuda(at::TensorBase& y, at::TensorBase& mask, const at::TensorBase& a, const at::TensorBase& b,
                           const Broadcast2& bc) {
   const int64_t n = y.numel();
   if (n == 0) return;
@@ -159,7 +159,7 @@ void maximum_forward_cuda(at::Tensor& y, at::Tensor& mask, const at::Tensor& a, 
   });
 }
 
-void maximum_backward_cuda(at::Tensor& da, at::Tensor& db, const at::Tensor& dy, const at::Tensor& mask) {
+void maximum_backward_cuda(at::TensorBase& da, at::TensorBase& db, const at::TensorBase& dy, const at::TensorBase& mask) {
   const int64_t n = dy.numel();
   if (n == 0) return;
   TM_DISPATCH_FLOATING(dy.scalar_type(), "maximum_backward_cuda", [&] {
@@ -178,10 +178,5 @@ void maximum_backward_cuda(at::Tensor& da, at::Tensor& db, const at::Tensor& dy,
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("maximum_forward", &maximum_forward);
-  m.impl("maximum_backward", &maximum_backward);
-  m.impl("maximum_backward_both", &maximum_backward_both);
-}
 
 }  // namespace torchmodules

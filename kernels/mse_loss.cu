@@ -89,7 +89,7 @@ A mse_scale(int64_t reduction, int64_t n) {  // c = 2 / n (mean) or 2
 }
 
 template <class T, int M, class Idx>
-void launch_elementwise(const at::Tensor& on, T* o0, T* o1, T* o2, const T* x, const T* t, const T* g, const T* gg,
+void launch_elementwise(const at::TensorBase& on, T* o0, T* o1, T* o2, const T* x, const T* t, const T* g, const T* gg,
                         int64_t n, bool g_per, dacc_t<T> c, const Idx& idx) {
   tm_launch(on, dim3(unsigned(tm_blocks(n, kThreads))), dim3(kThreads), 0, mse_elementwise<T, M, Idx>, o0, o1, o2, x,
             t, g, gg, n, g_per, c, idx);
@@ -99,7 +99,7 @@ void launch_elementwise(const at::Tensor& on, T* o0, T* o1, T* o2, const T* x, c
 
 // ---- launchers -------------------------------------------------------------------------------
 
-void mse_loss_forward_cuda(at::Tensor& y, const at::Tensor& x, const at::Tensor& t, const Broadcast2& bc, int64_t n,
+void mse_loss_forward_cuda(at::TensorBase& y, const at::TensorBase& x, const at::TensorBase& t, const Broadcast2& bc, int64_t n,
                            int64_t reduction) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "mse_loss_forward_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -119,7 +119,7 @@ void mse_loss_forward_cuda(at::Tensor& y, const at::Tensor& x, const at::Tensor&
   });
 }
 
-void mse_loss_backward_cuda(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t,
+void mse_loss_backward_cuda(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& x, const at::TensorBase& t,
                             const Broadcast2& bc, int64_t n, int64_t reduction) {
   if (n == 0) return;
   TM_DISPATCH_FLOATING(x.scalar_type(), "mse_loss_backward_cuda", [&] {
@@ -132,8 +132,8 @@ void mse_loss_backward_cuda(at::Tensor& dx, const at::Tensor& dy, const at::Tens
   });
 }
 
-void mse_loss_double_backward_cuda(at::Tensor& d_dy, at::Tensor& d_x, at::Tensor& d_t, const at::Tensor& gg,
-                                   const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t,
+void mse_loss_double_backward_cuda(at::TensorBase& d_dy, at::TensorBase& d_x, at::TensorBase& d_t, const at::TensorBase& gg,
+                                   const at::TensorBase& dy, const at::TensorBase& x, const at::TensorBase& t,
                                    const Broadcast2& bc, int64_t n, int64_t reduction) {
   TM_DISPATCH_FLOATING(x.scalar_type(), "mse_loss_double_backward_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -157,10 +157,5 @@ void mse_loss_double_backward_cuda(at::Tensor& d_dy, at::Tensor& d_x, at::Tensor
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("mse_loss_forward", &mse_loss_forward);
-  m.impl("mse_loss_backward", &mse_loss_backward);
-  m.impl("mse_loss_double_backward", &mse_loss_double_backward);
-}
 
 }  // namespace torchmodules

@@ -12,7 +12,7 @@
 //             (fixed lanes, fixed shared-memory order), then per prototype the sum of its chunks in order:
 //             the same bits on every run.
 // Half types compute in float, float64 in double.
-#include <ATen/ATen.h>
+#include <ATen/ATen.h>  // the weight gradient's plan sorts the rows with torch's ops
 
 #include <limits>
 
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- launchers -------------------------------------------------------------------------------
 
-void nearest_neighbor_forward_cuda(at::Tensor& index, at::Tensor& sqdist, const at::Tensor& x, const at::Tensor& w) {
+void nearest_neighbor_forward_cuda(at::TensorBase& index, at::TensorBase& sqdist, const at::TensorBase& x, const at::TensorBase& w) {
   const int64_t N = sqdist.numel(), K = w.size(0), D = w.size(1);
   TM_DISPATCH_FLOATING(x.scalar_type(), "nearest_neighbor_forward_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -222,8 +222,8 @@ void nearest_neighbor_forward_cuda(at::Tensor& index, at::Tensor& sqdist, const 
   });
 }
 
-void nearest_neighbor_backward_input_cuda(at::Tensor& dx, const at::Tensor& grad, const at::Tensor& x,
-                                          const at::Tensor& w, const at::Tensor& index) {
+void nearest_neighbor_backward_input_cuda(at::TensorBase& dx, const at::TensorBase& grad, const at::TensorBase& x,
+                                          const at::TensorBase& w, const at::TensorBase& index) {
   const int64_t N = index.numel(), K = w.size(0), D = w.size(1);
   TM_DISPATCH_FLOATING(x.scalar_type(), "nearest_neighbor_backward_input_cuda", [&] {
     using T = cuda_t<scalar_t>;
@@ -234,11 +234,11 @@ void nearest_neighbor_backward_input_cuda(at::Tensor& dx, const at::Tensor& grad
   });
 }
 
-void nearest_neighbor_backward_weight_cuda(at::Tensor& dw, const at::Tensor& grad, const at::Tensor& x,
-                                           const at::Tensor& w, const at::Tensor& index) {
+void nearest_neighbor_backward_weight_cuda(at::TensorBase& dw, const at::TensorBase& grad, const at::TensorBase& x,
+                                           const at::TensorBase& w, const at::TensorBase& index) {
   const int64_t N = index.numel(), K = w.size(0), D = w.size(1);
   if (N == 0) {  // no row chose any prototype
-    dw.zero_();
+    at::Tensor(dw).zero_();
     return;
   }
   TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "torchmodules.nearest_neighbor: the weight gradient on CUDA "
@@ -247,7 +247,7 @@ void nearest_neighbor_backward_weight_cuda(at::Tensor& dw, const at::Tensor& gra
   // The rows in a stable order by prototype (the same permutation on every run), each prototype's run
   // [starts[k], starts[k + 1]) found by binary search: no atomics. Indices outside [0, K) fall before
   // starts[0] or after starts[K] and are left out.
-  const at::Tensor flat = index.reshape({-1});
+  const at::Tensor flat = at::Tensor(index).reshape({-1});
   const auto sorted = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   const at::Tensor& keys = std::get<0>(sorted);
   const at::Tensor perm = std::get<1>(sorted).contiguous();
@@ -275,10 +275,5 @@ void nearest_neighbor_backward_weight_cuda(at::Tensor& dw, const at::Tensor& gra
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("nearest_neighbor_forward", &nearest_neighbor_forward);
-  m.impl("nearest_neighbor_backward_input", &nearest_neighbor_backward_input);
-  m.impl("nearest_neighbor_backward_weight", &nearest_neighbor_backward_weight);
-}
 
 }  // namespace torchmodules

@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <class F>
-void dispatch_target(const at::Tensor& target, const F& f) {  // f(I{}), I the index type
+void dispatch_target(const at::TensorBase& target, const F& f) {  // f(I{}), I the index type
   if (target.scalar_type() == at::kByte) f(uint8_t{});
   else f(int64_t{});
 }
@@ -135,8 +135,8 @@ void dispatch_target(const at::Tensor& target, const F& f) {  // f(I{}), I the i
 
 // ---- launchers -------------------------------------------------------------------------------
 
-void nll_loss_forward_cuda(at::Tensor& out, at::Tensor& total_weight, NllBad& bad, const at::Tensor& x,
-                           const at::Tensor& target, const at::Tensor& weight, const NllArgs& a) {
+void nll_loss_forward_cuda(at::TensorBase& out, at::TensorBase& total_weight, NllBad& bad, const at::TensorBase& x,
+                           const at::TensorBase& target, const at::TensorBase& weight, const NllArgs& a) {
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = a.N * a.D;
@@ -162,13 +162,18 @@ void nll_loss_forward_cuda(at::Tensor& out, at::Tensor& total_weight, NllBad& ba
         }
       });
       const TargetStatus st = check.wait();  // the loss runs meanwhile
-      if (st.count > 0) bad.index = st.first, bad.value = target.reshape({-1})[st.first].item<int64_t>();
+      if (st.count > 0) {  // the bad target's value, for the message (target is contiguous)
+        I v;
+        C10_CUDA_CHECK(cudaMemcpyAsync(&v, tgt + st.first, sizeof(I), cudaMemcpyDeviceToHost, stream));
+        C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+        bad.index = st.first, bad.value = static_cast<int64_t>(v);
+      }
     });
   });
 }
 
-void nll_loss_backward_cuda(at::Tensor& dx, NllBad&, const at::Tensor& dy, const at::Tensor& target,
-                            const at::Tensor& weight, const at::Tensor& total_weight, const NllArgs& a) {
+void nll_loss_backward_cuda(at::TensorBase& dx, NllBad&, const at::TensorBase& dy, const at::TensorBase& target,
+                            const at::TensorBase& weight, const at::TensorBase& total_weight, const NllArgs& a) {
   const int64_t total = a.N * a.C * a.D, n_targets = a.N * a.D;
   if (total == 0) return;
   const c10::cuda::CUDAGuard guard(dx.device());
@@ -190,9 +195,5 @@ void nll_loss_backward_cuda(at::Tensor& dx, NllBad&, const at::Tensor& dy, const
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("nll_loss_forward", &nll_loss_forward);
-  m.impl("nll_loss_backward", &nll_loss_backward);
-}
 
 }  // namespace torchmodules

@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void relu_forward_cuda(at::Tensor& y, at::Tensor& mask, const at::Tensor& x) {
+void relu_forward_cuda(at::TensorBase& y, at::TensorBase& mask, const at::TensorBase& x) {
   const int64_t n = x.numel();
   if (n == 0) return;
   TORCH_CHECK(tm_aligned(4, {mask.data_ptr()}), "torchmodules.relu: mask must be 4-byte aligned");
@@ -99,7 +99,7 @@ void relu_forward_cuda(at::Tensor& y, at::Tensor& mask, const at::Tensor& x) {
   });
 }
 
-void relu_backward_cuda(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& mask) {
+void relu_backward_cuda(at::TensorBase& dx, const at::TensorBase& dy, const at::TensorBase& mask) {
   const int64_t n = dy.numel();
   if (n == 0) return;
   TM_DISPATCH_FLOATING(dy.scalar_type(), "relu_backward_cuda", [&] {
@@ -122,9 +122,5 @@ void relu_backward_cuda(at::Tensor& dx, const at::Tensor& dy, const at::Tensor& 
   });
 }
 
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) {
-  m.impl("relu_forward", &relu_forward);
-  m.impl("relu_backward", &relu_backward);
-}
 
 }  // namespace torchmodules

@@ -14,7 +14,7 @@
 
 #include "launch.cuh"
 
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAContextLight.h>
 
 #include <atomic>
 #include <cstring>
@@ -332,7 +332,7 @@ template <class P> constexpr bool smem_row() { return SmemRow<P>::value; }
 // Does rows_stream<..., kSmem> take rows of n elements (16-byte vectors: VEC) on on's device? The
 // device must give a block kSmemRowBytes of dynamic shared memory beside the static `red` (Ampere
 // and Hopper: 99-227 KB; Turing's 64 KB do not, and its rows take the paths below).
-template <class P, bool VEC> bool smem_fits(int64_t n, const at::Tensor& on) {
+template <class P, bool VEC> bool smem_fits(int64_t n, const at::TensorBase& on) {
   if constexpr (smem_row<P>() && VEC)
     return n * int64_t(sizeof(typename P::Elem)) <= kSmemRowBytes &&
            at::cuda::getDeviceProperties(on.get_device())->sharedMemPerBlockOptin >= size_t(kSmemRowBytes) + 4096;
@@ -387,7 +387,7 @@ inline int64_t next_pow2(int64_t v) {
 }
 
 template <class P, int K, bool VEC>
-void launch_warp(const at::Tensor& on, const P& p, int64_t rows, int64_t n, int64_t k, int W) {
+void launch_warp(const at::TensorBase& on, const P& p, int64_t rows, int64_t n, int64_t k, int W) {
   if constexpr (K > P::kWarpK) {
     TORCH_INTERNAL_ASSERT(false, "torchmodules: no warp kernel for ", k, " chunks per lane");
   } else if (k == K) {
@@ -401,7 +401,7 @@ void launch_warp(const at::Tensor& on, const P& p, int64_t rows, int64_t n, int6
 
 // inner == 1: the warp, block or stream kernel by row length.
 template <class P, bool VEC>
-void launch_rows(const at::Tensor& on, const P& p, int64_t rows, int64_t n) {
+void launch_rows(const at::TensorBase& on, const P& p, int64_t rows, int64_t n) {
   const int64_t chunks = ceil_div(n, P::V);
   const unsigned grid = unsigned(tm_blocks(rows, 1));
   if (chunks <= 32 * P::kWarpK) {
@@ -444,7 +444,7 @@ void launch_rows(const at::Tensor& on, const P& p, int64_t rows, int64_t n) {
 
 // Runs policy p over the rows of r; ptrs: every tensor the kernels read or write.
 template <class P>
-void run_rows(const at::Tensor& on, const P& p, Rows r, std::initializer_list<const void*> ptrs) {
+void run_rows(const at::TensorBase& on, const P& p, Rows r, std::initializer_list<const void*> ptrs) {
   if (r.outer == 0 || r.reduce == 0 || r.inner == 0) return;
   const int64_t n = r.reduce;
   if (r.inner > 1) {

@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kThreads) sgd_step_kernel(const SgdTable<T> t,
 
 }  // namespace
 
-void sgd_step_cuda(at::TensorList params, at::TensorList bufs, at::TensorList grads, const SgdHyper& h) {
+void sgd_step_cuda(TensorBaseList params, TensorBaseList bufs, TensorBaseList grads, const SgdHyper& h) {
   TM_DISPATCH_FLOATING(params[0].scalar_type(), "sgd_step_cuda", [&] {
     using T = cuda_t<scalar_t>;
     using A = dacc_t<T>;
@@ -126,8 +126,5 @@ void sgd_step_cuda(at::TensorList params, at::TensorList bufs, at::TensorList gr
     });
   });
 }
-
-TORCH_LIBRARY_IMPL(torchmodules, CUDA, m) { m.impl("sgd_step", &sgd_step); }
-TORCH_LIBRARY_IMPL(torchmodules, SparseCUDA, m) { m.impl("sgd_step", &sgd_step); }  // rejects sparse, clearly
 
 }  // namespace torchmodules

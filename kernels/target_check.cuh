@@ -38,18 +38,18 @@ class TargetCheck {
  public:
   // Queues the check of tgt[0, n) on on's current stream; launch the loss kernels next.
   template <class I>
-  TargetCheck(const at::Tensor& on, const I* tgt, int64_t n, int64_t C, int64_t ignore_index) {
+  TargetCheck(const at::TensorBase& on, const I* tgt, int64_t n, int64_t C, int64_t ignore_index) {
     const c10::cuda::CUDAGuard guard(on.device());
     active_ = n > 0 && c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None;
     if (!active_) return;
     device_ = on.device();
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    const at::Tensor dev = at::empty({3}, on.options().dtype(at::kLong));
+    const at::TensorBase dev = new_workspace({3}, on.options().dtype(at::kLong));
     auto* st = reinterpret_cast<unsigned long long*>(dev.data_ptr());
     C10_CUDA_CHECK(cudaMemsetAsync(st, 0, 3 * sizeof(unsigned long long), stream));
     tm_launch(on, dim3(unsigned(tm_blocks(n, 256, 1024))), dim3(256), 0, target_check_kernel<I>, st, tgt, n, C,
               ignore_index);
-    host_ = at::empty({3}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    host_ = new_workspace({3}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     // From here the destructor must run (it waits for the copy before host_ goes back to the pinned
     // cache), and a throwing constructor has none: an error syncs the stream itself.
@@ -89,7 +89,7 @@ class TargetCheck {
  private:
   bool active_ = false, waited_ = false;
   c10::Device device_{c10::DeviceType::CUDA, 0};
-  at::Tensor host_;
+  at::TensorBase host_;
   cudaEvent_t done_ = nullptr;
 };
 

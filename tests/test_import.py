@@ -28,3 +28,14 @@ def test_import_without_kernels_says_what_to_do():
     assert err.startswith("ImportError: torchmodules: cannot load the compiled kernels"), err
     for words in ("built for another torch", "pip install --no-build-isolation -e .", torch.__version__):
         assert words in err, err
+
+
+def test_every_op_has_a_kernel_for_each_built_device():
+    """Each op file registers its glue once for the CPU and, in a build with CUDA, for CUDA
+    (TM_REGISTER_GLUE): an op left out of either would fail only on that device."""
+    import torchmodules._C as C
+    names = sorted({s.name for s in torch._C._jit_get_all_schemas() if s.name.startswith("torchmodules::")})
+    assert len(names) >= 30, names
+    for key, want in (("CPU", True), ("CUDA", C.built_with_cuda)):
+        missing = [n for n in names if not torch._C._dispatch_has_kernel_for_dispatch_key(n, key)]
+        assert missing == ([] if want else names), (key, missing)
