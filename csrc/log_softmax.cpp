@@ -90,10 +90,26 @@ TM_SIMD static void log_softmax_forward_rows(T* __restrict y, const X* __restric
 // multiple of it (k <= reduce rows at once), so that few columns still fill whole vectors. Lane j
 // of a run belongs to row j % inner: per-lane accumulators are folded into their row's (cols_fold),
 // and a row's values spread back over its lanes (cols_spread). Accumulators: at most cols_width(inner).
+// More than kColBlock columns are taken a block of kColBlock at a time: the block's reduce x kColBlock
+// elements stay in cache through the passes (segmentation's [8, 21, 128, 128] over dim 1: 21 KB
+// where the whole outer index is 1.4 MB), and blocks of one outer index go to different threads.
+constexpr int64_t kColBlock = 256;
 inline int64_t cols_width(int64_t inner) { return inner >= 16 ? inner : inner * ((64 + inner - 1) / inner); }
 inline int64_t cols_width(Rows R) {  // (an outer index of few elements: their rows one run, unfolded)
   return R.reduce * R.inner <= 64 ? R.inner : std::min(cols_width(R.inner), R.reduce * R.inner);
 }
+// The elements one call of the cols kernels covers: `runs` runs of W lanes, run b at b * stride, then
+// a tail of `tail` lanes (< W) at runs * stride. Lane j belongs to column j % cols (cols divides W).
+struct ColRuns {
+  int64_t runs, stride, W, tail, cols;
+};
+// A whole outer index, in contiguous runs of cols_width(R).
+inline ColRuns runs_of(Rows R) {
+  const int64_t W = cols_width(R), len = R.reduce * R.inner, full = W == R.inner ? len : len - len % W;
+  return {full / W, W, W, len - full, R.inner};
+}
+// B columns of an outer index (a block): one run per row, at stride inner.
+inline ColRuns block_of(Rows R, int64_t B) { return {R.reduce, R.inner, B, 0, B}; }
 
 template <typename A, typename F>
 static void cols_fold(A* __restrict v, int64_t inner, int64_t W, const F& op) {
@@ -106,37 +122,35 @@ static void cols_spread(A* __restrict v, int64_t inner, int64_t W) {
     for (int64_t i = 0; i < inner; ++i) v[q + i] = v[i];
 }
 
-// f(k, j) for the outer index's elements k, j = k % W its lane: the whole runs (up to full, a
-// multiple of W), then the tail.
+// f(k, j) for the elements k of c, j its lane: the whole runs, then the tail.
 template <typename F>
-TM_INLINE void cols_each(int64_t len, int64_t full, int64_t W, const F& f) {
-  for (int64_t b = 0; b < full; b += W)
-    for (int64_t j = 0; j < W; ++j) f(b + j, j);
-  for (int64_t j = 0; j < len - full; ++j) f(full + j, j);
+TM_INLINE void cols_each(const ColRuns& c, const F& f) {
+  for (int64_t b = 0; b < c.runs; ++b)
+    for (int64_t j = 0; j < c.W; ++j) f(b * c.stride + j, j);
+  for (int64_t j = 0; j < c.tail; ++j) f(c.runs * c.stride + j, j);
 }
 // acc[j] = op(acc[j], f(k, j)) over those elements.
 template <typename A, typename Op, typename F>
-TM_INLINE void cols_accumulate(A* __restrict acc, int64_t len, int64_t full, int64_t W, const Op& op, const F& f) {
-  cols_each(len, full, W, [&](int64_t k, int64_t j) { acc[j] = op(acc[j], f(k, j)); });
+TM_INLINE void cols_accumulate(A* __restrict acc, const ColRuns& c, const Op& op, const F& f) {
+  cols_each(c, [&](int64_t k, int64_t j) { acc[j] = op(acc[j], f(k, j)); });
 }
 
-// The forward over the interleaved rows; m and s: W accumulators each.
+// The forward over the interleaved rows of c; m and s: W accumulators each.
 template <typename T>
-TM_SIMD static void log_softmax_forward_cols(T* __restrict yo, const T* __restrict xo, Rows R, acc_t<T>* __restrict m,
-                                             acc_t<T>* __restrict s) {
+TM_SIMD static void log_softmax_forward_cols(T* __restrict yo, const T* __restrict xo, const ColRuns& c,
+                                             acc_t<T>* __restrict m, acc_t<T>* __restrict s) {
   using A = acc_t<T>;
-  const int64_t W = cols_width(R), len = R.reduce * R.inner, full = W == R.inner ? len : len - len % W;
   const auto max_op = [](A a, A b) { return std::max(a, b); };
   const auto add_op = [](A a, A b) { return a + b; };
-  for (int64_t j = 0; j < W; ++j) { m[j] = -std::numeric_limits<A>::infinity(); s[j] = A(0); }
-  cols_accumulate(m, len, full, W, max_op, [&](int64_t k, int64_t) { return to_acc(xo[k]); });
-  cols_fold(m, R.inner, W, max_op);
-  cols_spread(m, R.inner, W);
-  cols_accumulate(s, len, full, W, add_op, [&](int64_t k, int64_t j) { return fast_exp(to_acc(xo[k]) - m[j]); });
-  cols_fold(s, R.inner, W, add_op);
-  for (int64_t i = 0; i < R.inner; ++i) s[i] = std::log(s[i]);
-  cols_spread(s, R.inner, W);
-  cols_each(len, full, W, [&](int64_t k, int64_t j) { yo[k] = from_acc<T>((to_acc(xo[k]) - m[j]) - s[j]); });
+  for (int64_t j = 0; j < c.W; ++j) { m[j] = -std::numeric_limits<A>::infinity(); s[j] = A(0); }
+  cols_accumulate(m, c, max_op, [&](int64_t k, int64_t) { return to_acc(xo[k]); });
+  cols_fold(m, c.cols, c.W, max_op);
+  cols_spread(m, c.cols, c.W);
+  cols_accumulate(s, c, add_op, [&](int64_t k, int64_t j) { return fast_exp(to_acc(xo[k]) - m[j]); });
+  cols_fold(s, c.cols, c.W, add_op);
+  for (int64_t i = 0; i < c.cols; ++i) s[i] = std::log(s[i]);
+  cols_spread(s, c.cols, c.W);
+  cols_each(c, [&](int64_t k, int64_t j) { yo[k] = from_acc<T>((to_acc(xo[k]) - m[j]) - s[j]); });
 }
 
 // kDouble == false: out0 = dx = dy - exp(y) * sum(dy)                         (g0 = dy)
@@ -172,24 +186,23 @@ TM_SIMD static void log_softmax_grad_rows(T* __restrict out0, T* __restrict out1
   }
 }
 
-// The same over one outer index's interleaved rows (offset base), as the forward's; s, t: W accumulators.
+// The same over the interleaved rows of c at offset base, as the forward's; s, t: W accumulators.
 template <typename T, bool kDouble>
 TM_SIMD static void log_softmax_grad_cols(T* __restrict out0, T* __restrict out1, const T* __restrict g0,
-                                          const T* __restrict g1, const T* __restrict y, Rows R, int64_t base,
-                                          acc_t<T>* __restrict s, acc_t<T>* __restrict t) {
+                                          const T* __restrict g1, const T* __restrict y, const ColRuns& c,
+                                          int64_t base, acc_t<T>* __restrict s, acc_t<T>* __restrict t) {
   using A = acc_t<T>;
-  const int64_t W = cols_width(R), len = R.reduce * R.inner, full = W == R.inner ? len : len - len % W;
   const auto add_op = [](A a, A b) { return a + b; };
   out0 += base, g0 += base, y += base;
   if (kDouble) out1 += base, g1 += base;
-  for (int64_t j = 0; j < W; ++j) { s[j] = A(0); t[j] = A(0); }
-  cols_accumulate(s, len, full, W, add_op, [&](int64_t k, int64_t) { return to_acc(kDouble ? g1[k] : g0[k]); });
-  cols_fold(s, R.inner, W, add_op);
-  cols_spread(s, R.inner, W);
+  for (int64_t j = 0; j < c.W; ++j) { s[j] = A(0); t[j] = A(0); }
+  cols_accumulate(s, c, add_op, [&](int64_t k, int64_t) { return to_acc(kDouble ? g1[k] : g0[k]); });
+  cols_fold(s, c.cols, c.W, add_op);
+  cols_spread(s, c.cols, c.W);
   if (kDouble) {
-    cols_accumulate(t, len, full, W, add_op, [&](int64_t k, int64_t) { return to_acc(g0[k]) * fast_exp(to_acc(y[k])); });
-    cols_fold(t, R.inner, W, add_op);
-    cols_spread(t, R.inner, W);
+    cols_accumulate(t, c, add_op, [&](int64_t k, int64_t) { return to_acc(g0[k]) * fast_exp(to_acc(y[k])); });
+    cols_fold(t, c.cols, c.W, add_op);
+    cols_spread(t, c.cols, c.W);
   }
   const auto out = [&](int64_t k, int64_t j) {
     const A p = fast_exp(to_acc(y[k]));
@@ -200,7 +213,7 @@ TM_SIMD static void log_softmax_grad_cols(T* __restrict out0, T* __restrict out1
       out1[k] = from_acc<T>(-to_acc(g0[k]) * p * s[j]);
     }
   };
-  cols_each(len, full, W, out);
+  cols_each(c, out);
 }
 
 // Short rows (n < kShortRow, short_rows.h): m and s of a block of rows at once, then
@@ -250,68 +263,90 @@ static void for_outer(Rows R, const F& f) {
   at::parallel_for(0, R.outer, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R.reduce * R.inner)), f);
 }
 
+// The column work of R (inner > 1): f(base, c, acc0, acc1) for each outer index as runs_of(R), or with
+// more than kColBlock columns for each block of them (any outer index's blocks on any thread); acc0 and
+// acc1: c.W accumulators each. A column sees the same operations in the same order either way.
+template <typename A, typename F>
+static void for_cols(Rows R, const F& f) {
+  const int64_t len = R.reduce * R.inner;
+  if (R.inner <= kColBlock) {
+    return for_outer(R, [&](int64_t o0, int64_t o1) {
+      const ColRuns c = runs_of(R);
+      std::vector<A> acc(2 * c.W);
+      for (int64_t o = o0; o < o1; ++o) f(o * len, c, acc.data(), acc.data() + c.W);
+    });
+  }
+  const int64_t nb = (R.inner + kColBlock - 1) / kColBlock;
+  at::parallel_for(0, R.outer * nb, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R.reduce * kColBlock)), [&](int64_t b0, int64_t b1) {
+    std::vector<A> acc(2 * kColBlock);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = b / nb, c0 = b % nb * kColBlock;
+      f(o * len + c0, block_of(R, std::min(kColBlock, R.inner - c0)), acc.data(), acc.data() + kColBlock);
+    }
+  });
+}
+
 template <typename T>
 static void log_softmax_forward_kernel(T* y, const T* x, Rows R) {
-  for_outer(R, [&](int64_t o0, int64_t o1) {
-    if (R.inner == 1 && R.reduce < kShortRow) return log_softmax_forward_short_rows(y, x, R.reduce, o0, o1);
+  using A = acc_t<T>;
+  if (R.inner > 1)
+    return for_cols<A>(R, [&](int64_t base, const ColRuns& c, A* m, A* s) {
+      log_softmax_forward_cols(y + base, x + base, c, m, s);
+    });
+  for_outer(R, [&](int64_t o0, int64_t o1) {  // rows along the last dim
+    if (R.reduce < kShortRow) return log_softmax_forward_short_rows(y, x, R.reduce, o0, o1);
     if constexpr (sizeof(T) == 2) {
       // A half type's row is widened to float first: over 16-bit inputs GCC runs the exp loop on
       // 256-bit vectors, over floats on 512-bit ones (bfloat16 at 1024 columns: 1.4x torch's time,
       // where our float32 took 0.95x). The same float arithmetic: the float32 kernel, rounded once.
       // float16 also writes a float row, rounded on F16C (half_convert.h).
-      if (R.inner == 1) {
-        const int64_t n = R.reduce;
-        std::vector<float> rows(2 * n);
-        float *row = rows.data(), *out = row + n;
-        for (int64_t o = o0; o < o1; ++o) {
-          widen_run(row, x + o * n, n);
-          if constexpr (std::is_same_v<T, c10::Half>) {
-            log_softmax_forward_rows<float>(out, row, n, 0, 1);
-            narrow_half(y + o * n, out, n);
-          } else {
-            log_softmax_forward_rows<T, float>(y + o * n, row, n, 0, 1);
-          }
+      const int64_t n = R.reduce;
+      std::vector<float> rows(2 * n);
+      float *row = rows.data(), *out = row + n;
+      for (int64_t o = o0; o < o1; ++o) {
+        widen_run(row, x + o * n, n);
+        if constexpr (std::is_same_v<T, c10::Half>) {
+          log_softmax_forward_rows<float>(out, row, n, 0, 1);
+          narrow_half(y + o * n, out, n);
+        } else {
+          log_softmax_forward_rows<T, float>(y + o * n, row, n, 0, 1);
         }
-        return;
       }
+    } else {
+      log_softmax_forward_rows(y, x, R.reduce, o0, o1);
     }
-    if (R.inner == 1) return log_softmax_forward_rows(y, x, R.reduce, o0, o1);
-    std::vector<acc_t<T>> m(cols_width(R)), s(cols_width(R));
-    const int64_t len = R.reduce * R.inner;
-    for (int64_t o = o0; o < o1; ++o) log_softmax_forward_cols(y + o * len, x + o * len, R, m.data(), s.data());
   });
 }
 
 template <typename T, bool kDouble>
 static void log_softmax_grad_kernel(T* out0, T* out1, const T* g0, const T* g1, const T* y, Rows R) {
-  for_outer(R, [&](int64_t o0, int64_t o1) {
-    if (!kDouble && R.inner == 1 && R.reduce < kShortRow)
-      return log_softmax_backward_short_rows(out0, g0, y, R.reduce, o0, o1);
-    if constexpr (sizeof(T) == 2) {
-      if (R.inner == 1) {  // widened to float first, as the forward's rows
-        const int64_t n = R.reduce;
-        std::vector<float> rows(5 * n);
-        float *fg0 = rows.data(), *fg1 = fg0 + n, *fy = fg1 + n, *f0 = fy + n, *f1 = f0 + n;
-        for (int64_t o = o0; o < o1; ++o) {
-          widen_run(fg0, g0 + o * n, n);
-          if (kDouble) widen_run(fg1, g1 + o * n, n);
-          widen_run(fy, y + o * n, n);
-          if constexpr (std::is_same_v<T, c10::Half>) {
-            log_softmax_grad_rows<float, kDouble>(f0, f1, fg0, fg1, fy, n, 0, 1);
-            narrow_half(out0 + o * n, f0, n);
-            if (kDouble) narrow_half(out1 + o * n, f1, n);
-          } else {
-            log_softmax_grad_rows<T, kDouble, float>(out0 + o * n, kDouble ? out1 + o * n : nullptr, fg0, fg1, fy, n,
-                                                     0, 1);
-          }
+  using A = acc_t<T>;
+  if (R.inner > 1)
+    return for_cols<A>(R, [&](int64_t base, const ColRuns& c, A* s, A* t) {
+      log_softmax_grad_cols<T, kDouble>(out0, out1, g0, g1, y, c, base, s, t);
+    });
+  for_outer(R, [&](int64_t o0, int64_t o1) {  // rows along the last dim
+    if (!kDouble && R.reduce < kShortRow) return log_softmax_backward_short_rows(out0, g0, y, R.reduce, o0, o1);
+    if constexpr (sizeof(T) == 2) {  // widened to float first, as the forward's rows
+      const int64_t n = R.reduce;
+      std::vector<float> rows(5 * n);
+      float *fg0 = rows.data(), *fg1 = fg0 + n, *fy = fg1 + n, *f0 = fy + n, *f1 = f0 + n;
+      for (int64_t o = o0; o < o1; ++o) {
+        widen_run(fg0, g0 + o * n, n);
+        if (kDouble) widen_run(fg1, g1 + o * n, n);
+        widen_run(fy, y + o * n, n);
+        if constexpr (std::is_same_v<T, c10::Half>) {
+          log_softmax_grad_rows<float, kDouble>(f0, f1, fg0, fg1, fy, n, 0, 1);
+          narrow_half(out0 + o * n, f0, n);
+          if (kDouble) narrow_half(out1 + o * n, f1, n);
+        } else {
+          log_softmax_grad_rows<T, kDouble, float>(out0 + o * n, kDouble ? out1 + o * n : nullptr, fg0, fg1, fy, n,
+                                                   0, 1);
         }
-        return;
       }
+    } else {
+      log_softmax_grad_rows<T, kDouble>(out0, out1, g0, g1, y, R.reduce, o0, o1);
     }
-    if (R.inner == 1) return log_softmax_grad_rows<T, kDouble>(out0, out1, g0, g1, y, R.reduce, o0, o1);
-    std::vector<acc_t<T>> s(cols_width(R)), t(cols_width(R));
-    for (int64_t o = o0; o < o1; ++o)
-      log_softmax_grad_cols<T, kDouble>(out0, out1, g0, g1, y, R, o * R.reduce * R.inner, s.data(), t.data());
   });
 }
 

@@ -229,6 +229,44 @@ def test_log_softmax_inner_rows(n, dim, dtype):
           [x], dtype, scale=4)
 
 
+@DT
+@pytest.mark.parametrize("n", [17, 100])
+def test_log_softmax_column_blocks(n, dtype):
+    """More than 256 rows at a stride (CPU: blocks of 256 columns; a block's passes stay in cache):
+    the hostile rows repeated to 2 x 300 rows (blocks of 256 and 44) laid along dim 1."""
+    _, x = hostile_rows(n, dtype, ("nan", "inf", "-inf", "huge"))
+    x = x.repeat((600 + x.shape[0] - 1) // x.shape[0], 1)[:600].view(2, 300, n).permute(0, 2, 1).contiguous()
+    check(f"log_softmax n={n} blocks", lambda v: TF.log_softmax(v, 1), lambda v: torch.log_softmax(v, 1), [x],
+          dtype, scale=4)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_log_softmax_column_blocks_at_any_thread_count(dtype):
+    """A segmentation's [N, C, H, W] over dim 1 (925 = 3 x 256 + 157 columns an image; the threads'
+    shares of the blocks split inside an image): the output, the gradient and the double backward's
+    gradients are the same bits at 1 and 2 threads."""
+    g = torch.Generator().manual_seed(5)
+    x0 = (torch.randn(3, 21, 25, 37, generator=g, dtype=F64) * 3).to(dtype)
+    gy, gg = (torch.randn(x0.shape, generator=g, dtype=F64).to(dtype) for _ in range(2))
+
+    def run():
+        x = x0.clone().requires_grad_()
+        y = TF.log_softmax(x, 1)
+        (dx,) = torch.autograd.grad(y, x, gy, create_graph=True)
+        (ddx,) = torch.autograd.grad(dx, x, gg)  # through log_softmax_double_backward
+        return [y.detach(), dx.detach(), ddx]
+
+    n = torch.get_num_threads()
+    try:
+        outs = []
+        for k in (1, 2):
+            torch.set_num_threads(k)
+            outs.append(run())
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
 def _short_rows(n, dtype):
     """Rows of n < 32 elements (the flat path: 2048 // n rows a block, kGrain // n a thread task),
     hostile rows on the blocks' and the tasks' first and last rows."""
