@@ -589,6 +589,7 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
       const T* xb = cols ? nullptr : bx.rows(x, b0, b1);
       const T* qb = P.prob ? bq.rows(q, b0, b1) : nullptr;
       if (short_rows && !cols) short_rows_max_sumexp(xb, C, b1 - b0, sm, ss, scratch);
+      if (short_rows || cols) log_in_place(ss, b1 - b0);  // ss: log s from here
       for (int64_t r = b0; r < b1; ++r) {
         const T* xr = cols ? xc + (r - b0) : xb + (r - b0) * C;
         const int64_t D = cols ? P.inner : 1;  // xr's stride between classes
@@ -627,13 +628,13 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
             if (smooth) {
               for (int64_t c = 0; c < C; ++c) st.template add<true>(A(xr[c]), w ? A(w[c]) : A(1));
             } else if (short_rows || cols) {
-              st.m = sm[r - b0], st.s = ss[r - b0];
+              st.m = sm[r - b0];
             } else if constexpr (HalfRows<T>::kOn) {
               online_lse_contiguous(hr.widen(0, xr), C, &st.m, &st.s);
             } else {
               online_lse_contiguous(xr, C, &st.m, &st.s);
             }
-            const A ls = tm_log(st.s);
+            const A ls = !smooth && (short_rows || cols) ? ss[r - b0] : tm_log(st.s);
             const A nll = (w ? A(w[tr]) : A(1)) * ((st.m - A(xr[tr * D])) + ls);
             L = smooth ? keep * nll + epsc * (st.a + st.up * ls) : nll;
             if (smooth && !std::isfinite(L))

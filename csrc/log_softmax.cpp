@@ -148,7 +148,7 @@ TM_SIMD static void log_softmax_forward_cols(T* __restrict yo, const T* __restri
   cols_spread(m, c.cols, c.W);
   cols_accumulate(s, c, add_op, [&](int64_t k, int64_t j) { return fast_exp(to_acc(xo[k]) - m[j]); });
   cols_fold(s, c.cols, c.W, add_op);
-  for (int64_t i = 0; i < c.cols; ++i) s[i] = std::log(s[i]);
+  for (int64_t i = 0; i < c.cols; ++i) s[i] = fast_log(s[i]);
   cols_spread(s, c.cols, c.W);
   cols_each(c, [&](int64_t k, int64_t j) { yo[k] = from_acc<T>((to_acc(xo[k]) - m[j]) - s[j]); });
 }
@@ -227,10 +227,9 @@ static void log_softmax_forward_short_rows(T* y, const T* x, int64_t n, int64_t 
     const int64_t b1 = std::min(o1, b0 + rows);
     const T* xb = x + b0 * n;
     short_rows_max_sumexp(xb, n, b1 - b0, m, s, t);
-    for (int64_t b = 0; b < b1 - b0; ++b) {
-      const A ls = std::log(s[b]);
-      for (int64_t r = 0; r < n; ++r) y[(b0 + b) * n + r] = static_cast<T>((static_cast<A>(xb[b * n + r]) - m[b]) - ls);
-    }
+    log_in_place(s, b1 - b0);
+    for (int64_t b = 0; b < b1 - b0; ++b)
+      for (int64_t r = 0; r < n; ++r) y[(b0 + b) * n + r] = static_cast<T>((static_cast<A>(xb[b * n + r]) - m[b]) - s[b]);
   }
 }
 

@@ -25,6 +25,11 @@ template <typename A>
 TM_SIMD static void exp_in_place(A* __restrict t, int64_t len) {
   for (int64_t k = 0; k < len; ++k) t[k] = fast_exp(t[k]);
 }
+// s[b] = log s[b] for a block's normalisers (s >= 1 or NaN), vectorised.
+template <typename A>
+TM_SIMD static void log_in_place(A* __restrict s, int64_t len) {
+  for (int64_t k = 0; k < len; ++k) s[k] = fast_log(s[k]);
+}
 
 // m[b], s[b] for the `rows` rows of n elements at x (rows * n <= kShortBlock); t: scratch.
 template <typename T, typename A = acc_t<T>>

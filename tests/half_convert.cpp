@@ -1,10 +1,11 @@
-// Test harness for the half-type conversions and fast_exp of csrc/simd.h, built and run by
+// Test harness for the half-type conversions, fast_exp and fast_log of csrc/simd.h, built and run by
 // tests/test_half_cpu.py: the same loops the kernels vectorise, compiled for each ISA of
 // TM_SIMD's clones that this CPU runs, next to c10's scalar conversions (what the kernels
 // used before).
 //   half_convert IN16 IN32 OUT:  IN16 holds uint16 bit patterns, IN32 uint32 (float) ones;
-//   writes OUT.<isa>.{h2f,b2f,f2h,f2b,exp,expd} (exp: fast_exp of the IN32 floats, expd: of
-//   them widened to double) and OUT.c10.{h2f,...,f2b}, and prints the ISAs it ran.
+//   writes OUT.<isa>.{h2f,b2f,f2h,f2b,exp,expd,log,logd} (exp: fast_exp of the IN32 floats, expd:
+//   of them widened to double; log, logd: fast_log's) and OUT.c10.{h2f,...,f2b}, and prints the
+//   ISAs it ran.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -31,6 +32,10 @@ using namespace torchmodules;
   TARGET void NAME##_exp(float* __restrict e, double* __restrict ed, const uint32_t* __restrict in, long n) { \
     for (long i = 0; i < n; ++i) e[i] = fast_exp(bits_as<float>(in[i]));                                 \
     for (long i = 0; i < n; ++i) ed[i] = fast_exp(double(bits_as<float>(in[i])));                        \
+  }                                                                                                       \
+  TARGET void NAME##_log(float* __restrict e, double* __restrict ed, const uint32_t* __restrict in, long n) { \
+    for (long i = 0; i < n; ++i) e[i] = fast_log(bits_as<float>(in[i]));                                 \
+    for (long i = 0; i < n; ++i) ed[i] = fast_log(double(bits_as<float>(in[i])));                        \
   }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -79,7 +84,7 @@ int main(int argc, char** argv) {
   std::vector<uint16_t> f2h(n32), f2b(n32);
   std::vector<float> e(n32);
   std::vector<double> ed(n32);
-  auto run = [&](const char* isa, auto widen, auto narrow, auto exp) {
+  auto run = [&](const char* isa, auto widen, auto narrow, auto exp, auto log) {
     widen(h2f.data(), b2f.data(), in16.data(), n16);
     narrow(f2h.data(), f2b.data(), in32.data(), n32);
     const std::string out = std::string(argv[3]) + "." + isa;
@@ -91,18 +96,21 @@ int main(int argc, char** argv) {
       exp(e.data(), ed.data(), in32.data(), n32);
       write_all(out + ".exp", e);
       write_all(out + ".expd", ed);
+      log(e.data(), ed.data(), in32.data(), n32);
+      write_all(out + ".log", e);
+      write_all(out + ".logd", ed);
     }
     std::printf("%s\n", isa);
   };
-  run("c10", c10_widen, c10_narrow, (decltype(&base_exp)) nullptr);
-  run("base", base_widen, base_narrow, base_exp);
+  run("c10", c10_widen, c10_narrow, (decltype(&base_exp)) nullptr, (decltype(&base_log)) nullptr);
+  run("base", base_widen, base_narrow, base_exp, base_log);
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-    run("v3", v3_widen, v3_narrow, v3_exp);
+    run("v3", v3_widen, v3_narrow, v3_exp, v3_log);
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    run("v4", v4_widen, v4_narrow, v4_exp);
+    run("v4", v4_widen, v4_narrow, v4_exp, v4_log);
 #endif
   return 0;
 }

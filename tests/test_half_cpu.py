@@ -92,6 +92,7 @@ def conversions(tmp_path_factory):
     for isa in isas:
         if isa != "c10":
             out[isa]["exp"], out[isa]["expd"] = load(isa, "exp", torch.float32), load(isa, "expd", torch.float64)
+            out[isa]["log"], out[isa]["logd"] = load(isa, "log", torch.float32), load(isa, "logd", torch.float64)
     return in16, in32, out
 
 
@@ -157,6 +158,27 @@ def test_fast_exp(conversions, isa):
         assert bool((ours[over] == float("inf")).all()), what
         under = ~nan & (ref < tiny / 2 * (1 - 4 * ulp))
         assert bool((ours[under] == 0).all()), what
+
+
+@pytest.mark.parametrize("isa", ["base", "v3", "v4"])
+def test_fast_log(conversions, isa):
+    """simd.h's fast_log (the column loops' log of a softmax's normaliser) in float and double, on
+    every positive normal float exponent (the float patterns above, and them widened to double)
+    against torch.log in float64: within 2 ulp; +inf and NaN as they are."""
+    _, in32, out = conversions
+    if isa not in out:
+        pytest.skip(f"this CPU does not run the {isa} clone")
+    x = in32.view(torch.float32).double()
+    normal = (x >= 2.0**-126) & (x < float("inf"))
+    assert int(normal.sum()) > 1000
+    for what, ulp in (("log", 2.0**-23), ("logd", 2.0**-52)):
+        ours = out[isa][what].double()
+        ref = x[normal].log()
+        # (relative to the result, or to the ulp of 1 where log s is near 0: s = 1 + d gives d - d^2/2)
+        torch.testing.assert_close(ours[normal], ref, rtol=2 * ulp, atol=2 * ulp * 2.0**-23, msg=what)
+        assert bool((ours[x == float("inf")] == float("inf")).all()), what
+        assert bool(ours[x.isnan()].isnan().all()), what
+        assert int((x == float("inf")).sum()) > 0 and int(x.isnan().sum()) > 0
 
 
 # ---- the kernels -------------------------------------------------------------------------------
