@@ -261,39 +261,27 @@ TM_INLINE double fast_exp(double v) {
 // z^21 / 21) 6e-19 for double; m - 1 is exact, z rounds twice, so about 1 ulp. e ln2 as e ln2_hi (exact:
 // ln2_hi has few mantissa bits) + e ln2_lo, the split of fast_exp. m comes from s's bits minus
 // sqrt(1/2)'s: the exponent field's borrow gives e, the mantissa plus sqrt(1/2)'s lands in the range.
+// (U: the bits, kTop: sqrt(1/2)'s bits, kMant: the mantissa field, kTerms: the series' terms.)
+template <typename F, typename U, U kTop, U kMant, int kShift, int kTerms>
+TM_INLINE F fast_log_series(F s, F ln2_hi, F ln2_lo) {
+  using I = std::make_signed_t<U>;
+  const U b = bits_as<U>(s), d = b - kTop;
+  const F e = static_cast<F>(static_cast<I>(d) >> kShift);
+  const F m = bits_as<F>((d & kMant) + kTop);
+  const F z = (m - F(1)) / (m + F(1)), z2 = z * z;
+  F p = F(1) / F(2 * kTerms - 1);
+#pragma GCC unroll 16
+  for (int k = kTerms - 2; k >= 0; --k) p = p * z2 + F(1) / F(2 * k + 1);
+  const F r = e * ln2_hi + (F(2) * z * p + e * ln2_lo);
+  const U same = U(0) - U(b >= (U(~U(0)) >> 1 & ~kMant));  // +inf, NaN: all exponent bits set
+  return bits_as<F>((bits_as<U>(r) & ~same) | (b & same));
+}
 TM_INLINE float fast_log(float s) {
-  const uint32_t b = bits_as<uint32_t>(s), d = b - 0x3f3504f3u;  // sqrt(1/2)
-  const float e = static_cast<float>(static_cast<int32_t>(d) >> 23);
-  const float m = bits_as<float>((d & 0x007fffffu) + 0x3f3504f3u);
-  const float z = (m - 1.f) / (m + 1.f), z2 = z * z;
-  float p = 1.f / 9;
-  p = p * z2 + 1.f / 7;
-  p = p * z2 + 1.f / 5;
-  p = p * z2 + 1.f / 3;
-  p = p * z2 + 1.f;
-  const float r = e * 0.693145751953125f + (2.f * z * p + e * 1.42860682e-6f);
-  const uint32_t same = 0u - uint32_t(b >= 0x7f800000u);  // +inf, NaN
-  return bits_as<float>((bits_as<uint32_t>(r) & ~same) | (b & same));
+  return fast_log_series<float, uint32_t, 0x3f3504f3u, 0x007fffffu, 23, 5>(s, 0.693145751953125f, 1.42860682e-6f);
+}
+TM_INLINE double fast_log(double s) {
+  return fast_log_series<double, uint64_t, 0x3fe6a09e667f3bcdu, 0x000fffffffffffffu, 52, 11>(
+      s, 6.93147180369123816490e-01, 1.90821492927058770002e-10);
 }
 
-TM_INLINE double fast_log(double s) {
-  const uint64_t b = bits_as<uint64_t>(s), d = b - 0x3fe6a09e667f3bcdu;  // sqrt(1/2)
-  const double e = static_cast<double>(static_cast<int64_t>(d) >> 52);
-  const double m = bits_as<double>((d & 0x000fffffffffffffu) + 0x3fe6a09e667f3bcdu);
-  const double z = (m - 1.0) / (m + 1.0), z2 = z * z;
-  double p = 1.0 / 21;
-  p = p * z2 + 1.0 / 19;
-  p = p * z2 + 1.0 / 17;
-  p = p * z2 + 1.0 / 15;
-  p = p * z2 + 1.0 / 13;
-  p = p * z2 + 1.0 / 11;
-  p = p * z2 + 1.0 / 9;
-  p = p * z2 + 1.0 / 7;
-  p = p * z2 + 1.0 / 5;
-  p = p * z2 + 1.0 / 3;
-  p = p * z2 + 1.0;
-  const double r = e * 6.93147180369123816490e-01 + (2.0 * z * p + e * 1.90821492927058770002e-10);
-  const uint64_t same = 0u - uint64_t(b >= 0x7ff0000000000000u);  // +inf, NaN
-  return bits_as<double>((bits_as<uint64_t>(r) & ~same) | (b & same));
-}
 }  // namespace torchmodules
