@@ -1,7 +1,7 @@
 // The Hopper GEMM of linear.cu for float16 / bfloat16 (kernels/gemm_sm90.cu).
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <ATen/core/TensorBase.h>
 
 namespace torchmodules {
 
