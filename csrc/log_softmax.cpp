@@ -90,10 +90,14 @@ TM_SIMD static void log_softmax_forward_rows(T* __restrict y, const X* __restric
 // multiple of it (k <= reduce rows at once), so that few columns still fill whole vectors. Lane j
 // of a run belongs to row j % inner: per-lane accumulators are folded into their row's (cols_fold),
 // and a row's values spread back over its lanes (cols_spread). Accumulators: at most cols_width(inner).
-// More than kColBlock columns are taken a block of kColBlock at a time: the block's reduce x kColBlock
-// elements stay in cache through the passes (segmentation's [8, 21, 128, 128] over dim 1: 21 KB
-// where the whole outer index is 1.4 MB), and blocks of one outer index go to different threads.
+// More than B columns are taken a block of B at a time: the block's reduce x B elements stay in
+// cache through the passes (segmentation's [8, 21, 128, 128] over dim 1: 21 KB at B = 256 where
+// the whole outer index is 1.4 MB), and blocks of one outer index go to different threads.
+// B = 256 for the forward's three passes. The backward's two passes read two inputs: with 16 or
+// more rows, blocks of 2048 columns took 10-20% less time than 256 at 21 and 32 rows (longer
+// strided streams; 1 and 2 threads), the same at 150; with 8 rows 256 stayed ahead by ~10%.
 constexpr int64_t kColBlock = 256;
+inline int64_t grad_col_block(Rows R) { return R.reduce >= 16 ? 2048 : kColBlock; }
 inline int64_t cols_width(int64_t inner) { return inner >= 16 ? inner : inner * ((64 + inner - 1) / inner); }
 inline int64_t cols_width(Rows R) {  // (an outer index of few elements: their rows one run, unfolded)
   return R.reduce * R.inner <= 64 ? R.inner : std::min(cols_width(R.inner), R.reduce * R.inner);
@@ -263,24 +267,24 @@ static void for_outer(Rows R, const F& f) {
 }
 
 // The column work of R (inner > 1): f(base, c, acc0, acc1) for each outer index as runs_of(R), or with
-// more than kColBlock columns for each block of them (any outer index's blocks on any thread); acc0 and
+// more than B columns for each block of B (any outer index's blocks on any thread); acc0 and
 // acc1: c.W accumulators each. A column sees the same operations in the same order either way.
 template <typename A, typename F>
-static void for_cols(Rows R, const F& f) {
+static void for_cols(Rows R, int64_t B, const F& f) {
   const int64_t len = R.reduce * R.inner;
-  if (R.inner <= kColBlock) {
+  if (R.inner <= B) {
     return for_outer(R, [&](int64_t o0, int64_t o1) {
       const ColRuns c = runs_of(R);
       std::vector<A> acc(2 * c.W);
       for (int64_t o = o0; o < o1; ++o) f(o * len, c, acc.data(), acc.data() + c.W);
     });
   }
-  const int64_t nb = (R.inner + kColBlock - 1) / kColBlock;
-  at::parallel_for(0, R.outer * nb, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R.reduce * kColBlock)), [&](int64_t b0, int64_t b1) {
-    std::vector<A> acc(2 * kColBlock);
+  const int64_t nb = (R.inner + B - 1) / B;
+  at::parallel_for(0, R.outer * nb, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R.reduce * B)), [&](int64_t b0, int64_t b1) {
+    std::vector<A> acc(2 * B);
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t o = b / nb, c0 = b % nb * kColBlock;
-      f(o * len + c0, block_of(R, std::min(kColBlock, R.inner - c0)), acc.data(), acc.data() + kColBlock);
+      const int64_t o = b / nb, c0 = b % nb * B;
+      f(o * len + c0, block_of(R, std::min(B, R.inner - c0)), acc.data(), acc.data() + B);
     }
   });
 }
@@ -289,7 +293,7 @@ template <typename T>
 static void log_softmax_forward_kernel(T* y, const T* x, Rows R) {
   using A = acc_t<T>;
   if (R.inner > 1)
-    return for_cols<A>(R, [&](int64_t base, const ColRuns& c, A* m, A* s) {
+    return for_cols<A>(R, kColBlock, [&](int64_t base, const ColRuns& c, A* m, A* s) {
       log_softmax_forward_cols(y + base, x + base, c, m, s);
     });
   for_outer(R, [&](int64_t o0, int64_t o1) {  // rows along the last dim
@@ -321,7 +325,7 @@ template <typename T, bool kDouble>
 static void log_softmax_grad_kernel(T* out0, T* out1, const T* g0, const T* g1, const T* y, Rows R) {
   using A = acc_t<T>;
   if (R.inner > 1)
-    return for_cols<A>(R, [&](int64_t base, const ColRuns& c, A* s, A* t) {
+    return for_cols<A>(R, grad_col_block(R), [&](int64_t base, const ColRuns& c, A* s, A* t) {
       log_softmax_grad_cols<T, kDouble>(out0, out1, g0, g1, y, c, base, s, t);
     });
   for_outer(R, [&](int64_t o0, int64_t o1) {  // rows along the last dim

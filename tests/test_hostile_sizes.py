@@ -232,21 +232,22 @@ def test_log_softmax_inner_rows(n, dim, dtype):
 @DT
 @pytest.mark.parametrize("n", [17, 100])
 def test_log_softmax_column_blocks(n, dtype):
-    """More than 256 rows at a stride (CPU: blocks of 256 columns; a block's passes stay in cache):
-    the hostile rows repeated to 2 x 300 rows (blocks of 256 and 44) laid along dim 1."""
+    """More than 256 rows at a stride (CPU: blocks of columns; a block's passes stay in cache): the
+    hostile rows repeated to 2 x 2100 rows laid along dim 1 (the forward's blocks: 8 of 256 and 52;
+    the backward's with 16 rows or more: 2048 and 52)."""
     _, x = hostile_rows(n, dtype, ("nan", "inf", "-inf", "huge"))
-    x = x.repeat((600 + x.shape[0] - 1) // x.shape[0], 1)[:600].view(2, 300, n).permute(0, 2, 1).contiguous()
+    x = x.repeat((4200 + x.shape[0] - 1) // x.shape[0], 1)[:4200].view(2, 2100, n).permute(0, 2, 1).contiguous()
     check(f"log_softmax n={n} blocks", lambda v: TF.log_softmax(v, 1), lambda v: torch.log_softmax(v, 1), [x],
           dtype, scale=4)
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 def test_log_softmax_column_blocks_at_any_thread_count(dtype):
-    """A segmentation's [N, C, H, W] over dim 1 (925 = 3 x 256 + 157 columns an image; the threads'
-    shares of the blocks split inside an image): the output, the gradient and the double backward's
-    gradients are the same bits at 1 and 2 threads."""
+    """A segmentation's [N, C, H, W] over dim 1 (4500 columns an image: the forward's blocks 17 x 256
+    + 148, the backward's 2 x 2048 + 404; the threads' shares of the blocks split inside an image):
+    the output, the gradient and the double backward's gradients are the same bits at 1 and 2 threads."""
     g = torch.Generator().manual_seed(5)
-    x0 = (torch.randn(3, 21, 25, 37, generator=g, dtype=F64) * 3).to(dtype)
+    x0 = (torch.randn(3, 21, 50, 90, generator=g, dtype=F64) * 3).to(dtype)
     gy, gg = (torch.randn(x0.shape, generator=g, dtype=F64).to(dtype) for _ in range(2))
 
     def run():
