@@ -303,9 +303,7 @@ TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m
       for (int64_t k = b; k < e; ++k) s += fast_exp(to_acc(x[k]));
       continue;
     }
-    A sb = 0;
-#pragma omp simd reduction(+ : sb)
-    for (int64_t k = b; k < e; ++k) sb += fast_exp(to_acc(x[k]) - m2);
+    const A sb = row_sum_exp(x + b, e - b, m2);
     s = s * fast_exp(m - m2) + sb;
     m = m2;
   }

@@ -85,12 +85,19 @@ TM_AVX512 inline float widen1(c10::Half v) { return _mm_cvtss_f32(_mm_cvtph_ps(_
 TM_AVX512 inline float widen1(c10::BFloat16 v) { return float(v); }
 
 // sum_k float(x[k]) in row_reduce4's order for float (simd.h): four chains of 16 lanes over consecutive
-// vectors, combined lane by lane as (c0 + c1) + (c2 + c3), then the tail in order; so bit for bit
-// row_sum of the widened run, without writing it out (GCC's vectors of 16 floats add lane by lane).
+// vectors, the rest's whole vectors into c0, c1, c2 and its last part vector (the row's last 16, those
+// already counted as 0) into c3, the chains combined lane by lane as (c0 + c1) + (c2 + c3), the lanes
+// in halves; a row of fewer than 16 in order. So bit for bit row_sum of the widened run, without
+// writing it out (GCC's vectors of 16 floats add lane by lane).
 template <typename T>
 TM_AVX512 float half_row_sum_avx512(const T* x, int64_t n) {
   using V = float __attribute__((vector_size(64)));
-  const int64_t q = n / 64;
+  if (n < 16) {
+    float r = 0;
+    for (int64_t i = 0; i < n; ++i) r = r + widen1(x[i]);
+    return r;
+  }
+  const int64_t q = n / 64, rest = n - 64 * q;
   V c0{}, c1{}, c2{}, c3{};
   for (int64_t b = 0; b < q; ++b) {
     const T* p = x + b * 64;
@@ -99,10 +106,16 @@ TM_AVX512 float half_row_sum_avx512(const T* x, int64_t n) {
     c2 += V(widen16(p + 32));
     c3 += V(widen16(p + 48));
   }
-  float r = 0;
-  for (int k = 0; k < 16; ++k) r = r + ((c0[k] + c1[k]) + (c2[k] + c3[k]));
-  for (int64_t i = 64 * q; i < n; ++i) r = r + widen1(x[i]);
-  return r;
+  const T* p = x + 64 * q;
+  if (rest >= 16) c0 += V(widen16(p));
+  if (rest >= 32) c1 += V(widen16(p + 16));
+  if (rest >= 48) c2 += V(widen16(p + 32));
+  if (const int t = int(rest % 16))  // lanes 16 - t .. 15: the last t elements (+ 0.0 in the others)
+    c3 += V(_mm512_maskz_mov_ps(static_cast<__mmask16>(0xFFFFu << (16 - t)), widen16(x + n - 16)));
+  V c = (c0 + c1) + (c2 + c3);
+  for (int h = 8; h >= 1; h /= 2)
+    for (int k = 0; k < h; ++k) c[k] = c[k] + c[k + h];
+  return c[0];
 }
 
 __attribute__((target("avx2,f16c"))) static void add_half_rows_f16c(float* acc, const c10::Half* x, int64_t R,

@@ -32,7 +32,7 @@ F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat1
 DTYPES = [F32, F64, BF16, F16]
 DT = pytest.mark.parametrize("dtype", DTYPES, ids=str)
 
-SIZES = [1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 2047, 2048, 2049, 4097]
+SIZES = [1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 2047, 2048, 2049, 4097]
 BIG = 2**16 + 3  # over the 2 threads' kGrain (32768) split, and 32 blocks of 2048
 BIG_BOUNDS = (2048, 32768, 65536)  # the boundaries placed at in rows of BIG elements (run time)
 # Indices where vectors, words, blocks and thread tasks start (and, less one, end).
