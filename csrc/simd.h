@@ -151,6 +151,16 @@ TM_INLINE void reduce_step(A* __restrict c, const T* __restrict v, const F& op, 
 #pragma omp simd
   for (int k = 0; k < W; ++k) c[k] = op(c[k], f(to_acc(v[k])));
 }
+// c[k] = op(c[k], c[k + H]) for k < H, then for H / 2, ..., 1: c[0] the op of the 2H lanes. A step
+// per template instance, so that each loop has a constant count (a loop over H ran from the stack).
+template <int H, typename A, typename F>
+TM_INLINE void fold_halves(A* __restrict c, const F& op) {
+  if constexpr (H >= 1) {
+#pragma omp simd
+    for (int k = 0; k < H; ++k) c[k] = op(c[k], c[k + H]);
+    fold_halves<H / 2>(c, op);
+  }
+}
 template <typename A>
 struct MaxOp {
   TM_INLINE A operator()(A m, A v) const { return std::max(m, v); }
@@ -198,8 +208,7 @@ TM_INLINE A row_reduce4(const T* __restrict x, int64_t n, A init, const F& op, c
   }
 #pragma omp simd
   for (int k = 0; k < W; ++k) c0[k] = op(op(c0[k], c1[k]), op(c2[k], c3[k]));
-  for (int h = W / 2; h >= 1; h /= 2)
-    for (int k = 0; k < h; ++k) c0[k] = op(c0[k], c0[k + h]);
+  fold_halves<W / 2>(c0, op);
   return c0[0];
 }
 template <typename T>
