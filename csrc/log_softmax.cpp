@@ -233,7 +233,8 @@ TM_SIMD static void log_softmax_grad_cols(T* __restrict out0, T* __restrict out1
 // Short rows (n < kShortRow, short_rows.h): m and s of a block of rows at once, then
 //   y = (x - m) - log s.
 template <typename T>
-static void log_softmax_forward_short_rows(T* y, const T* x, int64_t n, int64_t o0, int64_t o1) {
+TM_SIMD static void log_softmax_forward_short_rows(T* __restrict y, const T* __restrict x, int64_t n, int64_t o0,
+                                                   int64_t o1) {
   using A = acc_t<T>;
   A t[kShortBlock], m[kShortBlock], s[kShortBlock];
   const int64_t rows = kShortBlock / n;
@@ -243,7 +244,7 @@ static void log_softmax_forward_short_rows(T* y, const T* x, int64_t n, int64_t 
     short_rows_max_sumexp(xb, n, b1 - b0, m, s, t);
     log_in_place(s, b1 - b0);
     for (int64_t b = 0; b < b1 - b0; ++b)
-      for (int64_t r = 0; r < n; ++r) y[(b0 + b) * n + r] = static_cast<T>((static_cast<A>(xb[b * n + r]) - m[b]) - s[b]);
+      for (int64_t r = 0; r < n; ++r) y[(b0 + b) * n + r] = from_acc<T>((to_acc(xb[b * n + r]) - m[b]) - s[b]);
   }
 }
 
