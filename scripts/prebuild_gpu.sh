@@ -8,8 +8,13 @@
 # Usage: scripts/prebuild_gpu.sh   (PY312=<a python3.12>; ~10 minutes on 2 cores, incremental after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY312=${PY312:-$(command -v python3.12 2>/dev/null || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)}
-[ -x "$PY312" ] || { echo "prebuild_gpu: no python3.12 here (PY312=...)"; exit 3; }
+# (a python3.12 on the PATH may be a pyenv shim that refuses to run: the first candidate that runs)
+if [ -z "${PY312:-}" ]; then
+  for c in $(command -v python3.12 2>/dev/null) $(ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null); do
+    if "$c" -c 1 > /dev/null 2>&1; then PY312=$c; break; fi
+  done
+fi
+[ -x "${PY312:-}" ] || { echo "prebuild_gpu: no python3.12 here (PY312=...)"; exit 3; }
 SRC=$PWD/build/torch-2.11.0-py312
 VENV=$PWD/.venv-torch2.11.0-py312 SRC=$SRC PYTHON=$PY312 TM_BUILD_ONLY=1 TORCH_CUDA_ARCH_LIST=9.0 \
   scripts/check_torch.sh 2.11.0
