@@ -287,6 +287,16 @@ struct Online {
   }
 };
 
+// sum exp(x - m) over a block of n elements; with m = -inf (only -inf and NaN in it: the max skips
+// NaN) sum exp(x), 0 or NaN (kept).
+template <typename T, typename A>
+TM_INLINE A block_sum_exp(const T* __restrict x, int64_t n, A m) {
+  if (m != -INFINITY) return row_sum_exp(x, n, m);
+  A s = 0;
+  for (int64_t k = 0; k < n; ++k) s += fast_exp(to_acc(x[k]));
+  return s;
+}
+
 // The same for a contiguous row, vectorised (simd.h): online a block at a time, with the
 // block's max m_b and m' = max(m, m_b):  s = s exp(m - m') + sum_block exp(x - m').
 // -inf logits add 0; a NaN makes s NaN (and then the loss, as torch's).
@@ -297,13 +307,12 @@ TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m
   A m = -INFINITY, s = 0;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t e = std::min(n, b + kBlock);
-    const A mb = row_max(x + b, e - b);
-    const A m2 = std::max(m, mb);
-    if (m2 == -INFINITY) {  // only -inf and NaN so far (the max skips NaN): exp(x) adds 0, or NaN (kept)
-      for (int64_t k = b; k < e; ++k) s += fast_exp(to_acc(x[k]));
+    const A m2 = std::max(m, row_max(x + b, e - b));
+    const A sb = block_sum_exp(x + b, e - b, m2);
+    if (m2 == -INFINITY) {  // only -inf and NaN so far: s is 0 or NaN
+      s += sb;
       continue;
     }
-    const A sb = row_sum_exp(x + b, e - b, m2);
     s = b == 0 ? sb : s * fast_exp(m - m2) + sb;  // (the first block: no rescale, s = 0)
     m = m2;
   }
@@ -311,24 +320,16 @@ TM_SIMD void online_lse_contiguous(const T* __restrict x, int64_t n, acc_t<T>* m
   *s_out = s;
 }
 
-// online_lse_contiguous of `rows` contiguous rows of n <= 2048 elements (one block: m = max x; s = sum
-// exp(x - m), or with m = -inf sum exp(x), 0 or NaN), m and s to m[b], s[b]. A call for a block of rows:
-// a call per row set up fast_exp's constants again for each (CrossEntropy's rows of 32-48 classes
-// took 0.75-0.85x torch's time).
+// online_lse_contiguous of `rows` contiguous rows of n <= 2048 elements (one block each), m and s to
+// m[b], s[b]. A call for a block of rows: a call per row set up fast_exp's constants again for each
+// (CrossEntropy's rows of 32-48 classes took 0.75-0.85x torch's time).
 template <typename T>
 TM_SIMD void rows_lse_contiguous(const T* __restrict x, int64_t n, int64_t rows, acc_t<T>* __restrict m,
                                  acc_t<T>* __restrict s) {
-  using A = acc_t<T>;
   for (int64_t b = 0; b < rows; ++b) {
     const T* __restrict xr = x + b * n;
-    const A mb = row_max(xr, n);
-    A sb = 0;
-    if (mb == -INFINITY) {  // as online_lse_contiguous's first block
-      for (int64_t k = 0; k < n; ++k) sb += fast_exp(to_acc(xr[k]));
-    } else {
-      sb = row_sum_exp(xr, n, mb);
-    }
-    m[b] = mb, s[b] = sb;
+    m[b] = row_max(xr, n);
+    s[b] = block_sum_exp(xr, n, m[b]);
   }
 }
 

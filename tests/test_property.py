@@ -233,19 +233,6 @@ def _grads(outs, leaves, gouts):
     return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, gs)]
 
 
-def _promoted_grads(ref_fn, args, device, outs, gouts):
-    """torch's gradients through its op on the floating inputs cast to the output's dtype (what torch
-    2.14 computes a mixed-dtype backward in), each cast back to its leaf's dtype. The float64
-    reference cast does not stand in: it misses the overflows of that dtype (bfloat16 x, float32 t:
-    2 (x - t) g is +-inf in float32 where float64's sum over a broadcast dim is finite; ours NaN)."""
-    dt = next(o.dtype for o in outs if o.is_floating_point())
-    leaves, ins = _realize(args, False, device)
-    ins = [v.to(dt) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in ins]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _grads(as_tuple(ref_fn(*ins)), leaves, gouts)
-
-
 def _coarser(*dtypes):
     """The least precise of the floating dtypes (the tolerance of a result computed through them)."""
     return max((d for d in dtypes if d is not None and d.is_floating_point), key=lambda d: torch.finfo(d).eps)
@@ -343,16 +330,23 @@ def check(what, ours_fn, ref_fn, args, device, gseed, scale=1.0, gscale=None, si
 
 def _torch_grads(ref_fn, args, ref, device, outs, leaves, gouts):
     """torch's gradients; where its backward refuses a non-contiguous input (nll_loss2d's
-    "grad_input must be contiguous" for a permuted (N, C, H, W) view), those of contiguous copies."""
+    "grad_input must be contiguous" for a permuted (N, C, H, W) view), those of contiguous copies;
+    where torch 2.11 refuses mixed dtypes (mse_loss; fixed by 2.14), those of its op on the floating
+    inputs cast to the output's dtype (what 2.14 computes in), each cast back to its leaf's dtype. The
+    float64 reference cast does not stand in: it misses the overflows of that dtype (bfloat16 x,
+    float32 t: 2 (x - t) g is +-inf in float32 where float64's sum over a broadcast dim is finite)."""
     try:
         return _grads(outs, leaves, gouts)
     except RuntimeError as e:
-        if "Found dtype" in str(e) and not ref:  # torch 2.11's mse_loss backward on mixed dtypes (fixed by 2.14)
-            return _promoted_grads(ref_fn, args, device, outs, gouts)
-        if "contiguous" not in str(e):
+        if "Found dtype" in str(e) and not ref:
+            dt = next(o.dtype for o in outs if o.is_floating_point())
+            redo = lambda v: v.to(dt) if v.is_floating_point() else v  # noqa: E731
+        elif "contiguous" in str(e):
+            redo = lambda v: v.contiguous()  # noqa: E731
+        else:
             raise
     leaves, ins = _realize(args, ref, device)
-    ins = [v.contiguous() if isinstance(v, torch.Tensor) else v for v in ins]
+    ins = [redo(v) if isinstance(v, torch.Tensor) else v for v in ins]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _grads(as_tuple(ref_fn(*ins)), leaves, gouts)
