@@ -167,6 +167,16 @@ TM_SIMD static void log_softmax_forward_cols(T* __restrict yo, const T* __restri
   cols_each(c, [&](int64_t k, int64_t j) { yo[k] = from_acc<T>((to_acc(xo[k]) - m[j]) - s[j]); });
 }
 
+// out[k] = g[k] - exp(y[k]) s, an element of a row of the backward (row_map).
+template <typename T, typename X, typename A>
+struct GradElem {
+  T* __restrict out;
+  const X* __restrict g;
+  const X* __restrict y;
+  A s;
+  TM_INLINE void operator()(int64_t k) const { out[k] = from_acc<T>(to_acc(g[k]) - fast_exp(to_acc(y[k])) * s); }
+};
+
 // kDouble == false: out0 = dx = dy - exp(y) * sum(dy)                         (g0 = dy)
 // kDouble == true:  out0 = d_dy = gg - sum(gg exp(y)), out1 = d_y = -gg exp(y) sum(dy)
 //                   (g0 = gg, g1 = dy)
@@ -181,10 +191,7 @@ TM_SIMD static void log_softmax_grad_rows(T* __restrict out0, T* __restrict out1
     A s = 0, t = 0;
     if (!kDouble) {
       s = row_sum(g0 + base, n);
-      for (int64_t r = 0; r < n; ++r) {
-        const int64_t k = base + r;
-        out0[k] = from_acc<T>(to_acc(g0[k]) - fast_exp(to_acc(y[k])) * s);
-      }
+      row_map<64 / sizeof(A)>(n, GradElem<T, X, A>{out0 + base, g0 + base, y + base, s});
     } else {
 #pragma omp simd reduction(+ : s, t)
       for (int64_t r = 0; r < n; ++r) {
@@ -248,7 +255,8 @@ TM_SIMD static void log_softmax_forward_short_rows(T* __restrict y, const T* __r
   }
 }
 
-// dx = dy - exp(y) s over a block of short rows as one flat loop, with s spread per element.
+// dx = dy - exp(y) s over a block of rows shorter than a vector as one flat loop, with s spread per
+// element (longer rows: row_map, a vector at a time).
 template <typename T>
 TM_SIMD static void log_softmax_backward_flat(T* __restrict dx, const T* __restrict dy, const T* __restrict y,
                                               const acc_t<T>* __restrict s, int64_t len) {
@@ -340,7 +348,8 @@ static void log_softmax_grad_kernel(T* out0, T* out1, const T* g0, const T* g1, 
       log_softmax_grad_cols<T, kDouble>(out0, out1, g0, g1, y, c, base, s, t);
     });
   for_outer(R, [&](int64_t o0, int64_t o1) {  // rows along the last dim
-    if (!kDouble && R.reduce < kShortRow) return log_softmax_backward_short_rows(out0, g0, y, R.reduce, o0, o1);
+    if (!kDouble && R.reduce < 64 / int64_t(sizeof(A)))
+      return log_softmax_backward_short_rows(out0, g0, y, R.reduce, o0, o1);
     if constexpr (sizeof(T) == 2) {  // widened to float first, as the forward's rows
       const int64_t n = R.reduce;
       std::vector<float> rows(5 * n);
