@@ -101,18 +101,31 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-// Waits until the phase of parity `parity` has completed (a fresh barrier counts the phase
-// before its first, parity 1, as completed).
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+// One test of whether the phase of parity `parity` has completed (a fresh barrier counts the
+// phase before its first, parity 1, as completed); the hardware may suspend the thread a while first.
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
   asm volatile(
       "{\n"
-      ".reg .pred done;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
       : "memory");
+  return done != 0;
+}
+// A wait of more than 2^34 cycles (about 9 s; a stage normally turns over in microseconds) is a
+// broken protocol, not a slow one: the kernel traps, so the launch fails with an error within
+// seconds instead of hanging the process until an outside timeout.
+constexpr long long kHangCycles = 1ll << 34;
+// Waits until the phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  if (mbar_try_wait(bar, parity)) return;
+  const long long t0 = clock64();
+  while (!mbar_try_wait(bar, parity))
+    if (clock64() - t0 > kHangCycles) __trap();
 }
 
 // The box at coordinates (c0 innermost, c1) of a 2-D tensor map -> shared memory at dst,
@@ -415,6 +428,9 @@ int kernel_ready(int device, const void* kernel, const char** why) {
       reason = "no image of the kernel for this device";
     } else if (attr.numRegs < 128 || attr.sharedSizeBytes < sizeof(uint64_t) * 2 * kStages) {
       reason = "the kernel this device loads was not compiled for sm_90a (build with TORCH_CUDA_ARCH_LIST=9.0)";
+    } else if (attr.numRegs * kThreads < 128 * kProducerRegs + 256 * kConsumerRegs) {
+      // setmaxnreg.inc would wait forever for registers the CTA was never given
+      reason = "the kernel was compiled with too few registers a thread for its setmaxnreg split";
     } else if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
                size_t(optin) < attr.sharedSizeBytes + kSmemBytes) {
       reason = "not enough shared memory per block";

@@ -97,6 +97,31 @@ def test_sm90_large(dtype, monkeypatch):
 
 
 @needs_sm90
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_sm90_linear_relu(dtype, monkeypatch):
+    """Linear + ReLU with its GEMM on this kernel (require; the ReLU runs after it, in place): y and
+    the mask bitwise those of our linear then relu, y within tolerance of relu of the float64
+    product, and the gradients of TF.linear_relu those of the float64 products through that mask."""
+    monkeypatch.setenv("TORCHMODULES_SM90_GEMM", "require")
+    M, K, N = 200, 136, 264
+    x, w, b, gy = (torch.randn(*s, device="cuda").to(dtype) for s in ((M, K), (N, K), (N,), (M, N)))
+    y, mask = torch.ops.torchmodules.linear_relu_forward(x, w, b)
+    y_ref, mask_ref = torch.ops.torchmodules.relu_forward(TF.linear(x, w, b))
+    assert torch.equal(y, y_ref) and torch.equal(mask, mask_ref)
+    z64 = x.double() @ w.double().T + b.double()
+    assert_close("y", y, z64.relu().cpu(), F.relu(F.linear(x, w, b)), dtype, scale=math.sqrt(K))
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    dx, dw, db = torch.autograd.grad(TF.linear_relu(*leaves), leaves, gy)
+    twins = [t.detach().requires_grad_() for t in (x, w, b)]
+    tdx, tdw, tdb = torch.autograd.grad(F.relu(F.linear(*twins)), twins, gy)
+    g64 = gy.double() * (y > 0)  # the gradient passes where our rounded output is positive
+    refs = {"dx": (dx, g64 @ w.double(), tdx, N), "dw": (dw, g64.T @ x.double(), tdw, M),
+            "db": (db, g64.sum(0), tdb, M)}
+    for name, (o, r, t, k) in refs.items():
+        assert_close(name, o, r.cpu(), t, dtype, scale=math.sqrt(k))
+
+
+@needs_sm90
 def test_sm90_repeatable(monkeypatch):
     """One sum order per element, no split-K: the same bits on every run."""
     monkeypatch.setenv("TORCHMODULES_SM90_GEMM", "require")
