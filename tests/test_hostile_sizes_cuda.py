@@ -1,8 +1,11 @@
 """test_hostile_sizes.py's cases on CUDA, at the CUDA kernels' own boundaries.
 
 The row kernels (kernels/rows.cuh) pick a warp per row up to 32 lanes x kWarpK chunks of 16 bytes
-(512 / 1024 elements for most ops), a block holding the row in registers up to 1024 threads x kBlockK
-chunks (8192 / 16384), the row in shared memory, or a streaming block beyond; lengths that are not a
+(512 / 1024 elements for most ops); then, for LogSoftmax rows of whole 16-byte chunks on a GPU that
+gives a block 76 KB of shared memory (A100, H100), the row in shared memory up to 72 KB (18432 float32,
+36864 bfloat16: its 1024, 4096, 8192 and 16384 here); else (the other row ops, and odd lengths) a block
+holding the row in registers up to 1024 threads x kBlockK chunks (8192 / 16384); and a streaming block
+beyond; lengths that are not a
 whole number of 16-byte chunks, and inputs off 16-byte alignment, take the scalar loads. Elementwise
 kernels read 16-byte vectors (4 float32, 8 half), 2 per thread, 256 threads a block, and ReLU / Maximum
 pack their masks in 32-bit words (32 / 16 elements). NearestNeighbor tiles 64 rows x 64 prototypes x 16
