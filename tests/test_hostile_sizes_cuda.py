@@ -3,7 +3,7 @@
 The row kernels (kernels/rows.cuh) pick a warp per row up to 32 lanes x kWarpK chunks of 16 bytes
 (512 / 1024 elements for most ops); then, for LogSoftmax rows of whole 16-byte chunks on a GPU that
 gives a block 76 KB of shared memory (A100, H100), the row in shared memory up to 72 KB (18432 float32,
-36864 bfloat16: its 1024, 4096, 8192 and 16384 here); else (the other row ops, and odd lengths) a block
+36864 bfloat16: its 4096-16384 here, and 1024 in the backward); else (the other row ops, and odd lengths) a block
 holding the row in registers up to 1024 threads x kBlockK chunks (8192 / 16384); and a streaming block
 beyond; lengths that are not a
 whole number of 16-byte chunks, and inputs off 16-byte alignment, take the scalar loads. Elementwise
