@@ -342,56 +342,61 @@ TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, 
 }
 
 // The class-index backward without label smoothing of rows [b0, b1) (at most kPlainRows), contiguous, read in
-// place (float, double): dx_c = G U exp(x_c - m) / s, less G keep w_t at the target (U = keep w_t); ignored
-// rows 0, out-of-range ones NaN, as the row loop of ce_backward_kernel. The rows' two exps (1 / s, and p_t)
-// are taken first, vectorised across the rows: per row, scalar, with a call per row, they took more time
-// than the rows of 64 classes themselves. Each x_t is read before any dx is written (dx may be x:
-// cross_entropy_backward_).
+// place: dx_c = G U exp(x_c - m) / s, less G U at the target (U = keep w_t); ignored rows 0, out-of-range
+// ones NaN, as the row loop of ce_backward_kernel. The rows' two exps (1 / s, and p_t) are taken first,
+// vectorised across the rows: per row, scalar, with a call per row, they took more time than the rows of 64
+// classes themselves. Each x_t is read before any dx is written (dx may be x: cross_entropy_backward_). A
+// half type's row is widened into xw, computed in tmp and rounded into dx (C floats each), as the forward's.
 constexpr int64_t kPlainRows = 256;
-template <typename T>
+template <typename A>
 struct ScaledExp {  // dx_c = GUs exp(x_c - m), an element of a row (row_map)
-  T* dx;
-  const T* x;
-  T GUs, m;
+  A* dx;
+  const A* x;
+  A GUs, m;
   TM_INLINE void operator()(int64_t c) const { dx[c] = GUs * fast_exp(x[c] - m); }
 };
-template <typename T>
-TM_SIMD void ce_plain_backward_rows(T* dx, const T* x, const T* g, const int64_t* t, const T* w, const T* lse,
-                                    const CeParams& P, T sc, T keep, int64_t b0, int64_t b1) {
+template <typename T, typename A = acc_t<T>>
+TM_SIMD void ce_plain_backward_rows(T* dx, const T* x, const T* g, const int64_t* t, const T* w, const A* lse,
+                                    const CeParams& P, A sc, A keep, int64_t b0, int64_t b1, float* xw,
+                                    float* tmp) {
   const int64_t C = P.classes, n = b1 - b0;
-  T G[kPlainRows], U[kPlainRows], kw[kPlainRows], nls[kPlainRows], lp[kPlainRows];
+  A G[kPlainRows], U[kPlainRows], nls[kPlainRows], lp[kPlainRows];
   for (int64_t b = 0; b < n; ++b) {
     const int64_t r = b0 + b, tr = t[r];
     const bool ok = tr != P.ignore_index && tr >= 0 && tr < C;
-    const T wt = ok ? (w ? w[tr] : T(1)) : T(0);
-    const CeLse<T> l = CeLse<T>::load(lse, r);
-    G[b] = g[P.reduction == 0 ? r : 0] * sc;
-    U[b] = keep * wt;
-    kw[b] = keep * wt;
+    const CeLse<A> l = CeLse<A>::load(lse, r);
+    G[b] = to_acc(g[P.reduction == 0 ? r : 0]) * sc;
+    U[b] = keep * (ok ? (w ? to_acc(w[tr]) : A(1)) : A(0));
     nls[b] = -l.ls;
-    lp[b] = ok ? l.log_p(x[r * C + tr]) : T(0);
+    lp[b] = ok ? l.log_p(to_acc(x[r * C + tr])) : A(0);
   }
 #pragma omp simd
   for (int64_t b = 0; b < n; ++b) {
-    const T GUs = G[b] * U[b] * fast_exp(nls[b]);                // G U / s
-    lp[b] = G[b] * (U[b] * fast_exp(lp[b]) - kw[b]);             // the target's dx
+    const A GUs = G[b] * U[b] * fast_exp(nls[b]);  // G U / s
+    lp[b] = G[b] * (U[b] * fast_exp(lp[b]) - U[b]);  // the target's dx
     nls[b] = GUs;
   }
   for (int64_t b = 0; b < n; ++b) {
     const int64_t r = b0 + b, tr = t[r];
     T* dxr = dx + r * C;
     if (tr == P.ignore_index || tr < 0 || tr >= C) {
-      const T fill = tr == P.ignore_index ? T(0) : nan_v<T>();
+      const T fill = static_cast<T>(tr == P.ignore_index ? A(0) : nan_v<A>());
       for (int64_t c = 0; c < C; ++c) dxr[c] = fill;
       continue;
     }
-    const ScaledExp<T> f{dxr, x + r * C, nls[b], lse[2 * r]};
-    if (dx != x) {
-      row_map<64 / sizeof(T)>(C, f);
-    } else {  // (in place: row_map's last vector would read some x_c already overwritten)
-      for (int64_t c = 0; c < C; ++c) f(c);
+    if constexpr (sizeof(T) == 2) {  // (on 16-bit elements GCC's loop took 1.3-2x the time)
+      widen_run(xw, x + r * C, C);
+      row_map<16>(C, ScaledExp<float>{tmp, xw, nls[b], lse[2 * r]});
+      narrow_run(dxr, tmp, C);
+    } else {
+      const ScaledExp<T> f{dxr, x + r * C, nls[b], lse[2 * r]};
+      if (dx != x) {
+        row_map<64 / sizeof(T)>(C, f);
+      } else {  // (in place: row_map's last vector would read some x_c already overwritten)
+        for (int64_t c = 0; c < C; ++c) f(c);
+      }
     }
-    dxr[tr] = lp[b];
+    dxr[tr] = from_acc<T>(lp[b]);
   }
 }
 
@@ -768,7 +773,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   // ce_cols_backward.
   const int64_t short_rows = ce_short_block(P), block = ce_block_rows<T>(P);
   const bool cols = ce_cols<T>(P);
-  const bool plain = !P.prob && !smooth && !short_rows && P.inner == 1;  // ce_plain_backward_rows (float, double)
+  const bool plain = !P.prob && !smooth && !short_rows && P.inner == 1;  // ce_plain_backward_rows
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A p[kShortBlock];  // the block's p, from x before any of its dx is written (dx may be x: cross_entropy_backward_)
     HalfRows<T> hr(C, 4, w);  // half types: x, q, dx, dq of a contiguous row in float
@@ -781,12 +786,12 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           ce_cols_backward(dx, x, g, t, w, lse, sc, keep, P, b0, b1);
           continue;
         }
-      if constexpr (std::is_same_v<T, A>)
-        if (plain) {
-          for (int64_t p0 = b0; p0 < b1; p0 += kPlainRows)
-            ce_plain_backward_rows(dx, x, g, t, w, lse, P, sc, keep, p0, std::min(b1, p0 + kPlainRows));
-          continue;
-        }
+      if (plain) {
+        for (int64_t p0 = b0; p0 < b1; p0 += kPlainRows)
+          ce_plain_backward_rows(dx, x, g, t, w, lse, P, sc, keep, p0, std::min(b1, p0 + kPlainRows), hr.row(0),
+                                 hr.row(2));
+        continue;
+      }
       const T* xb = bx.rows(x, b0, b1);
       const T* qb = P.prob ? bq.rows(q, b0, b1) : nullptr;
       T* dxb = bdx.out(dx, b0);
