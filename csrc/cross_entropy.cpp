@@ -403,18 +403,18 @@ TM_SIMD void ce_plain_backward_rows(T* dx, const T* x, const T* g, const int64_t
 // A probability row, contiguous: m = max x, s = sum exp(x - m), up = sum u, a = sum u (m - x),
 // u_c = w_c (keep q_c + epsc), in two vectorised passes (the online pass's sums, Online<A>::add<true>;
 // an all -inf row keeps s = 0, a non-finite a goes to the caller's exact path as before).
-// With or without class weights as a template argument (kW): a `w ? w[c] : 1` in the loop became
-// a masked load from the null pointer per vector (AMD Zen 5: 25x the time of the loop without it,
-// 6.6 ms for a 1024 x 1024 float32 forward).
-template <bool kW, typename T, typename A = acc_t<T>>
-TM_SIMD void ce_prob_stats_row(const T* __restrict x, const T* __restrict q, const T* __restrict w, int64_t n,
-                               A keep, A epsc, A* out /* m, s, up, a */) {
+// Without q (kQ false: class indices with label smoothing) u_c = w_c. With or without class weights and q
+// as template arguments (kW, kQ): a `w ? w[c] : 1` in the loop became a masked load from the null pointer
+// per vector (AMD Zen 5: 25x the time of the loop without it, 6.6 ms for a 1024 x 1024 float32 forward).
+template <bool kW, bool kQ, typename T, typename A = acc_t<T>>
+TM_SIMD void ce_stats_row(const T* __restrict x, const T* __restrict q, const T* __restrict w, int64_t n, A keep,
+                          A epsc, A* out /* m, s, up, a */) {
   const A m = row_max(x, n);
   const A shift = m == -A(INFINITY) ? A(0) : m;
   A s = 0, up = 0, a = 0;
 #pragma omp simd reduction(+ : s, up, a)
   for (int64_t c = 0; c < n; ++c) {
-    const A xv = to_acc(x[c]), u = (kW ? to_acc(w[c]) : A(1)) * (keep * to_acc(q[c]) + epsc);
+    const A xv = to_acc(x[c]), u = (kW ? to_acc(w[c]) : A(1)) * (kQ ? keep * to_acc(q[c]) + epsc : A(1));
     s += fast_exp(xv - shift);
     up += u;
     a += u * (m - xv);
@@ -423,8 +423,25 @@ TM_SIMD void ce_prob_stats_row(const T* __restrict x, const T* __restrict q, con
 }
 template <typename T, typename A>
 void ce_prob_stats_contiguous(const T* x, const T* q, const T* w, int64_t n, A keep, A epsc, A* out) {
-  if (w) ce_prob_stats_row<true>(x, q, w, n, keep, epsc, out);
-  else ce_prob_stats_row<false>(x, q, w, n, keep, epsc, out);
+  if (w) ce_stats_row<true, true>(x, q, w, n, keep, epsc, out);
+  else ce_stats_row<false, true>(x, q, w, n, keep, epsc, out);
+}
+template <typename T, typename A>
+void ce_smooth_stats_contiguous(const T* x, const T* w, int64_t n, A* out) {
+  if (w) ce_stats_row<true, false>(x, x, w, n, A(1), A(0), out);
+  else ce_stats_row<false, false>(x, x, w, n, A(1), A(0), out);
+}
+
+// dx_c = G (U p_c - u_c), u_c = epsc w_c, and at the target u_t = keep w_t + epsc w_t (kwt = keep w_t): the
+// class-index backward with label smoothing on a contiguous row. x_t is read first and every x_c before dx_c
+// is written (dx may be x: cross_entropy_backward_).
+template <bool kW, typename T, typename A = acc_t<T>>
+TM_SIMD void ce_smooth_backward_row(T* dx, const T* x, const T* __restrict w, int64_t n, A G, A U, CeLse<A> l,
+                                    A epsc, int64_t tr, A kwt) {
+  const A pt = fast_exp(l.log_p(to_acc(x[tr])));
+  for (int64_t c = 0; c < n; ++c)
+    dx[c] = from_acc<T>(G * (U * fast_exp(l.log_p(to_acc(x[c]))) - epsc * (kW ? to_acc(w[c]) : A(1))));
+  dx[tr] = from_acc<T>(G * (U * pt - (kwt + epsc * (kW ? to_acc(w[tr]) : A(1)))));
 }
 
 // dx_c = G (U p_c - u_c) and, when asked (kDq), dq_c = -keep G w_c lp_c, on a contiguous
@@ -722,7 +739,14 @@ void ce_forward_kernel(T* loss, acc_t<T>* lse, acc_t<T>* tw, int64_t* bad, const
             L = nan_v<A>(), l = {nan_v<A>(), nan_v<A>()};
           } else {
             Online<A> st;
-            if (smooth) {
+            if (smooth && C >= kShortRow) {  // (a call per short row costs more than the online loop)
+              A mspa[4];
+              if constexpr (HalfRows<T>::kOn)
+                ce_smooth_stats_contiguous(hr.widen(0, xr), hr.w, C, mspa);
+              else
+                ce_smooth_stats_contiguous(xr, w, C, mspa);
+              st.m = mspa[0], st.s = mspa[1], st.up = mspa[2], st.a = mspa[3];
+            } else if (smooth) {
               for (int64_t c = 0; c < C; ++c) st.template add<true>(A(xr[c]), w ? A(w[c]) : A(1));
             } else {  // short_rows, cols or lse_rows
               st.m = sm[r - b0];
@@ -841,9 +865,15 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           dxr[tr] = static_cast<T>(G * (U * fast_exp(l.log_p(xt)) - keep * wt));
           continue;
         }
-        for (int64_t c = 0; c < C; ++c) {
-          const A u = (c == tr ? keep * wt : A(0)) + (smooth ? epsc * (w ? A(w[c]) : A(1)) : A(0));
-          dxr[c] = static_cast<T>(G * (U * tm_exp(l.log_p(A(xr[c]))) - u));
+        // label smoothing: u_c = epsc w_c, and keep w_t more at the target
+        if constexpr (HalfRows<T>::kOn) {
+          const float* fx = hr.widen(0, xr);
+          if (hr.w) ce_smooth_backward_row<true>(hr.row(2), fx, hr.w, C, G, U, l, epsc, tr, keep * wt);
+          else ce_smooth_backward_row<false>(hr.row(2), fx, hr.w, C, G, U, l, epsc, tr, keep * wt);
+          narrow_run(dxr, hr.row(2), C);
+        } else {
+          if (w) ce_smooth_backward_row<true>(dxr, xr, w, C, G, U, l, epsc, tr, keep * wt);
+          else ce_smooth_backward_row<false>(dxr, xr, w, C, G, U, l, epsc, tr, keep * wt);
         }
       }
       bdx.put(dx, b0, b1);
