@@ -341,8 +341,8 @@ TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, 
   for (int64_t c = 0; c < n; ++c) dx[c] = from_acc<T>(GUs * fast_exp(to_acc(x[c]) - m));
 }
 
-// The class-index backward without label smoothing of rows [b0, b1) (at most kPlainRows), contiguous, read in
-// place: dx_c = G U exp(x_c - m) / s, less G U at the target (U = keep w_t); ignored rows 0, out-of-range
+// The class-index backward without label smoothing of rows [b0, b1) (at most kPlainRows), contiguous from x and
+// dx (row b0's; read in place, or a gathered block): dx_c = G U exp(x_c - m) / s, less G U at the target (U = keep w_t); ignored rows 0, out-of-range
 // ones NaN, as the row loop of ce_backward_kernel. The rows' two exps (1 / s, and p_t) are taken first,
 // vectorised across the rows: per row, scalar, with a call per row, they took more time than the rows of 64
 // classes themselves. Each x_t is read before any dx is written (dx may be x: cross_entropy_backward_). A
@@ -368,7 +368,7 @@ TM_SIMD void ce_plain_backward_rows(T* dx, const T* x, const T* g, const int64_t
     G[b] = to_acc(g[P.reduction == 0 ? r : 0]) * sc;
     U[b] = keep * (ok ? (w ? to_acc(w[tr]) : A(1)) : A(0));
     nls[b] = -l.ls;
-    lp[b] = ok ? l.log_p(to_acc(x[r * C + tr])) : A(0);
+    lp[b] = ok ? l.log_p(to_acc(x[b * C + tr])) : A(0);
   }
 #pragma omp simd
   for (int64_t b = 0; b < n; ++b) {
@@ -378,18 +378,18 @@ TM_SIMD void ce_plain_backward_rows(T* dx, const T* x, const T* g, const int64_t
   }
   for (int64_t b = 0; b < n; ++b) {
     const int64_t r = b0 + b, tr = t[r];
-    T* dxr = dx + r * C;
+    T* dxr = dx + b * C;
     if (tr == P.ignore_index || tr < 0 || tr >= C) {
       const T fill = static_cast<T>(tr == P.ignore_index ? A(0) : nan_v<A>());
       for (int64_t c = 0; c < C; ++c) dxr[c] = fill;
       continue;
     }
     if constexpr (sizeof(T) == 2) {  // (on 16-bit elements GCC's loop took 1.3-2x the time)
-      widen_run(xw, x + r * C, C);
+      widen_run(xw, x + b * C, C);
       row_map<16>(C, ScaledExp<float>{tmp, xw, nls[b], lse[2 * r]});
       narrow_run(dxr, tmp, C);
     } else {
-      const ScaledExp<T> f{dxr, x + r * C, nls[b], lse[2 * r]};
+      const ScaledExp<T> f{dxr, x + b * C, nls[b], lse[2 * r]};
       if (dx != x) {
         row_map<64 / sizeof(T)>(C, f);
       } else {  // (in place: row_map's last vector would read some x_c already overwritten)
@@ -808,7 +808,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
   // ce_cols_backward.
   const int64_t short_rows = ce_short_block(P), block = ce_block_rows<T>(P);
   const bool cols = ce_cols<T>(P);
-  const bool plain = !P.prob && !smooth && !short_rows && P.inner == 1;  // ce_plain_backward_rows
+  const bool plain = !P.prob && !smooth && !short_rows;  // ce_plain_backward_rows (rows in place or gathered)
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     A p[kShortBlock];  // the block's p, from x before any of its dx is written (dx may be x: cross_entropy_backward_)
     HalfRows<T> hr(C, 4, w);  // half types: x, q, dx, dq of a contiguous row in float
@@ -821,15 +821,16 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           ce_cols_backward(dx, x, g, t, w, lse, sc, keep, P, b0, b1);
           continue;
         }
-      if (plain) {
-        for (int64_t p0 = b0; p0 < b1; p0 += kPlainRows)
-          ce_plain_backward_rows(dx, x, g, t, w, lse, P, sc, keep, p0, std::min(b1, p0 + kPlainRows), hr.row(0),
-                                 hr.row(2));
-        continue;
-      }
       const T* xb = bx.rows(x, b0, b1);
       const T* qb = P.prob ? bq.rows(q, b0, b1) : nullptr;
       T* dxb = bdx.out(dx, b0);
+      if (plain) {
+        for (int64_t p0 = b0; p0 < b1; p0 += kPlainRows)
+          ce_plain_backward_rows(dxb + (p0 - b0) * C, xb + (p0 - b0) * C, g, t, w, lse, P, sc, keep, p0,
+                                 std::min(b1, p0 + kPlainRows), hr.row(0), hr.row(2));
+        bdx.put(dx, b0, b1);
+        continue;
+      }
       T* dqb = dq ? bdq.out(dq, b0) : nullptr;
       if (short_rows) short_rows_softmax(xb, lse + 2 * b0, C, b1 - b0, p);
       for (int64_t r = b0; r < b1; ++r) {
