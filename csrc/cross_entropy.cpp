@@ -333,17 +333,9 @@ TM_SIMD void rows_lse_contiguous(const T* __restrict x, int64_t n, int64_t rows,
   }
 }
 
-// dx_c = G U p_c = GUs exp(x_c - m), GUs = G U / s, on a contiguous row (the class-index backward,
-// less u at the target).
-template <typename T>
-TM_SIMD void softmax_scaled_contiguous(T* __restrict dx, const T* __restrict x, int64_t n, acc_t<T> GUs,
-                                       acc_t<T> m) {
-  for (int64_t c = 0; c < n; ++c) dx[c] = from_acc<T>(GUs * fast_exp(to_acc(x[c]) - m));
-}
-
-// The class-index backward without label smoothing of rows [b0, b1) (at most kPlainRows), contiguous from x and
-// dx (row b0's; read in place, or a gathered block): dx_c = G U exp(x_c - m) / s, less G U at the target (U = keep w_t); ignored rows 0, out-of-range
-// ones NaN, as the row loop of ce_backward_kernel. The rows' two exps (1 / s, and p_t) are taken first,
+// The class-index backward without label smoothing of rows [b0, b1) (at most kPlainRows), contiguous from x
+// and dx (row b0's: read in place, or a gathered block): dx_c = G U exp(x_c - m) / s, less G U at the target
+// (U = keep w_t); ignored rows 0, out-of-range ones NaN. The rows' two exps (1 / s, and p_t) are taken first,
 // vectorised across the rows: per row, scalar, with a call per row, they took more time than the rows of 64
 // classes themselves. Each x_t is read before any dx is written (dx may be x: cross_entropy_backward_). A
 // half type's row is widened into xw, computed in tmp and rounded into dx (C floats each), as the forward's.
@@ -572,7 +564,7 @@ TM_SIMD void ce_cols_max_sumexp(const T* __restrict x, int64_t C, int64_t inner,
     for (int64_t j = 0; j < n; ++j) s[j] += fast_exp(x[c * inner + j] - sh[j]);
 }
 
-// dx_cj = GUs_j exp(x_cj - m_j) where keep_j (GUs = G U / s, as softmax_scaled_contiguous), else
+// dx_cj = GUs_j exp(x_cj - m_j) where keep_j (GUs = G U / s, as ce_plain_backward_rows), else
 // fill_j (ignored rows 0, targets out of range NaN); the caller then writes the targets' entries.
 // dx may be x (cross_entropy_backward_): each x_cj is read before dx_cj is written.
 template <typename T>
@@ -827,7 +819,8 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
       if (plain) {
         for (int64_t p0 = b0; p0 < b1; p0 += kPlainRows)
           ce_plain_backward_rows(dxb + (p0 - b0) * C, xb + (p0 - b0) * C, g, t, w, lse, P, sc, keep, p0,
-                                 std::min(b1, p0 + kPlainRows), hr.row(0), hr.row(2));
+                                 std::min(b1, p0 + kPlainRows), HalfRows<T>::kOn ? hr.row(0) : nullptr,
+                                 HalfRows<T>::kOn ? hr.row(2) : nullptr);
         bdx.put(dx, b0, b1);
         continue;
       }
@@ -865,19 +858,8 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           dxr[tr] = static_cast<T>(G * (U * pr[tr] - keep * wt));
           continue;
         }
-        if (!smooth) {            // as above
-          const A xt = A(xr[tr]);  // (read first: dx may be x itself, cross_entropy_backward_)
-          const A GUs = G * U * tm_exp(-l.ls);
-          if constexpr (HalfRows<T>::kOn) {
-            softmax_scaled_contiguous(hr.row(2), hr.widen(0, xr), C, GUs, l.m);
-            narrow_run(dxr, hr.row(2), C);
-          } else {
-            softmax_scaled_contiguous(dxr, xr, C, GUs, l.m);
-          }
-          dxr[tr] = static_cast<T>(G * (U * fast_exp(l.log_p(xt)) - keep * wt));
-          continue;
-        }
-        // label smoothing: u_c = epsc w_c, and keep w_t more at the target
+        // label smoothing (the rows without it took ce_plain_backward_rows): u_c = epsc w_c, and keep w_t more
+        // at the target
         if constexpr (HalfRows<T>::kOn) {
           const float* fx = hr.widen(0, xr);
           if (hr.w) ce_smooth_backward_row<true>(hr.row(2), fx, hr.w, C, G, U, l, epsc, tr, keep * wt);
