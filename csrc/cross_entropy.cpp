@@ -25,6 +25,7 @@
 #include "short_rows.h"
 #include "simd.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -340,6 +341,14 @@ TM_SIMD void rows_lse_contiguous(const T* __restrict x, int64_t n, int64_t rows,
 // classes themselves. Each x_t is read before any dx is written (dx may be x: cross_entropy_backward_). A
 // half type's row is widened into xw, computed in tmp and rounded into dx (C floats each), as the forward's.
 constexpr int64_t kPlainRows = 256;
+// A contiguous row of dx whose target is not kept: 0 for ignore_index, NaN for a class out of range
+// (filled; true), else false.
+template <typename T>
+bool ce_fill_unkept(T* dxr, int64_t C, int64_t tr, int64_t ignore) {
+  if (tr != ignore && tr >= 0 && tr < C) return false;
+  std::fill(dxr, dxr + C, static_cast<T>(tr == ignore ? acc_t<T>(0) : nan_v<acc_t<T>>()));
+  return true;
+}
 template <typename A>
 struct ScaledExp {  // dx_c = GUs exp(x_c - m), an element of a row (row_map)
   A* dx;
@@ -371,11 +380,7 @@ TM_SIMD void ce_plain_backward_rows(T* dx, const T* x, const T* g, const int64_t
   for (int64_t b = 0; b < n; ++b) {
     const int64_t r = b0 + b, tr = t[r];
     T* dxr = dx + b * C;
-    if (tr == P.ignore_index || tr < 0 || tr >= C) {
-      const T fill = static_cast<T>(tr == P.ignore_index ? A(0) : nan_v<A>());
-      for (int64_t c = 0; c < C; ++c) dxr[c] = fill;
-      continue;
-    }
+    if (ce_fill_unkept(dxr, C, tr, P.ignore_index)) continue;
     if constexpr (sizeof(T) == 2) {  // (on 16-bit elements GCC's loop took 1.3-2x the time)
       widen_run(xw, x + b * C, C);
       row_map<16>(C, ScaledExp<float>{tmp, xw, nls[b], lse[2 * r]});
@@ -845,11 +850,7 @@ void ce_backward_kernel(T* dx, T* dq, const T* g, const T* x, const void* tgt, c
           continue;
         }
         const int64_t tr = t[r];
-        if (tr == P.ignore_index || tr < 0 || tr >= C) {
-          const T fill = static_cast<T>(tr == P.ignore_index ? A(0) : nan_v<A>());
-          for (int64_t c = 0; c < C; ++c) dxr[c] = fill;
-          continue;
-        }
+        if (ce_fill_unkept(dxr, C, tr, P.ignore_index)) continue;
         const A wt = w ? A(w[tr]) : A(1);
         const A U = keep * wt + (smooth ? eps * wmean : A(0));
         if (short_rows) {  // u is keep * wt at the target, 0 elsewhere
